@@ -1,0 +1,1 @@
+"""Built-in default model weights and the script that re-creates them."""
