@@ -1,7 +1,192 @@
+"""The ``semtile`` command: thin click wrappers over the library."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
 import click
+
 from semtile import __version__
+from semtile.engines import ENGINE_NAMES
+from semtile.errors import SemtileError
+from semtile.logs import configure_logging
+
+
+def _size(value: str) -> tuple[int, int]:
+    try:
+        rows, cols = (int(v) for v in value.lower().split("x"))
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not ROWSxCOLS, e.g. 960x1280") from None
+    if rows < 64 or cols < 64:
+        raise click.BadParameter(f"{value!r}: frames must be at least 64x64")
+    return rows, cols
+
 
 @click.group()
 @click.version_option(__version__, prog_name="semtile")
-def main():
-    """semtile."""
+@click.option("--log-json/--log-text", default=None, help="Log format (default: JSON unless stderr is a terminal).")
+def main(log_json: bool | None) -> None:
+    """semtile: batch segmentation and classification of SEM scans."""
+    configure_logging(json=log_json)
+
+
+@main.command()
+@click.argument("out", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--per-label", default=12, show_default=True, type=click.IntRange(1), help="Images per label.")
+@click.option("--labels", default=16, show_default=True, type=click.IntRange(2), help="Number of labels T.")
+@click.option("--size", default="960x1280", show_default=True, help="Frame size ROWSxCOLS (data bar included).")
+@click.option("--truth", default="sqrt", show_default=True, help="Adhesive fraction curve: linear, sqrt, log or table:FILE.")
+@click.option("--seed", default=0, show_default=True, type=int)
+def synth(out: Path, per_label: int, labels: int, size: str, truth: str, seed: int) -> None:
+    """Write synthetic SEM surfaces with ground-truth masks to OUT."""
+    from semtile.synth import SynthConfig, write_dataset
+
+    try:
+        rows = write_dataset(out, SynthConfig(per_label=per_label, labels=labels, size=_size(size), truth=truth, seed=seed))
+    except SemtileError as exc:
+        raise click.UsageError(str(exc)) from exc
+    click.echo(f"wrote {len(rows)} images to {out}")
+
+
+def _train_options(func):
+    for option in reversed([
+        click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Output weights (.pt); a .json card is written beside it."),
+        click.option("--c", "c", default=32, show_default=True, type=click.IntRange(1), help="Channels."),
+        click.option("--d", "d", default=4, show_default=True, type=click.IntRange(1), help="Pooling stages."),
+        click.option("--n", "n", default=2, show_default=True, type=click.IntRange(1), help="Convolutions per residual block."),
+        click.option("--N", "N", default=1, show_default=True, type=click.IntRange(1), help="Residual blocks per stage."),
+        click.option("--epochs", default=20, show_default=True, type=click.IntRange(1)),
+        click.option("--steps-per-epoch", default=50, show_default=True, type=click.IntRange(1)),
+        click.option("--batch-size", default=8, show_default=True, type=click.IntRange(1)),
+        click.option("--crop", default=128, show_default=True, type=click.IntRange(16), help="Random crop side (multiple of 2**d)."),
+        click.option("--lr", default=1e-3, show_default=True, type=float),
+        click.option("--seed", default=0, show_default=True, type=int),
+        click.option("--threads", default=None, type=click.IntRange(1), help="Torch CPU threads."),
+    ]):
+        func = option(func)
+    return func
+
+
+def _config(kw: dict):
+    from semtile.models import Architecture
+    from semtile.training import TrainConfig
+
+    arch = dict(c=kw.pop("c"), d=kw.pop("d"), n=kw.pop("n"), N=kw.pop("N"))
+    config = TrainConfig(**{k: kw.pop(k) for k in ("epochs", "steps_per_epoch", "batch_size", "crop", "lr", "seed", "threads")})
+    return arch, config, Architecture
+
+
+@main.group()
+def train() -> None:
+    """Train the segmenter or the classifier on a dataset folder with labels.csv."""
+
+
+@train.command("segmenter")
+@click.argument("data", type=click.Path(exists=True, path_type=Path))
+@click.option("--hypothesis", default="sqrt", show_default=True, help="Weak-label curve g(t): linear, sqrt, log or table:FILE.")
+@click.option("--masks", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Folder of per-pixel masks named like the images: supervised training instead of weak labels.")
+@_train_options
+def train_segmenter_cmd(data: Path, hypothesis: str, masks: Path | None, out: Path, **kw) -> None:
+    """Train a segmenter (weak labels: mean of the mask regressed onto g(t))."""
+    from semtile.hypotheses import parse_hypothesis
+    from semtile.training import train_segmenter
+
+    arch, config, Architecture = _config(kw)
+    try:
+        parse_hypothesis(hypothesis)
+        path = train_segmenter(data, out, hypothesis=hypothesis, masks=masks,
+                               arch=Architecture("segmenter", **arch), config=config)
+    except SemtileError as exc:
+        raise click.UsageError(str(exc)) from exc
+    click.echo(f"wrote {path}")
+
+
+@train.command("classifier")
+@click.argument("data", type=click.Path(exists=True, path_type=Path))
+@_train_options
+def train_classifier_cmd(data: Path, out: Path, **kw) -> None:
+    """Train the baseline classifier."""
+    from semtile.training import train_classifier
+
+    arch, config, Architecture = _config(kw)
+    try:
+        path = train_classifier(data, out, arch=Architecture("classifier", **arch), config=config)
+    except SemtileError as exc:
+        raise click.UsageError(str(exc)) from exc
+    click.echo(f"wrote {path}")
+
+
+@main.command()
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Result Zarr store (created or added to).")
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Per-run table (default: beside the store, results.csv for results.zarr).")
+@click.option("--model", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Model folder with classifier.pt and segmenter.pt (default: the built-in model).")
+@click.option("--classifier", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None, help="Classifier weights overriding the model folder's.")
+@click.option("--segmenter", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None, help="Segmenter weights overriding the model folder's.")
+@click.option("--engine", "engine_name", default="auto", show_default=True, type=click.Choice(ENGINE_NAMES))
+@click.option("--tile", default=256, show_default=True, type=click.IntRange(16), help="Tile (window) side in pixels.")
+@click.option("--halo", default=32, show_default=True, type=click.IntRange(0), help="Overlap added on each side of a tile core.")
+@click.option("--batch-size", default=8, show_default=True, type=click.IntRange(1), help="Tiles per engine call.")
+@click.option("--threshold", default=0.5, show_default=True, type=click.FloatRange(0, 1, min_open=True, max_open=True), help="Probability above which a pixel is adhesive.")
+@click.option("--page", default=0, show_default=True, type=click.IntRange(0), help="Page of multi-page TIFFs.")
+@click.option("--databar-rows", default=None, type=click.IntRange(0), help="Data-bar rows at the bottom (default: from metadata or detected).")
+@click.option("--threads", default=None, type=click.IntRange(1), help="CPU threads for the engine.")
+@click.option("--scratch", type=click.Path(file_okay=False, path_type=Path), default=None, help="Folder for temporary tile stores.")
+def process(inputs, out, csv_path, model, classifier, segmenter, engine_name, tile, halo, batch_size,
+            threshold, page, databar_rows, threads, scratch) -> None:
+    """Segment and classify every SEM scan in INPUTS (files or folders) into OUT.
+
+    Exit code 0 when every image succeeded, 1 when any failed (the others are
+    still written), 2 for usage errors.
+    """
+    from semtile.engines import create_engine
+    from semtile.logs import get_logger
+    from semtile.modelio import load_bundle
+    from semtile.pipeline import ProcessOptions, process_scans
+    from semtile.reader import find_scans
+    from semtile.store import default_csv_path
+
+    log = get_logger("semtile.cli")
+    try:
+        scans = find_scans(inputs)
+        if not scans:
+            raise SemtileError(f"no .tif or .tiff files found in {', '.join(map(str, inputs))}")
+        bundle = load_bundle(model, classifier=classifier, segmenter=segmenter)
+        engine, why = create_engine(engine_name, bundle, threads=threads)
+        options = ProcessOptions(tile=tile, halo=halo, batch_size=batch_size, threshold=threshold,
+                                 page=page, databar_rows=databar_rows)
+        options.validate(max(bundle.classifier.arch.multiple, bundle.segmenter.arch.multiple))
+    except SemtileError as exc:
+        raise click.UsageError(str(exc)) from exc
+    log.info("run_start", images=len(scans), engine=engine.describe(), engine_reason=why,
+             model=bundle.source, out=str(out))
+    table = csv_path or default_csv_path(out)
+    show_bar = sys.stderr.isatty()
+    with click.progressbar(length=len(scans), label="images", file=sys.stderr) if show_bar else _NoBar() as bar:
+        summary = process_scans(scans, out, engine=engine, bundle=bundle, options=options, table=table,
+                                scratch=scratch, on_image=lambda _: bar.update(1))
+    failed = summary.failed
+    log.info("run_end", images=len(scans), ok=len(scans) - len(failed), failed=len(failed),
+             store=str(out), table=str(table))
+    for outcome in failed:
+        click.echo(f"FAILED {outcome.path}: {outcome.error}", err=True)
+    sys.exit(1 if failed else 0)
+
+
+class _NoBar:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def update(self, n):
+        pass
+
+
+if __name__ == "__main__":
+    sys.exit(main())
