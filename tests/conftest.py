@@ -1,0 +1,43 @@
+"""Shared fixtures: small synthetic datasets and a tiny model trained by semtile itself."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from semtile.models import Architecture
+from semtile.synth import SynthConfig, write_dataset
+from semtile.training import TrainConfig, train_classifier, train_segmenter
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory) -> Path:
+    """4 labels x 2 images of 128x160 with masks, labels.csv and truth.csv."""
+    out = tmp_path_factory.mktemp("tiny-data")
+    write_dataset(out, SynthConfig(per_label=2, labels=4, size=(128, 160), truth="linear", seed=7))
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory, tiny_dataset) -> Path:
+    """A real (if barely trained) classifier + segmenter bundle with d=2: tiles multiple of 4."""
+    folder = tmp_path_factory.mktemp("tiny-model")
+    config = TrainConfig(epochs=1, steps_per_epoch=2, batch_size=2, crop=32, seed=0)
+    train_segmenter(tiny_dataset, folder / "segmenter.pt", hypothesis="linear",
+                    arch=Architecture("segmenter", c=4, d=2, n=1, N=1), config=config)
+    train_classifier(tiny_dataset, folder / "classifier.pt",
+                     arch=Architecture("classifier", c=4, d=2, n=1, N=1), config=config)
+    return folder
+
+
+def shared_data(name: str) -> Path:
+    """A folder of ../shared/data, or skip when this checkout has none (a user's clone)."""
+    path = SHARED_DATA / name
+    if not path.is_dir():
+        pytest.skip(f"shared data {name} not available")
+    return path
