@@ -14,13 +14,16 @@ def configure_logging(json: bool | None = None, level: int = logging.INFO) -> No
     """Send structlog events to stderr; ``json=None`` picks JSON unless stderr is a TTY."""
     if json is None:
         json = not sys.stderr.isatty()
-    renderer = structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=False)
+    if json:
+        processors = [structlog.processors.dict_tracebacks, structlog.processors.JSONRenderer()]
+    else:
+        processors = [structlog.dev.ConsoleRenderer(colors=False)]
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
-            renderer,
+            *processors,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),

@@ -234,10 +234,11 @@ def _process_one(path: Path, store: ResultStore, engine: Engine, bundle: ModelBu
     except ImageError as exc:
         log.warning("image_failed", path=str(path), error=exc.reason, kind=type(exc).__name__)
         return ImageOutcome(path=path, status="error", error=exc.reason)
-    except (OSError, ValueError, MemoryError) as exc:
-        # Anything else that one file can cause is reported against that file, not the batch.
+    except Exception as exc:  # noqa: BLE001 - one file's failure must not stop the batch
+        # Anything unforeseen (a decoder error deep in a codec, a full disk) is reported
+        # against this file with its traceback in the log; the other images go on.
         reason = f"{type(exc).__name__}: {exc}"
-        log.warning("image_failed", path=str(path), error=reason, kind=type(exc).__name__)
+        log.error("image_failed", path=str(path), error=reason, kind=type(exc).__name__, exc_info=True)
         return ImageOutcome(path=path, status="error", error=reason)
     timings["total"] = time.perf_counter() - t0
     attrs = result.attrs

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from semtile.engines.base import Engine, EngineOutput
 from semtile.errors import SemtileError
-from semtile.modelio import ModelBundle
+
+if TYPE_CHECKING:  # keep `import semtile.engines` free of torch for a fast CLI start
+    from semtile.modelio import ModelBundle
 
 __all__ = ["Engine", "EngineOutput", "ENGINE_NAMES", "create_engine"]
 
