@@ -18,6 +18,8 @@ def configure_logging(json: bool | None = None, level: int = logging.INFO) -> No
         processors = [structlog.processors.dict_tracebacks, structlog.processors.JSONRenderer()]
     else:
         processors = [structlog.dev.ConsoleRenderer(colors=False)]
+        if sys.stderr.isatty():
+            processors.append(_clear_line)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -29,6 +31,11 @@ def configure_logging(json: bool | None = None, level: int = logging.INFO) -> No
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=False,
     )
+
+
+def _clear_line(_logger, _name, rendered: str) -> str:
+    """Start each terminal line by erasing a progress bar drawn on it."""
+    return "\r\x1b[K" + rendered
 
 
 def get_logger(name: str = "semtile"):
