@@ -1,0 +1,54 @@
+"""ONNX Runtime engine on the CPU, over an exported bundle."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from semtile.engines.base import Engine, EngineOutput
+from semtile.errors import SemtileError
+from semtile.export import read_bundle_manifest
+
+__all__ = ["OnnxRuntimeEngine", "onnxruntime_available"]
+
+
+def onnxruntime_available() -> tuple[bool, str]:
+    try:
+        import onnxruntime
+    except ImportError:
+        return False, "onnxruntime is not installed (pip install onnxruntime)"
+    return True, f"onnxruntime {onnxruntime.__version__}"
+
+
+class OnnxRuntimeEngine(Engine):
+    name = "onnxruntime"
+    precision = "f32"
+
+    def __init__(self, bundle_dir: str | Path, *, threads: int | None = None):
+        ok, why = onnxruntime_available()
+        if not ok:
+            raise SemtileError(why)
+        import onnxruntime as ort
+
+        folder = Path(bundle_dir)
+        manifest = read_bundle_manifest(folder)
+        self.tile = int(manifest["tile"])
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads:
+            options.intra_op_num_threads = threads
+        providers = ["CPUExecutionProvider"]
+        self._classifier = ort.InferenceSession(str(folder / "classifier.onnx"), options, providers=providers)
+        self._segmenter = ort.InferenceSession(str(folder / "segmenter.onnx"), options, providers=providers)
+        self.multiple = 2 ** max(manifest["architecture"]["classifier"]["d"], manifest["architecture"]["segmenter"]["d"])
+        self._version = ort.__version__
+
+    def run(self, tiles: np.ndarray) -> EngineOutput:
+        x = self.check_tiles(tiles, self.multiple)[:, None]
+        logits = self._classifier.run(None, {"tiles": x})[0]
+        probs = self._segmenter.run(None, {"tiles": x})[0][:, 0]
+        return EngineOutput(class_logits=np.asarray(logits, np.float32), mask_probs=np.asarray(probs, np.float32))
+
+    def describe(self) -> dict:
+        return {"name": self.name, "precision": self.precision, "device": "cpu", "onnxruntime": self._version}

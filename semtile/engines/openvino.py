@@ -1,0 +1,95 @@
+"""OpenVINO engine on the CPU: f32, bf16 (AMX / AVX512-BF16) or int8 (NNCF post-training quantisation)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from semtile.engines.base import Engine, EngineOutput
+from semtile.errors import SemtileError
+from semtile.export import read_bundle_manifest
+
+__all__ = ["OpenVINOEngine", "openvino_available", "openvino_default_precision"]
+
+PRECISIONS = ("auto", "f32", "bf16", "int8")
+
+
+def openvino_available() -> tuple[bool, str]:
+    try:
+        import openvino
+    except ImportError:
+        return False, "openvino is not installed (pip install openvino)"
+    return True, f"openvino {openvino.__version__}"
+
+
+def openvino_default_precision() -> str:
+    """bf16 where the CPU computes it natively (AMX or AVX512-BF16), f32 elsewhere."""
+    import openvino as ov
+
+    caps = ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    return "bf16" if "BF16" in caps else "f32"
+
+
+class OpenVINOEngine(Engine):
+    name = "openvino"
+
+    def __init__(
+        self,
+        bundle_dir: str | Path,
+        *,
+        precision: str = "auto",
+        threads: int | None = None,
+        calibration_tiles: np.ndarray | None = None,
+    ):
+        ok, why = openvino_available()
+        if not ok:
+            raise SemtileError(why)
+        if precision not in PRECISIONS:
+            raise SemtileError(f"unknown OpenVINO precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
+        import openvino as ov
+
+        folder = Path(bundle_dir)
+        manifest = read_bundle_manifest(folder)
+        self.tile = int(manifest["tile"])
+        self.multiple = 2 ** max(manifest["architecture"]["classifier"]["d"], manifest["architecture"]["segmenter"]["d"])
+        self.precision = openvino_default_precision() if precision == "auto" else precision
+        core = ov.Core()
+        config = {"PERFORMANCE_HINT": "LATENCY",
+                  "INFERENCE_PRECISION_HINT": "bf16" if self.precision == "bf16" else "f32"}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = threads
+        models = {}
+        for name in ("classifier", "segmenter"):
+            model = core.read_model(str(folder / f"{name}.onnx"))
+            model.reshape({"tiles": ov.PartialShape([-1, 1, self.tile, self.tile])})
+            if self.precision == "int8":
+                model = _quantise(model, calibration_tiles, self.tile)
+            models[name] = core.compile_model(model, "CPU", config)
+        self._classifier = models["classifier"].create_infer_request()
+        self._segmenter = models["segmenter"].create_infer_request()
+        self._version = ov.__version__
+
+    def run(self, tiles: np.ndarray) -> EngineOutput:
+        x = self.check_tiles(tiles, self.multiple)[:, None]
+        if x.shape[-1] != self.tile:
+            raise ValueError(f"this engine was compiled for {self.tile}-pixel tiles, got {x.shape[-1]}")
+        logits = self._classifier.infer({0: x})[0]
+        probs = self._segmenter.infer({0: x})[0][:, 0]
+        return EngineOutput(class_logits=np.array(logits, np.float32), mask_probs=np.array(probs, np.float32))
+
+    def describe(self) -> dict:
+        return {"name": self.name, "precision": self.precision, "device": "cpu", "openvino": self._version}
+
+
+def _quantise(model, calibration_tiles: np.ndarray | None, tile: int):
+    """NNCF post-training int8 quantisation on calibration tiles from the user's own scans."""
+    if calibration_tiles is None or len(calibration_tiles) == 0:
+        raise SemtileError("int8 needs calibration tiles from your scans (the pipeline takes them from the inputs)")
+    import nncf
+
+    tiles = np.ascontiguousarray(calibration_tiles, dtype=np.float32)
+    if tiles.ndim != 3 or tiles.shape[1:] != (tile, tile):
+        raise SemtileError(f"calibration tiles must be (n, {tile}, {tile}), got {tiles.shape}")
+    dataset = nncf.Dataset([tiles[i: i + 1, None] for i in range(len(tiles))])
+    return nncf.quantize(model, dataset, subset_size=len(tiles), preset=nncf.QuantizationPreset.MIXED)

@@ -1,0 +1,138 @@
+"""Model bundles for fast engines: ONNX exports of both networks plus metadata.
+
+A bundle folder holds ``classifier.pt``/``segmenter.pt`` with their cards,
+``classifier.onnx``/``segmenter.onnx`` (opset pinned, dynamic batch axis,
+input ``tiles`` of shape (batch, 1, T, T) in [0, 1]) and ``bundle.json``:
+architecture, labels, hypothesis, tile size, halo, and the sha256 of every
+file. Each export is checked with ``onnx.checker`` and against PyTorch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from semtile.errors import ModelError
+from semtile.modelio import ModelBundle, card_path
+
+__all__ = ["OPSET", "export_bundle", "read_bundle_manifest"]
+
+OPSET = 17
+MANIFEST = "bundle.json"
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class _SegmenterProbabilities(torch.nn.Module):
+    """The segmenter with its sigmoid, so every engine returns probabilities."""
+
+    def __init__(self, segmenter: torch.nn.Module):
+        super().__init__()
+        self.segmenter = segmenter
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.segmenter(x))
+
+
+def _export_one(module: torch.nn.Module, path: Path, tile: int, output: str) -> None:
+    import onnx
+    import onnxruntime as ort
+
+    module = module.eval()
+    example = torch.rand(2, 1, tile, tile, generator=torch.Generator().manual_seed(0))
+    torch.onnx.export(
+        module, (example,), str(path), opset_version=OPSET, dynamo=False,
+        input_names=["tiles"], output_names=[output],
+        dynamic_axes={"tiles": {0: "batch"}, output: {0: "batch"}},
+    )
+    model = onnx.load(str(path))
+    onnx.checker.check_model(model, full_check=True)
+    # The export must compute what PyTorch computes, at another batch size too.
+    check = torch.rand(3, 1, tile, tile, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        expected = module(check).numpy()
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"tiles": check.numpy()})[0]
+    if got.shape != expected.shape or not np.allclose(got, expected, atol=1e-4, rtol=1e-4):
+        raise ModelError(f"{path}: ONNX export differs from PyTorch (max {np.abs(got - expected).max():.3g})")
+
+
+def export_bundle(bundle: ModelBundle, out: str | Path, *, tile: int = 256, halo: int = 32) -> Path:
+    """Write weights, cards, ONNX files and ``bundle.json`` for ``bundle`` into ``out``."""
+    out = Path(out)
+    multiple = max(bundle.classifier.arch.multiple, bundle.segmenter.arch.multiple)
+    if tile % multiple:
+        raise ModelError(f"tile {tile} must be a multiple of {multiple}")
+    out.mkdir(parents=True, exist_ok=True)
+    for name, model in (("classifier", bundle.classifier), ("segmenter", bundle.segmenter)):
+        if model.path.resolve() != (out / f"{name}.pt").resolve():
+            shutil.copyfile(model.path, out / f"{name}.pt")
+            card = dict(model.card, weights=f"{name}.pt")
+            card_path(out / f"{name}.pt").write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
+    _export_one(bundle.classifier.network, out / "classifier.onnx", tile, "class_logits")
+    _export_one(_SegmenterProbabilities(bundle.segmenter.network), out / "segmenter.onnx", tile, "mask_probs")
+    files = ["classifier.pt", "classifier.json", "segmenter.pt", "segmenter.json", "classifier.onnx", "segmenter.onnx"]
+    training = bundle.segmenter.card.get("training", {})
+    manifest = {
+        "format": "semtile-bundle/1",
+        "opset": OPSET,
+        "tile": tile,
+        "halo": halo,
+        "labels": bundle.labels,
+        "hypothesis": training.get("hypothesis"),
+        "architecture": {"classifier": bundle.classifier.arch.to_dict(), "segmenter": bundle.segmenter.arch.to_dict()},
+        "inputs": {"tiles": ["batch", 1, tile, tile], "range": [0.0, 1.0]},
+        "outputs": {"classifier.onnx": "class_logits (batch, n_labels)", "segmenter.onnx": "mask_probs (batch, 1, T, T)"},
+        "sha256": {name: _sha256(out / name) for name in files},
+    }
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    return out
+
+
+def read_bundle_manifest(folder: str | Path, *, verify: bool = True) -> dict:
+    """Read ``bundle.json`` and (by default) check every file's sha256."""
+    folder = Path(folder)
+    path = folder / MANIFEST
+    if not path.is_file():
+        raise ModelError(f"{folder}: no {MANIFEST}; run `semtile export` first")
+    manifest = json.loads(path.read_text())
+    if verify:
+        for name, digest in manifest["sha256"].items():
+            if not (folder / name).is_file() or _sha256(folder / name) != digest:
+                raise ModelError(f"{folder / name}: missing or changed since export (sha256 mismatch)")
+    return manifest
+
+
+def cache_root() -> Path:
+    """Where semtile caches exports and compiled engines (``$SEMTILE_CACHE`` or ``~/.cache/semtile``)."""
+    import os
+
+    return Path(os.environ.get("SEMTILE_CACHE", Path.home() / ".cache" / "semtile"))
+
+
+def exported_bundle(bundle: ModelBundle, *, tile: int, halo: int = 32) -> Path:
+    """The ONNX export of ``bundle`` for ``tile``, made once and cached by weight sha256."""
+    key = f"{bundle.classifier.sha256[:16]}-{bundle.segmenter.sha256[:16]}-t{tile}-opset{OPSET}"
+    folder = cache_root() / "bundles" / key
+    try:
+        read_bundle_manifest(folder)
+        return folder
+    except (ModelError, KeyError, ValueError):
+        pass
+    staging = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    export_bundle(bundle, staging, tile=tile, halo=halo)
+    shutil.rmtree(folder, ignore_errors=True)
+    staging.rename(folder)
+    return folder
