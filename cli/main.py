@@ -127,7 +127,10 @@ def train_classifier_cmd(data: Path, out: Path, **kw) -> None:
               help="Model folder with classifier.pt and segmenter.pt (default: the built-in model).")
 @click.option("--classifier", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None, help="Classifier weights overriding the model folder's.")
 @click.option("--segmenter", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None, help="Segmenter weights overriding the model folder's.")
-@click.option("--engine", "engine_name", default="auto", show_default=True, type=click.Choice(ENGINE_NAMES))
+@click.option("--engine", "engine_name", default="auto", show_default=True, type=click.Choice(ENGINE_NAMES),
+              help="Inference backend; auto picks the fastest available and logs why.")
+@click.option("--precision", default="auto", show_default=True, type=click.Choice(["auto", "f32", "bf16", "fp16", "int8"]),
+              help="Engine precision (auto: the engine's fastest at parity; int8 calibrates on tiles of these scans).")
 @click.option("--tile", default=256, show_default=True, type=click.IntRange(16), help="Tile (window) side in pixels.")
 @click.option("--halo", default=32, show_default=True, type=click.IntRange(0), help="Overlap added on each side of a tile core.")
 @click.option("--batch-size", default=8, show_default=True, type=click.IntRange(1), help="Tiles per engine call.")
@@ -136,17 +139,17 @@ def train_classifier_cmd(data: Path, out: Path, **kw) -> None:
 @click.option("--databar-rows", default=None, type=click.IntRange(0), help="Data-bar rows at the bottom (default: from metadata or detected).")
 @click.option("--threads", default=None, type=click.IntRange(1), help="CPU threads for the engine.")
 @click.option("--scratch", type=click.Path(file_okay=False, path_type=Path), default=None, help="Folder for temporary tile stores.")
-def process(inputs, out, csv_path, model, classifier, segmenter, engine_name, tile, halo, batch_size,
+def process(inputs, out, csv_path, model, classifier, segmenter, engine_name, precision, tile, halo, batch_size,
             threshold, page, databar_rows, threads, scratch) -> None:
     """Segment and classify every SEM scan in INPUTS (files or folders) into OUT.
 
     Exit code 0 when every image succeeded, 1 when any failed (the others are
     still written), 2 for usage errors.
     """
-    from semtile.engines import create_engine
+    from semtile.engines import EngineSettings, create_engine
     from semtile.logs import get_logger
     from semtile.modelio import load_bundle
-    from semtile.pipeline import ProcessOptions, process_scans
+    from semtile.pipeline import ProcessOptions, calibration_tiles, process_scans
     from semtile.reader import find_scans
     from semtile.store import default_csv_path
 
@@ -156,10 +159,13 @@ def process(inputs, out, csv_path, model, classifier, segmenter, engine_name, ti
         if not scans:
             raise SemtileError(f"no .tif or .tiff files found in {', '.join(map(str, inputs))}")
         bundle = load_bundle(model, classifier=classifier, segmenter=segmenter)
-        engine, why = create_engine(engine_name, bundle, threads=threads)
         options = ProcessOptions(tile=tile, halo=halo, batch_size=batch_size, threshold=threshold,
                                  page=page, databar_rows=databar_rows)
         options.validate(max(bundle.classifier.arch.multiple, bundle.segmenter.arch.multiple))
+        calibration = calibration_tiles(scans, options) if precision == "int8" else None
+        engine, why = create_engine(engine_name, bundle, EngineSettings(tile=tile, halo=halo, batch_size=batch_size,
+                                                                        precision=precision, threads=threads),
+                                    calibration_tiles=calibration)
     except SemtileError as exc:
         raise click.UsageError(str(exc)) from exc
     log.info("run_start", images=len(scans), engine=engine.describe(), engine_reason=why,

@@ -35,7 +35,7 @@ from semtile.reader import open_scan, sha256_file
 from semtile.store import ImageResult, ResultStore, RunTable
 from semtile.tiling import TileGrid, read_windows
 
-__all__ = ["ProcessOptions", "ImageOutcome", "RunSummary", "process_scans", "analyse_scan"]
+__all__ = ["ProcessOptions", "ImageOutcome", "RunSummary", "process_scans", "analyse_scan", "calibration_tiles"]
 
 log = get_logger("semtile.process")
 
@@ -250,3 +250,30 @@ def _process_one(path: Path, store: ResultStore, engine: Engine, bundle: ModelBu
              databar_rows=attrs["databar_rows"], pixel_size_m=attrs["pixel_size_m"],
              tiles=attrs["tiles"], timings=outcome.timings)
     return outcome
+
+
+def calibration_tiles(scans: list[Path], options: ProcessOptions, count: int = 64, seed: int = 0) -> np.ndarray:
+    """Tiles drawn at random from the user's own scans, to calibrate int8 engines.
+
+    Unreadable scans are skipped here (the run reports them); raises when no
+    scan yields a tile.
+    """
+    rng = np.random.default_rng(seed)
+    chosen = [scans[i] for i in rng.permutation(len(scans))[: max(1, min(len(scans), 16))]]
+    per_scan = max(1, -(-count // len(chosen)))
+    tiles = []
+    for path in chosen:
+        try:
+            with open_scan(path, page=options.page, databar_rows=options.databar_rows) as scan:
+                rows, cols = scan.info.valid_shape
+                if min(rows, cols) < MIN_SIDE:
+                    continue
+                image = scan.valid()
+                grid = TileGrid((rows, cols), options.tile, options.halo)
+                pick = grid.origins[rng.permutation(len(grid))[:per_scan]]
+                tiles.append(read_windows(image.compute() if image.nbytes < 2**28 else image, pick, options.tile))
+        except ImageError:
+            continue
+    if not tiles:
+        raise SemtileError("no readable scan to take calibration tiles from")
+    return np.concatenate(tiles)[:count]
