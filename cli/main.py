@@ -183,6 +183,37 @@ def process(inputs, out, csv_path, model, classifier, segmenter, engine_name, pr
     sys.exit(1 if failed else 0)
 
 
+@main.command()
+def engines() -> None:
+    """List the inference engines available on this machine, with versions and precision."""
+    from semtile.engines import AUTO_ORDER, available_engines
+
+    found = available_engines()
+    chosen = next(n for n in AUTO_ORDER if found[n][0])
+    for name in AUTO_ORDER:
+        ok, why = found[name]
+        mark = "*" if name == chosen else " "
+        click.echo(f"{mark} {name:12s} {'yes' if ok else 'no ':3s}  {why}")
+    click.echo(f"auto picks: {chosen}")
+
+
+@main.command()
+@click.argument("model", required=False, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Bundle folder to write.")
+@click.option("--tile", default=256, show_default=True, type=click.IntRange(16))
+@click.option("--halo", default=32, show_default=True, type=click.IntRange(0))
+def export(model: Path | None, out: Path, tile: int, halo: int) -> None:
+    """Export MODEL (default: the built-in model) to a bundle with ONNX files and checksums."""
+    from semtile.export import export_bundle
+    from semtile.modelio import load_bundle
+
+    try:
+        folder = export_bundle(load_bundle(model), out, tile=tile, halo=halo)
+    except SemtileError as exc:
+        raise click.UsageError(str(exc)) from exc
+    click.echo(f"wrote {folder}")
+
+
 class _NoBar:
     def __enter__(self):
         return self

@@ -37,7 +37,7 @@ from semtile.engines.base import Engine, EngineOutput
 from semtile.errors import SemtileError
 from semtile.modelio import ModelBundle
 
-__all__ = ["TorchCUDAEngine", "torch_cuda_available", "PRECISIONS"]
+__all__ = ["TorchCUDAEngine", "torch_cuda_available", "bf16_supported", "PRECISIONS"]
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +60,14 @@ def torch_cuda_available() -> tuple[bool, str]:
                        "is visible (no GPU, no driver, or CUDA_VISIBLE_DEVICES hides it)")
     names = ", ".join(torch.cuda.get_device_name(i) for i in range(count))
     return True, f"{count} CUDA device(s): {names}"
+
+
+def bf16_supported() -> bool:
+    """Native bfloat16 on the current CUDA device (emulated bf16 is too slow to be worth it)."""
+    try:
+        return bool(torch.cuda.is_bf16_supported(including_emulation=False))
+    except TypeError:  # PyTorch before 2.3 has no including_emulation argument
+        return bool(torch.cuda.is_bf16_supported())
 
 
 def _canonical_precision(precision: str) -> str:
@@ -98,7 +106,7 @@ class TorchCUDAEngine(Engine):
         self.device = torch.device("cuda", int(device))
         if precision == "bf16":
             with torch.cuda.device(self.device):
-                if not torch.cuda.is_bf16_supported():
+                if not bf16_supported():
                     raise SemtileError(f"precision 'bf16' is not supported on {torch.cuda.get_device_name(self.device)}"
                                        " (needs compute capability 8.0 or newer); use 'fp16' or 'f32'")
         self.precision = precision
@@ -114,10 +122,8 @@ class TorchCUDAEngine(Engine):
             self.classifier = _prepare(bundle.classifier.network, self.device, self.dtype)
             self.segmenter = _prepare(bundle.segmenter.network, self.device, self.dtype)
             self.stream = torch.cuda.Stream(self.device)
-            # Pinned host buffers, grown on demand (never shrunk).
-            self._host_in = torch.empty(0)
-            self._host_logits = torch.empty(0)
-            self._host_probs = torch.empty(0)
+            # Pinned host buffers per tile side: (input, logits, probabilities), grown on demand.
+            self._host: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
             self._reserve_host(self.batch_size, self.tile)
             self.graph: torch.cuda.CUDAGraph | None = None
             if self.cuda_graphs:
@@ -154,13 +160,15 @@ class TorchCUDAEngine(Engine):
 
     # -- host buffers ---------------------------------------------------------------------
 
-    def _reserve_host(self, rows: int, side: int) -> None:
-        if self._host_in.ndim == 3 and self._host_in.shape[0] >= rows and self._host_in.shape[1] == side:
-            return
-        rows = max(rows, self.batch_size)
-        self._host_in = torch.empty((rows, side, side), dtype=torch.float32, pin_memory=True)
-        self._host_logits = torch.empty((rows, self.n_labels), dtype=torch.float32, pin_memory=True)
-        self._host_probs = torch.empty((rows, side, side), dtype=torch.float32, pin_memory=True)
+    def _reserve_host(self, rows: int, side: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        buffers = self._host.get(side)
+        if buffers is None or buffers[0].shape[0] < rows:
+            rows = max(rows, self.batch_size)
+            buffers = (torch.empty((rows, side, side), dtype=torch.float32, pin_memory=True),
+                       torch.empty((rows, self.n_labels), dtype=torch.float32, pin_memory=True),
+                       torch.empty((rows, side, side), dtype=torch.float32, pin_memory=True))
+            self._host[side] = buffers
+        return buffers
 
     # -- Engine ---------------------------------------------------------------------------
 
@@ -176,8 +184,7 @@ class TorchCUDAEngine(Engine):
             log.debug("torch-cuda: tile side %d differs from the graph's %d; running eagerly", side, self.tile)
         bs = self.batch_size
         padded = -(-n // bs) * bs if use_graph else n
-        self._reserve_host(padded, side)
-        host_in, host_logits, host_probs = self._host_in, self._host_logits, self._host_probs
+        host_in, host_logits, host_probs = self._reserve_host(padded, side)
         host_in_np = host_in.numpy()
         with torch.cuda.device(self.device), torch.inference_mode(), torch.cuda.stream(self.stream):
             for start in range(0, n, bs):
