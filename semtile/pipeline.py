@@ -102,6 +102,18 @@ def _class_probs(logits: np.ndarray, weights: np.ndarray) -> np.ndarray:
     return (p / p.sum()).astype(np.float32)
 
 
+def _decide(probs: np.ndarray, labels: list) -> tuple[object, str]:
+    """The predicted label and the rule used.
+
+    Integer labels are ordered (the etching conditions t): the median of the
+    image's class distribution minimises the expected error |t_pred - t| and
+    is the prediction. Unordered (text) labels take the most probable class.
+    """
+    if all(isinstance(label, int) for label in labels):
+        return labels[int(np.searchsorted(np.cumsum(probs), 0.5))], "median"
+    return labels[int(np.argmax(probs))], "argmax"
+
+
 def _core_weights(grid: TileGrid) -> np.ndarray:
     rows, cols = grid.shape
     y0 = np.clip(grid.origins[:, 0] + grid.halo, 0, rows)
@@ -163,13 +175,14 @@ def analyse_scan(
     binary = mask >= options.threshold
     probs = _class_probs(np.concatenate(logits), _core_weights(grid))
     labels = bundle.labels
-    label = labels[int(np.argmax(probs))]
+    label, label_rule = _decide(probs, labels)
     ratio = float(binary.mean())
     timings.update(infer=infer, stitch=stitch + time.perf_counter() - t3)
     shutil.rmtree(scratch_path, ignore_errors=True)
 
     parameters = {**asdict(options), "min_side": MIN_SIDE}
     attrs = {
+        "label_rule": label_rule,
         "databar_rows": info.databar_rows,
         "databar_source": info.databar_source,
         "pixel_size_m": info.pixel_size_m,

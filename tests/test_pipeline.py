@@ -79,7 +79,9 @@ def test_results_hold_masks_labels_ratio_and_provenance(tiny_dataset, tiny_bundl
     assert attrs["adhesive_ratio"] == pytest.approx(float(binary.mean()))
     probs = group["class_probs"][:]
     assert probs.shape == (4,) and probs.sum() == pytest.approx(1.0, abs=1e-5)
-    assert attrs["label"] == attrs["labels"][int(np.argmax(probs))]
+    # Ordered (integer) labels: the median of the image's class distribution.
+    assert attrs["label_rule"] == "median"
+    assert attrs["label"] == attrs["labels"][int(np.searchsorted(np.cumsum(probs), 0.5))]
     assert attrs["pixel_size_m"] == pytest.approx(1e-7)
     prov = attrs["provenance"]
     import hashlib
@@ -178,3 +180,15 @@ def test_usage_errors_exit_2(tmp_path, tiny_bundle):
 def test_version():
     result = run_cli("--version")
     assert result.exit_code == 0 and "semtile, version" in result.stdout
+
+
+def test_label_rules():
+    from semtile.pipeline import _class_probs, _decide
+
+    # Two tiles: one sure of label 0, one spread over 2..3; the combination is a distribution.
+    logits = np.log(np.array([[0.7, 0.1, 0.1, 0.1], [0.1, 0.1, 0.4, 0.4]], dtype=np.float64))
+    probs = _class_probs(logits, np.ones(2))
+    assert probs.sum() == pytest.approx(1.0)
+    ordered = np.array([0.3, 0.15, 0.15, 0.4], dtype=np.float32)
+    assert _decide(ordered, [0, 1, 2, 3]) == (2, "median")  # cumulative 0.3, 0.45, 0.6, 1.0
+    assert _decide(ordered, ["a", "b", "c", "d"]) == ("d", "argmax")
