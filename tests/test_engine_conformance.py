@@ -1,0 +1,76 @@
+"""One conformance suite for every engine available here, on the built-in model's real weights.
+
+Each engine processes the same synthetic scans through the real pipeline and
+is compared with PyTorch fp32 (the reference): probabilities, binary masks,
+adhesive ratios and predicted labels.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from semtile.engines import AUTO_ORDER, EngineSettings, available_engines, create_engine
+from semtile.modelio import load_bundle
+from semtile.pipeline import ProcessOptions, analyse_scan, calibration_tiles
+from semtile.synth import SynthConfig, write_dataset
+
+CASES = [("torch-cpu", "bf16"), ("onnxruntime", "f32"), ("openvino", "f32"), ("openvino", "bf16"),
+         ("openvino", "int8"), ("torch-cuda", "fp16"), ("torch-cuda", "bf16"), ("tensorrt", "fp16")]
+TOLERANCE = {"f32": 1e-4, "bf16": 2e-2, "fp16": 2e-2, "int8": 2e-2}
+OPTIONS = ProcessOptions(tile=256, halo=32, batch_size=8)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def private_cache(tmp_path_factory):
+    mp = pytest.MonkeyPatch()
+    mp.setenv("SEMTILE_CACHE", str(tmp_path_factory.mktemp("cache")))
+    yield
+    mp.undo()
+
+
+@pytest.fixture(scope="module")
+def scans(tmp_path_factory):
+    out = tmp_path_factory.mktemp("conformance")
+    # Labels spread over the whole range, 480x640 like the demo.
+    write_dataset(out, SynthConfig(per_label=1, labels=16, size=(480, 640), truth="sqrt", seed=99))
+    return sorted((out / "images").glob("*.tif"))[::3]
+
+
+@pytest.fixture(scope="module")
+def bundle():
+    return load_bundle()
+
+
+@pytest.fixture(scope="module")
+def reference(scans, bundle, tmp_path_factory):
+    engine, _ = create_engine("torch-cpu", bundle, EngineSettings(precision="f32"))
+    scratch = tmp_path_factory.mktemp("scratch")
+    return [analyse_scan(path, engine, bundle, OPTIONS, scratch)[0] for path in scans]
+
+
+@pytest.mark.parametrize("name,precision", CASES, ids=[f"{n}-{p}" for n, p in CASES])
+def test_engine_matches_pytorch_fp32(name, precision, scans, bundle, reference, tmp_path):
+    ok, why = available_engines()[name]
+    if not ok:
+        pytest.skip(f"{name} not available here: {why}")
+    calibration = calibration_tiles(scans, OPTIONS) if precision == "int8" else None
+    engine, _ = create_engine(name, bundle, EngineSettings(precision=precision), calibration_tiles=calibration)
+    assert engine.describe()["precision"] in (precision, "fp32" if precision == "f32" else precision)
+    results = [analyse_scan(path, engine, bundle, OPTIONS, tmp_path)[0] for path in scans]
+    tol = TOLERANCE[precision]
+    prob_err = max(float(np.abs(r.mask - ref.mask).max()) for r, ref in zip(results, reference))
+    agreement = np.mean([np.mean(r.binary_mask == ref.binary_mask) for r, ref in zip(results, reference)])
+    ratio_err = max(abs(r.adhesive_ratio - ref.adhesive_ratio) for r, ref in zip(results, reference))
+    same_label = np.mean([r.label == ref.label for r, ref in zip(results, reference)])
+    assert prob_err <= tol, f"max probability difference {prob_err:.3g} > {tol}"
+    assert agreement >= 0.995, f"binary masks agree on {agreement:.4f} of pixels"
+    assert ratio_err <= 0.005, f"adhesive ratio differs by {ratio_err:.4f}"
+    assert same_label >= 0.99 if len(results) >= 100 else same_label == 1.0
+
+
+def test_auto_picks_the_first_available_in_order(bundle):
+    found = available_engines()
+    expected = next(n for n in AUTO_ORDER if found[n][0])
+    engine, why = create_engine("auto", bundle, EngineSettings())
+    assert engine.name == expected and expected in why
