@@ -9,7 +9,6 @@ file. Each export is checked with ``onnx.checker`` and against PyTorch.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -17,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from semtile.provenance import sha256_file
 from semtile.errors import ModelError
 from semtile.modelio import ModelBundle, card_path
 
@@ -25,13 +25,6 @@ __all__ = ["OPSET", "export_bundle", "read_bundle_manifest"]
 OPSET = 17
 MANIFEST = "bundle.json"
 
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class _SegmenterProbabilities(torch.nn.Module):
@@ -94,7 +87,7 @@ def export_bundle(bundle: ModelBundle, out: str | Path, *, tile: int = 256, halo
         "architecture": {"classifier": bundle.classifier.arch.to_dict(), "segmenter": bundle.segmenter.arch.to_dict()},
         "inputs": {"tiles": ["batch", 1, tile, tile], "range": [0.0, 1.0]},
         "outputs": {"classifier.onnx": "class_logits (batch, n_labels)", "segmenter.onnx": "mask_probs (batch, 1, T, T)"},
-        "sha256": {name: _sha256(out / name) for name in files},
+        "sha256": {name: sha256_file(out / name) for name in files},
     }
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return out
@@ -109,7 +102,7 @@ def read_bundle_manifest(folder: str | Path, *, verify: bool = True) -> dict:
     manifest = json.loads(path.read_text())
     if verify:
         for name, digest in manifest["sha256"].items():
-            if not (folder / name).is_file() or _sha256(folder / name) != digest:
+            if not (folder / name).is_file() or sha256_file(folder / name) != digest:
                 raise ModelError(f"{folder / name}: missing or changed since export (sha256 mismatch)")
     return manifest
 

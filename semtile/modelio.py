@@ -10,7 +10,6 @@ one such folder shipped inside the package.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from importlib import resources
@@ -19,6 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from semtile.provenance import sha256_file
 from semtile.errors import ModelError
 from semtile.models import Architecture, build_model
 
@@ -26,13 +26,6 @@ __all__ = ["LoadedModel", "ModelBundle", "save_model", "load_model", "load_bundl
 
 CARD_FORMAT = "semtile-model/1"
 
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def card_path(weights: Path) -> Path:
@@ -84,7 +77,7 @@ def save_model(network: nn.Module, arch: Architecture, labels: list, path: str |
     state = {k: v.detach().cpu().contiguous() for k, v in network.state_dict().items()}
     torch.save(state, path)
     card = {"format": CARD_FORMAT, "architecture": arch.to_dict(), "labels": list(labels),
-            "weights": path.name, "sha256": _sha256(path), **card_fields}
+            "weights": path.name, "sha256": sha256_file(path), **card_fields}
     card_path(path).write_text(json.dumps(card, indent=2, sort_keys=True, default=str) + "\n")
     return path
 
@@ -105,7 +98,7 @@ def load_model(path: str | Path, expect_kind: str | None = None) -> LoadedModel:
         raise ModelError(f"{card_file}: not a valid model card ({exc})") from exc
     if expect_kind and arch.kind != expect_kind:
         raise ModelError(f"{path}: expected a {expect_kind}, the card says {arch.kind}")
-    sha = _sha256(path)
+    sha = sha256_file(path)
     if card.get("sha256") and card["sha256"] != sha:
         raise ModelError(f"{path}: weights do not match the sha256 in {card_file.name}")
     try:

@@ -20,7 +20,6 @@ whose message names the file and the reason.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
 import os
@@ -34,6 +33,7 @@ import numpy as np
 import tifffile
 import zarr
 
+from semtile.provenance import sha256_file as _sha256_file
 from semtile.errors import (
     ImageTooSmallError,
     SemtileError,
@@ -138,14 +138,10 @@ def sha256_file(path: str | Path) -> str:
     UnreadableImageError
         If the file cannot be read.
     """
-    digest = hashlib.sha256()
     try:
-        with open(path, "rb") as fh:
-            while block := fh.read(2**20):
-                digest.update(block)
+        return _sha256_file(path)
     except OSError as exc:
         raise UnreadableImageError(path, f"cannot read file: {exc.strerror or exc}") from exc
-    return digest.hexdigest()
 
 
 # --------------------------------------------------------------------------
