@@ -1,0 +1,198 @@
+"""``semtile evaluate``: a result store against the labels (and masks) it should have found.
+
+Reads the same formats ``semtile process`` writes (``results.zarr``) and
+datasets use (``labels.csv``; ``masks/`` beside the images, as ``semtile
+synth`` writes them; ``truth.csv`` with true adhesive ratios). Labels are
+ordered where they are integers, so besides top-1 accuracy it reports the
+share within one label (±1) and the mean absolute error in t. Given an
+expert's answers (``path,label``) it reports the same figures for the human
+beside the model (the paper's Figures 7 and 8).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import zarr
+
+from semtile.dataset import read_labels
+from semtile.errors import DatasetError, SemtileError
+
+__all__ = ["LabelScores", "evaluate_store", "label_scores", "mask_scores"]
+
+
+@dataclass
+class LabelScores:
+    labels: list
+    confusion: np.ndarray  # rows: true label, columns: predicted label
+    top1: float
+    within1: float | None
+    mae_t: float | None
+    per_label_accuracy: dict
+
+    def to_dict(self) -> dict:
+        return {"top1": self.top1, "within1": self.within1, "mae_t": self.mae_t, "n": int(self.confusion.sum()),
+                "per_label_accuracy": {str(k): v for k, v in self.per_label_accuracy.items()}}
+
+
+def label_scores(true: list, predicted: list, labels: list) -> LabelScores:
+    """Confusion matrix, top-1, ±1 accuracy and mean absolute error in t (ordered labels)."""
+    index = {label: i for i, label in enumerate(labels)}
+    confusion = np.zeros((len(labels), len(labels)), dtype=np.int64)
+    for t, p in zip(true, predicted):
+        if t not in index or p not in index:
+            raise DatasetError(f"label {t if t not in index else p!r} is not one of the model's labels {labels}")
+        confusion[index[t], index[p]] += 1
+    n = confusion.sum()
+    if n == 0:
+        raise DatasetError("no images to evaluate")
+    top1 = float(np.trace(confusion) / n)
+    ordered = all(isinstance(label, int) for label in labels)
+    within1 = mae = None
+    if ordered:
+        diff = np.abs(np.array(true, dtype=float) - np.array(predicted, dtype=float))
+        within1, mae = float(np.mean(diff <= 1)), float(np.mean(diff))
+    per_label = {label: (float(confusion[i, i] / confusion[i].sum()) if confusion[i].sum() else None)
+                 for i, label in enumerate(labels)}
+    return LabelScores(labels, confusion, top1, within1, mae, per_label)
+
+
+def mask_scores(predicted: np.ndarray, truth: np.ndarray) -> dict:
+    """Pixel accuracy, IoU and Dice of two binary masks of the same shape."""
+    p, t = predicted.astype(bool), truth.astype(bool)
+    inter, union, total = np.logical_and(p, t).sum(), np.logical_or(p, t).sum(), p.sum() + t.sum()
+    return {"pixel_accuracy": float(np.mean(p == t)),
+            "iou": float(inter / union) if union else 1.0,
+            "dice": float(2 * inter / total) if total else 1.0}
+
+
+def _read_expert(path: Path, base: Path) -> dict[Path, object]:
+    with path.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    if not rows or "path" not in rows[0] or "label" not in rows[0]:
+        raise DatasetError(f"{path}: needs columns 'path' and 'label'")
+    values = [r["label"].strip() for r in rows]
+    try:
+        values = [int(v) for v in values]
+    except ValueError:
+        pass
+    return {(base / r["path"].strip()).resolve(): v for r, v in zip(rows, values)}
+
+
+def _plot_confusion(scores: LabelScores, title: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 5.6), dpi=110)
+    m = scores.confusion
+    image = ax.imshow(m, cmap="viridis")
+    ax.set_xticks(range(len(scores.labels)), [str(v) for v in scores.labels], fontsize=7)
+    ax.set_yticks(range(len(scores.labels)), [str(v) for v in scores.labels], fontsize=7)
+    ax.set_xlabel("predicted label")
+    ax.set_ylabel("true label")
+    extra = f", ±1 {scores.within1:.2f}, MAE {scores.mae_t:.2f}" if scores.within1 is not None else ""
+    ax.set_title(f"{title}: top-1 {scores.top1:.2f}{extra}", fontsize=9)
+    for (i, j), v in np.ndenumerate(m):
+        if v:
+            ax.text(j, i, str(v), ha="center", va="center", fontsize=6, color="w" if v < m.max() / 2 else "k")
+    fig.colorbar(image, ax=ax, shrink=0.8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def evaluate_store(store: str | Path, labels_csv: str | Path, out: str | Path,
+                   expert_csv: str | Path | None = None) -> dict:
+    """Score a result store against a dataset; write CSV, PNG, JSON and markdown into ``out``."""
+    store, out = Path(store), Path(out)
+    if not store.is_dir():
+        raise SemtileError(f"{store}: result store not found")
+    samples = read_labels(labels_csv)
+    truth_by_path = {s.path: s.label for s in samples}
+    base = Path(labels_csv).parent if Path(labels_csv).is_file() else Path(labels_csv)
+    truth_ratio = {}
+    if (base / "truth.csv").is_file():
+        with (base / "truth.csv").open(newline="") as handle:
+            truth_ratio = {(base / r["path"]).resolve(): float(r["adhesive_ratio"]) for r in csv.DictReader(handle)}
+    root = zarr.open_group(str(store), mode="r")
+    rows, labels = [], None
+    for name, group in sorted(root.groups()):
+        source = Path(group.attrs.get("source_path", ""))
+        if source not in truth_by_path:
+            continue
+        labels = labels or list(group.attrs["labels"])
+        row = {"path": str(source), "group": name, "true_label": truth_by_path[source],
+               "predicted_label": group.attrs["label"], "adhesive_ratio": float(group.attrs["adhesive_ratio"])}
+        if source in truth_ratio:
+            row["true_adhesive_ratio"] = truth_ratio[source]
+        mask_path = source.parent.parent / "masks" / source.name
+        if mask_path.is_file():
+            import tifffile
+
+            predicted = group["binary_mask"][:]
+            truth = tifffile.imread(mask_path)[: predicted.shape[0], : predicted.shape[1]] > 0
+            row.update(mask_scores(predicted, truth))
+        rows.append(row)
+    if not rows:
+        raise DatasetError(f"no image of {labels_csv} has a result in {store}")
+    out.mkdir(parents=True, exist_ok=True)
+    model = label_scores([r["true_label"] for r in rows], [r["predicted_label"] for r in rows], labels)
+    report = {"images": len(rows), "missing": len(samples) - len(rows), "model": model.to_dict()}
+    _write_confusion(model, out / "confusion.csv")
+    _plot_confusion(model, "model", out / "confusion.png")
+    if any("true_adhesive_ratio" in r for r in rows):
+        errors = [abs(r["adhesive_ratio"] - r["true_adhesive_ratio"]) for r in rows if "true_adhesive_ratio" in r]
+        report["adhesive_ratio_mae"] = float(np.mean(errors))
+    if any("dice" in r for r in rows):
+        report["masks"] = {k: {"mean": float(np.mean([r[k] for r in rows if k in r])),
+                               "std": float(np.std([r[k] for r in rows if k in r]))}
+                           for k in ("pixel_accuracy", "iou", "dice")}
+    if expert_csv:
+        expert = _read_expert(Path(expert_csv), Path(expert_csv).parent)
+        judged = [r for r in rows if Path(r["path"]) in expert]
+        if not judged:
+            raise DatasetError(f"{expert_csv}: no answer for any evaluated image")
+        human = label_scores([r["true_label"] for r in judged], [expert[Path(r["path"])] for r in judged], labels)
+        same = label_scores([r["true_label"] for r in judged], [r["predicted_label"] for r in judged], labels)
+        report["expert"] = human.to_dict()
+        report["model_on_expert_images"] = same.to_dict()
+        _write_confusion(human, out / "confusion_expert.csv")
+        _plot_confusion(human, "expert", out / "confusion_expert.png")
+    with (out / "per_image.csv").open("w", newline="") as handle:
+        fields = sorted({k for r in rows for k in r}, key=lambda k: list(rows[0]).index(k) if k in rows[0] else 99)
+        writer = csv.DictWriter(handle, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    (out / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / "summary.md").write_text(_summary(report))
+    return report
+
+
+def _write_confusion(scores: LabelScores, path: Path) -> None:
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["true\\predicted", *scores.labels])
+        for label, row in zip(scores.labels, scores.confusion):
+            writer.writerow([label, *row.tolist()])
+
+
+def _summary(report: dict) -> str:
+    lines = [f"# Evaluation ({report['images']} images, {report['missing']} without a result)", "",
+             "| who | top-1 | ±1 | MAE in t |", "|---|---:|---:|---:|"]
+    for who in ("model", "expert", "model_on_expert_images"):
+        if who in report:
+            s = report[who]
+            fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+            lines.append(f"| {who} | {fmt(s['top1'])} | {fmt(s['within1'])} | {fmt(s['mae_t'])} |")
+    if "adhesive_ratio_mae" in report:
+        lines += ["", f"Adhesive ratio, mean absolute error against truth.csv: {report['adhesive_ratio_mae']:.4f}"]
+    if "masks" in report:
+        lines += ["", "| mask metric | mean | std |", "|---|---:|---:|"]
+        lines += [f"| {k} | {v['mean']:.4f} | {v['std']:.4f} |" for k, v in report["masks"].items()]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,53 @@
+"""``semtile evaluate``: scores computed from a real result store."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from semtile.cli.main import main
+from semtile.evaluate import label_scores, mask_scores
+
+
+def test_label_scores_on_a_known_case():
+    s = label_scores([0, 1, 2, 3], [0, 2, 2, 1], [0, 1, 2, 3])
+    assert s.top1 == 0.5 and s.within1 == 0.75 and s.mae_t == pytest.approx(0.75)
+    assert s.confusion[1, 2] == 1 and s.confusion[3, 1] == 1 and s.confusion.sum() == 4
+    assert s.per_label_accuracy == {0: 1.0, 1: 0.0, 2: 1.0, 3: 0.0}
+    text = label_scores(["a", "b"], ["a", "a"], ["a", "b"])
+    assert text.within1 is None and text.top1 == 0.5
+
+
+def test_mask_scores():
+    p = np.array([[1, 1, 0, 0]], bool)
+    t = np.array([[1, 0, 0, 0]], bool)
+    assert mask_scores(p, t) == {"pixel_accuracy": 0.75, "iou": 0.5, "dice": pytest.approx(2 / 3)}
+
+
+def test_evaluate_a_processed_dataset_with_an_expert(tiny_dataset, tiny_bundle, tmp_path):
+    out = tmp_path / "r.zarr"
+    run = CliRunner().invoke(main, ["process", str(tiny_dataset / "images"), "--out", str(out), "--model", str(tiny_bundle),
+                                    "--tile", "64", "--halo", "8", "--engine", "torch-cpu"])
+    assert run.exit_code == 0
+    expert = tmp_path / "expert.csv"
+    with expert.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "label"])
+        for row in csv.DictReader((tiny_dataset / "labels.csv").open()):
+            writer.writerow([str(tiny_dataset / row["path"]), row["label"]])  # a perfect expert
+    result = CliRunner().invoke(main, ["evaluate", str(out), "--labels", str(tiny_dataset / "labels.csv"),
+                                       "--expert", str(expert), "--out", str(tmp_path / "ev")])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert report["images"] == 8 and report["expert"]["top1"] == 1.0
+    assert 0.0 <= report["model"]["top1"] <= 1.0 and report["model"]["within1"] is not None
+    assert {"pixel_accuracy", "iou", "dice"} <= set(report["masks"])
+    assert "adhesive_ratio_mae" in report
+    for name in ("confusion.csv", "confusion.png", "confusion_expert.png", "per_image.csv", "summary.md"):
+        assert (tmp_path / "ev" / name).stat().st_size > 0
+    rows = list(csv.reader((tmp_path / "ev" / "confusion.csv").open()))
+    assert sum(int(v) for r in rows[1:] for v in r[1:]) == 8
