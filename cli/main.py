@@ -63,18 +63,42 @@ def _train_options(func):
         click.option("--lr", default=1e-3, show_default=True, type=float),
         click.option("--seed", default=0, show_default=True, type=int),
         click.option("--threads", default=None, type=click.IntRange(1), help="Torch CPU threads."),
+        click.option("--split", "split", default=None, help="Train,val,test shares per label, e.g. 80,10,10 (default) or 40,5,5; a split column in labels.csv wins."),
+        click.option("--patience", default=0, show_default=True, type=click.IntRange(0), help="Stop after this many epochs without a better validation loss (0: never)."),
+        click.option("--device", default="auto", show_default=True, help="auto (GPU when present), cpu or cuda."),
+        click.option("--resume", is_flag=True, help="Continue from the checkpoint beside --out (OUT.ckpt)."),
     ]):
         func = option(func)
     return func
 
 
 def _config(kw: dict):
+    from semtile.dataset import parse_split
     from semtile.models import Architecture
     from semtile.training import TrainConfig
 
     arch = dict(c=kw.pop("c"), d=kw.pop("d"), n=kw.pop("n"), N=kw.pop("N"))
-    config = TrainConfig(**{k: kw.pop(k) for k in ("epochs", "steps_per_epoch", "batch_size", "crop", "lr", "seed", "threads")})
+    config = TrainConfig(split=parse_split(kw.pop("split")),
+                         **{k: kw.pop(k) for k in ("epochs", "steps_per_epoch", "batch_size", "crop", "lr", "seed",
+                                                   "threads", "patience", "device", "resume")})
     return arch, config, Architecture
+
+
+class _Progress:
+    """A click progress bar over training steps, on a terminal only."""
+
+    def __init__(self, total: int, label: str):
+        self.bar = click.progressbar(length=total, label=label, file=sys.stderr) if sys.stderr.isatty() else None
+
+    def __enter__(self):
+        if self.bar:
+            self.bar.__enter__()
+        return (lambda n: self.bar.update(n)) if self.bar else None
+
+    def __exit__(self, *exc):
+        if self.bar:
+            self.bar.__exit__(*exc)
+        return False
 
 
 @main.group()
@@ -85,19 +109,28 @@ def train() -> None:
 @train.command("segmenter")
 @click.argument("data", type=click.Path(exists=True, path_type=Path))
 @click.option("--hypothesis", default="sqrt", show_default=True, help="Weak-label curve g(t): linear, sqrt, log or table:FILE.")
+@click.option("--g-range", "g_range", default="1,0", show_default=True, help="HI,LO: g at the first and the last label.")
 @click.option("--masks", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="Folder of per-pixel masks named like the images: supervised training instead of weak labels.")
 @_train_options
-def train_segmenter_cmd(data: Path, hypothesis: str, masks: Path | None, out: Path, **kw) -> None:
-    """Train a segmenter (weak labels: mean of the mask regressed onto g(t))."""
-    from semtile.hypotheses import parse_hypothesis
+def train_segmenter_cmd(data: Path, hypothesis: str, g_range: str, masks: Path | None, out: Path, **kw) -> None:
+    """Train a segmenter (weak labels: mean of the mask regressed onto g(t)).
+
+    HYPOTHESIS: linear, sqrt, log, exp, power:K, table:FILE, or learned (a monotone
+    g fitted jointly, its ends pinned by --g-range).
+    """
+    from semtile.hypotheses import parse_g_range, parse_hypothesis
     from semtile.training import train_segmenter
 
-    arch, config, Architecture = _config(kw)
     try:
+        arch, config, Architecture = _config(kw)
         parse_hypothesis(hypothesis)
-        path = train_segmenter(data, out, hypothesis=hypothesis, masks=masks,
-                               arch=Architecture("segmenter", **arch), config=config)
+        ends = parse_g_range(g_range)
+        if ends is None:
+            raise SemtileError("--g-range free is not supported: pinned ends keep weak labels from collapsing")
+        with _Progress(config.epochs * config.steps_per_epoch, "training") as progress:
+            path = train_segmenter(data, out, hypothesis=hypothesis, masks=masks, g_range=ends,
+                                   arch=Architecture("segmenter", **arch), config=config, progress=progress)
     except SemtileError as exc:
         raise click.UsageError(str(exc)) from exc
     click.echo(f"wrote {path}")
@@ -110,9 +143,10 @@ def train_classifier_cmd(data: Path, out: Path, **kw) -> None:
     """Train the baseline classifier."""
     from semtile.training import train_classifier
 
-    arch, config, Architecture = _config(kw)
     try:
-        path = train_classifier(data, out, arch=Architecture("classifier", **arch), config=config)
+        arch, config, Architecture = _config(kw)
+        with _Progress(config.epochs * config.steps_per_epoch, "training") as progress:
+            path = train_classifier(data, out, arch=Architecture("classifier", **arch), config=config, progress=progress)
     except SemtileError as exc:
         raise click.UsageError(str(exc)) from exc
     click.echo(f"wrote {path}")

@@ -15,9 +15,9 @@ import numpy as np
 
 from semtile.errors import SemtileError
 
-__all__ = ["HYPOTHESES", "hypothesis_values", "parse_hypothesis"]
+__all__ = ["HYPOTHESES", "hypothesis_values", "parse_hypothesis", "parse_g_range", "is_learned"]
 
-HYPOTHESES = ("linear", "sqrt", "log")
+HYPOTHESES = ("linear", "sqrt", "log", "exp", "power:K", "table:FILE", "learned")
 
 
 def _linear(x: np.ndarray) -> np.ndarray:
@@ -32,7 +32,12 @@ def _log(x: np.ndarray) -> np.ndarray:
     return 1.0 - np.log1p(9.0 * x) / math.log(10.0)
 
 
-_CURVES = {"linear": _linear, "sqrt": _sqrt, "log": _log}
+def _exp(x: np.ndarray) -> np.ndarray:
+    # A fast early fall, normalised to the same ends: (e^-3x - e^-3) / (1 - e^-3).
+    return (np.exp(-3.0 * x) - math.exp(-3.0)) / (1.0 - math.exp(-3.0))
+
+
+_CURVES = {"linear": _linear, "sqrt": _sqrt, "log": _log, "exp": _exp}
 
 
 def _read_table(path: Path, n_labels: int) -> np.ndarray:
@@ -70,27 +75,63 @@ def _read_table(path: Path, n_labels: int) -> np.ndarray:
     return table
 
 
+def _power_exponent(spec: str) -> float:
+    try:
+        k = float(spec[len("power:"):])
+    except ValueError:
+        raise SemtileError(f"{spec!r}: power:K needs a number K, e.g. power:0.5") from None
+    if not k > 0:
+        raise SemtileError(f"{spec!r}: K must be positive")
+    return k
+
+
+def is_learned(spec: str) -> bool:
+    return spec == "learned"
+
+
 def parse_hypothesis(spec: str) -> str:
-    """Validate a hypothesis name (``linear``, ``sqrt``, ``log`` or ``table:FILE``)."""
-    if spec in _CURVES or (spec.startswith("table:") and len(spec) > len("table:")):
+    """Validate a hypothesis: linear, sqrt, log, exp, power:K, table:FILE or learned."""
+    if spec in _CURVES or spec == "learned" or (spec.startswith("table:") and len(spec) > len("table:")):
         return spec
-    raise SemtileError(
-        f"unknown hypothesis {spec!r}: choose one of {', '.join(HYPOTHESES)} or table:FILE"
-    )
+    if spec.startswith("power:"):
+        _power_exponent(spec)
+        return spec
+    raise SemtileError(f"unknown hypothesis {spec!r}: choose one of {', '.join(HYPOTHESES)}")
 
 
-def hypothesis_values(spec: str, n_labels: int) -> np.ndarray:
+def parse_g_range(value: str | None) -> tuple[float, float] | None:
+    """``HI,LO`` (default 1,0) -> (hi, lo); ``free`` -> None (ends learned too)."""
+    if value is None or value == "":
+        return (1.0, 0.0)
+    if value == "free":
+        return None
+    try:
+        hi, lo = (float(v) for v in value.split(","))
+    except ValueError:
+        raise SemtileError(f"--g-range {value!r}: expected HI,LO such as 1,0 (or 'free')") from None
+    if not (0.0 <= lo < hi <= 1.0):
+        raise SemtileError(f"--g-range {value!r}: need 0 <= LO < HI <= 1")
+    return hi, lo
+
+
+def hypothesis_values(spec: str, n_labels: int, g_range: tuple[float, float] = (1.0, 0.0)) -> np.ndarray:
     """Return g(t) for t = 0 .. n_labels-1 as a float64 array.
 
     Parameters
     ----------
     spec : str
         ``linear`` (g = 1 - x), ``sqrt`` (g = 1 - sqrt(x)), ``log``
-        (g = 1 - ln(1 + 9x)/ln 10), with x = t / (T - 1); or ``table:FILE``.
+        (g = 1 - ln(1 + 9x)/ln 10), ``exp`` ((e^-3x - e^-3)/(1 - e^-3)),
+        ``power:K`` (g = 1 - x^K), with x = t / (T - 1); or ``table:FILE``
+        (one value per label, used as given). ``learned`` has no fixed values.
     n_labels : int
         Number of labels T (at least 2 for the analytic curves).
+    g_range : (hi, lo)
+        Analytic curves run from ``hi`` at t = 0 down to ``lo`` at t = T - 1.
     """
     parse_hypothesis(spec)
+    if is_learned(spec):
+        raise SemtileError("the learned hypothesis has no fixed values: it is fitted during training")
     if n_labels < 1:
         raise SemtileError(f"need at least one label, got {n_labels}")
     if spec.startswith("table:"):
@@ -98,4 +139,9 @@ def hypothesis_values(spec: str, n_labels: int) -> np.ndarray:
     if n_labels < 2:
         raise SemtileError("an analytic hypothesis needs at least 2 labels")
     x = np.arange(n_labels, dtype=np.float64) / (n_labels - 1)
-    return np.clip(_CURVES[spec](x), 0.0, 1.0)
+    if spec.startswith("power:"):
+        g = 1.0 - x ** _power_exponent(spec)
+    else:
+        g = _CURVES[spec](x)
+    hi, lo = g_range
+    return np.clip(lo + (hi - lo) * g, 0.0, 1.0)

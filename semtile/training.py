@@ -1,31 +1,43 @@
-"""Training, minimal form: weak-label or supervised segmenter, tile classifier.
+"""Training: weak-label or supervised segmenters, the baseline classifier.
 
 Images are read through the same reader as ``semtile process`` (data bar
 excluded, intensities in [0, 1]) and sampled as random square crops with
-isotropic augmentation (flips and 90-degree turns). A seeded tenth of each
-label is held out to report a validation loss every epoch; the weights of the
-best epoch are kept.
+isotropic augmentation (flips and 90-degree turns). The dataset is split into
+train, validation and test (stratified and seeded, or as labels.csv says);
+the split is saved with the model. Adam with a one-cycle learning-rate
+schedule; a validation loss every epoch on fixed crops; early stopping on it;
+the weights of the best epoch are kept. A checkpoint is written after every
+epoch so that ``resume=True`` continues an interrupted run exactly.
+
+Weak labels (the paper's eq. 4): the mean of the sigmoid mask of each crop is
+regressed onto g(t). With the ``learned`` hypothesis, g is fitted jointly: a
+monotone curve made of the normalised cumulative sum of softplus increments,
+its ends pinned by ``g_range``. Pinned ends rule out the collapse that free
+ends allow (a constant mask with a constant g fits any data).
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
+from torch import nn
 from torch.nn import functional as F
 
-from semtile.dataset import Sample, label_order, read_labels
+from semtile.dataset import Sample, label_order, read_labels, split_samples
 from semtile.errors import DatasetError, SemtileError
-from semtile.hypotheses import hypothesis_values
+from semtile.hypotheses import hypothesis_values, is_learned, parse_hypothesis
 from semtile.logs import get_logger
 from semtile.modelio import save_model
 from semtile.models import Architecture, build_model
 from semtile.reader import open_scan
 
-__all__ = ["TrainConfig", "train_segmenter", "train_classifier"]
+__all__ = ["TrainConfig", "LearnedCurve", "TrainingData", "load_training_data", "train_segmenter",
+           "train_classifier", "pick_device"]
 
 log = get_logger("semtile.train")
 
@@ -38,8 +50,59 @@ class TrainConfig:
     crop: int = 128
     lr: float = 1e-3
     seed: int = 0
-    val_fraction: float = 0.1
+    split: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    patience: int = 0  # epochs without validation improvement before stopping; 0 = never
+    val_crops: int = 4  # fixed crops per validation image
     threads: int | None = None
+    device: str = "auto"
+    resume: bool = False
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """``auto``: the GPU when present, the CPU otherwise."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+class LearnedCurve(nn.Module):
+    """A monotone decreasing g(t) from ``hi`` at t = 0 to ``lo`` at t = T - 1.
+
+    g(t) = hi - (hi - lo) * cumsum(softplus(theta))[t] / sum(softplus(theta)),
+    starting from equal increments (the linear curve).
+    """
+
+    def __init__(self, n_labels: int, g_range: tuple[float, float] = (1.0, 0.0)):
+        super().__init__()
+        if n_labels < 2:
+            raise SemtileError("a learned hypothesis needs at least 2 labels")
+        self.hi, self.lo = g_range
+        # softplus(0.5413) = 1: equal unit increments.
+        self.theta = nn.Parameter(torch.full((n_labels - 1,), 0.5413))
+
+    def forward(self) -> torch.Tensor:
+        steps = F.softplus(self.theta)
+        fall = torch.cat([steps.new_zeros(1), torch.cumsum(steps, 0)]) / steps.sum()
+        return self.hi - (self.hi - self.lo) * fall
+
+
+@dataclass
+class TrainingData:
+    """A dataset in memory: images (valid areas), labels, split."""
+
+    samples: list[Sample]
+    labels: list
+    images: list[np.ndarray]
+    split: dict[str, list[int]]
+    masks: list[np.ndarray] | None = None
+    source: str = ""  # the dataset as the user named it
+
+    def label_index(self) -> list[int]:
+        index = {label: i for i, label in enumerate(self.labels)}
+        return [index[s.label] for s in self.samples]
+
+    def names(self, part: str) -> list[str]:
+        return [self.samples[i].path.name for i in self.split[part]]
 
 
 def _load(path: Path) -> np.ndarray:
@@ -47,211 +110,274 @@ def _load(path: Path) -> np.ndarray:
         return np.ascontiguousarray(scan.valid().compute(), dtype=np.float32)
 
 
-def _split(samples: list[Sample], fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """Seeded per-label hold-out (at least one image per label when a label has two or more)."""
-    rng = np.random.default_rng(seed)
-    train, val = [], []
-    by_label: dict = {}
-    for i, s in enumerate(samples):
-        by_label.setdefault(s.label, []).append(i)
-    for label in label_order(by_label):
-        idx = rng.permutation(by_label[label]).tolist()
-        n_val = int(round(fraction * len(idx))) if len(idx) > 1 else 0
-        n_val = max(n_val, 1) if fraction > 0 and len(idx) > 1 else n_val
-        val += idx[:n_val]
-        train += idx[n_val:]
-    return sorted(train), sorted(val)
+def load_training_data(data: str | Path, config: TrainConfig, masks: str | Path | None = None) -> TrainingData:
+    samples = read_labels(data)
+    labels = label_order([s.label for s in samples])
+    if len(labels) < 2:
+        raise DatasetError(f"{data}: need at least two labels, found {labels}")
+    split = split_samples(samples, config.split, config.seed)
+    if not split["train"]:
+        raise DatasetError(f"{data}: the split leaves no training images")
+    t0 = time.perf_counter()
+    images = [_load(s.path) for s in samples]
+    for s, img in zip(samples, images):
+        if min(img.shape) < config.crop:
+            raise DatasetError(f"{s.path}: valid area {img.shape[0]}x{img.shape[1]} is smaller than the crop {config.crop}")
+    mask_arrays = None
+    if masks is not None:
+        mask_arrays = []
+        for s, img in zip(samples, images):
+            mpath = Path(masks) / s.path.name
+            if not mpath.is_file():
+                raise DatasetError(f"{mpath}: no mask for {s.path.name}")
+            with open_scan(mpath, databar_rows=0) as scan:
+                m = scan.gray().compute()
+            if m.shape[0] < img.shape[0] or m.shape[1] != img.shape[1]:
+                raise DatasetError(f"{mpath}: mask {m.shape} does not cover the image {img.shape}")
+            mask_arrays.append((m[: img.shape[0]] > 0).astype(np.float32))
+    log.info("dataset_loaded", data=str(data), images=len(images), labels=len(labels),
+             **{part: len(idx) for part, idx in split.items()}, seconds=round(time.perf_counter() - t0, 2))
+    return TrainingData(samples, labels, images, split, mask_arrays, source=str(data))
 
 
 class _CropSampler:
     """Random crops (with the matching mask crops) and isotropic augmentation."""
 
-    def __init__(self, images, targets, crop: int, rng: np.random.Generator, masks=None):
-        for img in images:
-            if min(img.shape) < crop:
-                raise DatasetError(f"an image of {img.shape[0]}x{img.shape[1]} is smaller than the crop {crop}")
-        self.images, self.targets, self.masks = images, targets, masks
-        self.crop, self.rng = crop, rng
+    def __init__(self, data: TrainingData, indices: list[int], crop: int, rng: np.random.Generator):
+        self.data, self.indices, self.crop, self.rng = data, indices, crop, rng
+        self.targets = data.label_index()
 
     def batch(self, size: int):
         xs, ms, ts = [], [], []
         for _ in range(size):
-            i = int(self.rng.integers(len(self.images)))
-            img = self.images[i]
+            i = self.indices[int(self.rng.integers(len(self.indices)))]
+            img = self.data.images[i]
             y = int(self.rng.integers(img.shape[0] - self.crop + 1))
             x = int(self.rng.integers(img.shape[1] - self.crop + 1))
             k, flip = int(self.rng.integers(4)), bool(self.rng.integers(2))
-            views = [img] + ([self.masks[i]] if self.masks is not None else [])
+            views = [img] + ([self.data.masks[i]] if self.data.masks is not None else [])
             views = [np.rot90(v[y:y + self.crop, x:x + self.crop], k) for v in views]
             if flip:
                 views = [v[:, ::-1] for v in views]
             xs.append(views[0])
-            if self.masks is not None:
+            if self.data.masks is not None:
                 ms.append(views[1])
             ts.append(self.targets[i])
         x = torch.from_numpy(np.ascontiguousarray(np.stack(xs)[:, None], dtype=np.float32))
         m = torch.from_numpy(np.ascontiguousarray(np.stack(ms)[:, None], dtype=np.float32)) if ms else None
-        return x, m, ts
+        return x, m, torch.tensor(ts)
 
 
-def _centre_crops(images, crop: int) -> torch.Tensor:
-    out = []
-    for img in images:
-        y, x = (img.shape[0] - crop) // 2, (img.shape[1] - crop) // 2
-        out.append(img[y:y + crop, x:x + crop])
-    return torch.from_numpy(np.ascontiguousarray(np.stack(out)[:, None], dtype=np.float32))
+def _fixed_crops(data: TrainingData, indices: list[int], crop: int, per_image: int, seed: int):
+    """The same validation crops every epoch (and for every hypothesis with the same seed)."""
+    rng = np.random.default_rng(seed + 7919)
+    targets = data.label_index()
+    xs, ms, ts = [], [], []
+    for i in indices:
+        img = data.images[i]
+        for _ in range(per_image):
+            y = int(rng.integers(img.shape[0] - crop + 1))
+            x = int(rng.integers(img.shape[1] - crop + 1))
+            xs.append(img[y:y + crop, x:x + crop])
+            if data.masks is not None:
+                ms.append(data.masks[i][y:y + crop, x:x + crop])
+            ts.append(targets[i])
+    if not xs:
+        return None
+    x = torch.from_numpy(np.ascontiguousarray(np.stack(xs)[:, None]))
+    m = torch.from_numpy(np.ascontiguousarray(np.stack(ms)[:, None])) if ms else None
+    return x, m, torch.tensor(ts)
 
 
-def _prepare(data: str | Path, config: TrainConfig, arch_crop_multiple: int):
-    if config.crop % arch_crop_multiple:
-        raise SemtileError(f"--crop {config.crop} must be a multiple of {arch_crop_multiple} (2**d)")
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    torch.manual_seed(config.seed)
-    samples = read_labels(data)
-    labels = label_order([s.label for s in samples])
-    if len(labels) < 2:
-        raise DatasetError(f"{data}: need at least two labels, found {labels}")
-    train_idx, val_idx = _split(samples, config.val_fraction, config.seed)
-    t0 = time.perf_counter()
-    images = [_load(s.path) for s in samples]
-    log.info("dataset_loaded", data=str(data), images=len(images), labels=len(labels),
-             train=len(train_idx), val=len(val_idx), seconds=round(time.perf_counter() - t0, 2))
-    return samples, labels, images, train_idx, val_idx
+@dataclass
+class _Run:
+    """What one training run optimises and how it scores a batch."""
+
+    network: nn.Module
+    loss: Callable  # (network, x, masks, label indices) -> loss tensor
+    extra: nn.Module | None = None  # jointly trained parameters (the learned curve)
+    history: list = field(default_factory=list)
 
 
-def _fit(network, step_loss, val_loss, config: TrainConfig, name: str):
-    optimiser = torch.optim.Adam(network.parameters(), lr=config.lr)
+def _fit(run: _Run, sampler: _CropSampler, val, config: TrainConfig, out: Path, name: str,
+         progress: Callable[[int], None] | None) -> tuple[list, int]:
+    device = pick_device(config.device)
+    run.network.to(device)
+    params = list(run.network.parameters())
+    if run.extra is not None:
+        run.extra.to(device)
+        params += list(run.extra.parameters())
+    optimiser = torch.optim.Adam(params, lr=config.lr)
     total = config.epochs * config.steps_per_epoch
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=config.lr, total_steps=total, pct_start=0.1)
-    best = (float("inf"), None, -1)
-    history = []
-    for epoch in range(config.epochs):
-        network.train()
+    checkpoint = out.with_suffix(".ckpt")
+    start, best, since_best = 0, {"score": float("inf"), "epoch": 0, "state": None, "extra": None}, 0
+    if config.resume and checkpoint.is_file():
+        state = torch.load(checkpoint, map_location=device, weights_only=True)
+        run.network.load_state_dict(state["network"])
+        if run.extra is not None:
+            run.extra.load_state_dict(state["extra"])
+        optimiser.load_state_dict(state["optimiser"])
+        schedule.load_state_dict(state["schedule"])
+        sampler.rng.bit_generator.state = state["rng"]
+        torch.set_rng_state(state["torch_rng"])
+        start, best, since_best, run.history = state["epoch"], state["best"], state["since_best"], state["history"]
+        log.info("resumed", model=name, epoch=start, checkpoint=str(checkpoint))
+    elif config.resume:
+        log.info("resume_without_checkpoint", model=name, checkpoint=str(checkpoint))
+
+    for epoch in range(start, config.epochs):
+        run.network.train()
         t0, losses = time.perf_counter(), []
         for _ in range(config.steps_per_epoch):
+            x, m, t = sampler.batch(config.batch_size)
             optimiser.zero_grad(set_to_none=True)
-            loss = step_loss()
+            loss = run.loss(run.network, x.to(device), None if m is None else m.to(device), t.to(device))
             loss.backward()
             optimiser.step()
             schedule.step()
             losses.append(float(loss.detach()))
-        network.eval()
+            if progress:
+                progress(1)
+        run.network.eval()
         with torch.inference_mode():
-            v = float(val_loss()) if val_loss else float("nan")
+            v = float(run.loss(run.network, *(None if a is None else a.to(device) for a in val))) if val else float("nan")
         record = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "val_loss": v,
                   "seconds": round(time.perf_counter() - t0, 2)}
-        history.append(record)
+        if run.extra is not None:
+            with torch.no_grad():
+                record["g"] = [round(float(g), 4) for g in run.extra()]
+        run.history.append(record)
         log.info("epoch", model=name, **record)
         score = v if np.isfinite(v) else record["train_loss"]
-        if score <= best[0]:
-            best = (score, {k: t.detach().clone() for k, t in network.state_dict().items()}, epoch + 1)
-    network.load_state_dict(best[1])
-    network.eval()
-    return history, best[2]
+        if score <= best["score"]:
+            best = {"score": score, "epoch": epoch + 1,
+                    "state": {k: t.detach().cpu().clone() for k, t in run.network.state_dict().items()},
+                    "extra": None if run.extra is None else {k: t.detach().cpu().clone() for k, t in run.extra.state_dict().items()}}
+            since_best = 0
+        else:
+            since_best += 1
+        out.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"network": run.network.state_dict(), "extra": None if run.extra is None else run.extra.state_dict(),
+                    "optimiser": optimiser.state_dict(), "schedule": schedule.state_dict(),
+                    "rng": sampler.rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
+                    "epoch": epoch + 1, "best": best, "since_best": since_best, "history": run.history},
+                   checkpoint)
+        if config.patience and since_best >= config.patience:
+            log.info("early_stop", model=name, epoch=epoch + 1, best_epoch=best["epoch"])
+            break
+    run.network.load_state_dict(best["state"])
+    if run.extra is not None and best["extra"] is not None:
+        run.extra.load_state_dict(best["extra"])
+    run.network.cpu().eval()
+    if run.extra is not None:
+        run.extra.cpu()
+    return run.history, best["epoch"]
+
+
+def _split_record(data: TrainingData, config: TrainConfig) -> dict:
+    return {"fractions": list(config.split), "seed": config.seed,
+            **{part: data.names(part) for part in ("train", "val", "test")}}
 
 
 def train_segmenter(
-    data: str | Path,
+    data: str | Path | TrainingData,
     out: str | Path,
     *,
     hypothesis: str | None = "sqrt",
     masks: str | Path | None = None,
+    g_range: tuple[float, float] = (1.0, 0.0),
     arch: Architecture | None = None,
     config: TrainConfig = TrainConfig(),
+    progress: Callable[[int], None] | None = None,
 ) -> Path:
-    """Train a segmenter.
+    """Train a segmenter and write ``out`` (.pt) with its card.
 
     Weak labels (``hypothesis``): the mean of the sigmoid mask of each crop is
-    regressed onto g(t) (the paper's eq. 4). Supervised (``masks``): per-pixel
-    binary cross-entropy against the mask file of the same name in ``masks``.
+    regressed onto g(t); ``learned`` fits g jointly. Supervised (``masks``):
+    per-pixel binary cross-entropy against the masks of the same names.
     """
     arch = arch or Architecture("segmenter")
-    samples, labels, images, train_idx, val_idx = _prepare(data, config, arch.multiple)
-    arch = Architecture("segmenter", arch.c, arch.d, arch.n, arch.N, n_labels=len(labels))
-    mask_arrays = None
-    if masks is not None:
-        mask_dir = Path(masks)
-        mask_arrays = []
-        for s, img in zip(samples, images):
-            mpath = mask_dir / s.path.name
-            if not mpath.is_file():
-                raise DatasetError(f"{mpath}: no mask for {s.path.name}")
-            with open_scan(mpath, databar_rows=0) as scan:
-                m = scan.gray().compute()
-            mask_arrays.append((m[: img.shape[0]] > 0).astype(np.float32))
-        mode = "supervised"
-        targets = [0.0] * len(samples)
-    else:
-        g = hypothesis_values(hypothesis, len(labels))
-        index = {label: i for i, label in enumerate(labels)}
-        targets = [float(g[index[s.label]]) for s in samples]
-        mode = "weak"
-    rng = np.random.default_rng(config.seed)
-    pick = lambda seq, idx: [seq[i] for i in idx]  # noqa: E731
-    sampler = _CropSampler(pick(images, train_idx), pick(targets, train_idx), config.crop, rng,
-                           pick(mask_arrays, train_idx) if mask_arrays else None)
+    if config.crop % arch.multiple:
+        raise SemtileError(f"--crop {config.crop} must be a multiple of {arch.multiple} (2**d)")
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed)
+    if not isinstance(data, TrainingData):
+        data = load_training_data(data, config, masks=masks)
+    elif masks is not None and data.masks is None:
+        raise SemtileError("masks given but the loaded data has none")
+    arch = Architecture("segmenter", arch.c, arch.d, arch.n, arch.N, n_labels=len(data.labels))
     network = build_model(arch)
+    curve = None
+    if masks is not None:
+        mode, g_table = "supervised", None
 
-    def loss_of(logits, target_means, target_masks):
-        if target_masks is not None:
-            return F.binary_cross_entropy_with_logits(logits, target_masks)
-        means = torch.sigmoid(logits).mean(dim=(1, 2, 3))
-        return F.mse_loss(means, torch.tensor(target_means, dtype=torch.float32))
+        def loss(net, x, m, t):
+            return F.binary_cross_entropy_with_logits(net(x), m)
+    else:
+        parse_hypothesis(hypothesis)
+        mode = "weak"
+        if is_learned(hypothesis):
+            curve = LearnedCurve(len(data.labels), g_range)
+            target = lambda t: curve()[t]  # noqa: E731
+        else:
+            g_fixed = torch.tensor(hypothesis_values(hypothesis, len(data.labels), g_range), dtype=torch.float32)
+            target = lambda t: g_fixed.to(t.device)[t]  # noqa: E731
 
-    def step_loss():
-        x, m, t = sampler.batch(config.batch_size)
-        return loss_of(network(x), t, m)
+        def loss(net, x, m, t):
+            means = torch.sigmoid(net(x)).mean(dim=(1, 2, 3))
+            return F.mse_loss(means, target(t))
 
-    val_loss = None
-    if val_idx:
-        vx = _centre_crops(pick(images, val_idx), config.crop)
-        vm = _centre_crops(pick(mask_arrays, val_idx), config.crop) if mask_arrays else None
-        vt = pick(targets, val_idx)
-        val_loss = lambda: loss_of(network(vx), vt, vm)  # noqa: E731
-    history, best_epoch = _fit(network, step_loss, val_loss, config, "segmenter")
+    rng = np.random.default_rng(config.seed)
+    sampler = _CropSampler(data, data.split["train"], config.crop, rng)
+    val = _fixed_crops(data, data.split["val"], config.crop, config.val_crops, config.seed)
+    run = _Run(network, loss, extra=curve)
+    history, best_epoch = _fit(run, sampler, val, config, Path(out), "segmenter", progress)
+    if curve is not None:
+        with torch.no_grad():
+            g_table = [float(v) for v in curve()]
+    elif mode == "weak":
+        g_table = [float(v) for v in hypothesis_values(hypothesis, len(data.labels), g_range)]
     return save_model(
-        network, arch, labels, out,
+        network, arch, data.labels, out,
         training={"mode": mode, "hypothesis": hypothesis if mode == "weak" else None,
-                  "data": str(data), "masks": str(masks) if masks else None,
+                  "g_range": list(g_range) if mode == "weak" else None, "g": g_table,
+                  "data": data.source, "masks": str(masks) if masks else None,
                   "config": asdict(config), "best_epoch": best_epoch, "history": history,
-                  "split": {"train": [str(samples[i].path.name) for i in train_idx],
-                            "val": [str(samples[i].path.name) for i in val_idx]}},
+                  "split": _split_record(data, config)},
     )
 
 
 def train_classifier(
-    data: str | Path,
+    data: str | Path | TrainingData,
     out: str | Path,
     *,
     arch: Architecture | None = None,
     config: TrainConfig = TrainConfig(),
+    progress: Callable[[int], None] | None = None,
 ) -> Path:
     """Train the baseline classifier on random crops labelled with their image's label."""
     arch = arch or Architecture("classifier")
-    samples, labels, images, train_idx, val_idx = _prepare(data, config, arch.multiple)
-    arch = Architecture("classifier", arch.c, arch.d, arch.n, arch.N, n_labels=len(labels))
-    index = {label: i for i, label in enumerate(labels)}
-    targets = [index[s.label] for s in samples]
-    rng = np.random.default_rng(config.seed)
-    pick = lambda seq, idx: [seq[i] for i in idx]  # noqa: E731
-    sampler = _CropSampler(pick(images, train_idx), pick(targets, train_idx), config.crop, rng)
+    if config.crop % arch.multiple:
+        raise SemtileError(f"--crop {config.crop} must be a multiple of {arch.multiple} (2**d)")
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed)
+    if not isinstance(data, TrainingData):
+        data = load_training_data(data, config)
+    arch = Architecture("classifier", arch.c, arch.d, arch.n, arch.N, n_labels=len(data.labels))
     network = build_model(arch)
 
-    def step_loss():
-        x, _, t = sampler.batch(config.batch_size)
-        return F.cross_entropy(network(x), torch.tensor(t))
+    def loss(net, x, m, t):
+        return F.cross_entropy(net(x), t)
 
-    val_loss = None
-    if val_idx:
-        vx = _centre_crops(pick(images, val_idx), config.crop)
-        vt = torch.tensor(pick(targets, val_idx))
-        val_loss = lambda: F.cross_entropy(network(vx), vt)  # noqa: E731
-    history, best_epoch = _fit(network, step_loss, val_loss, config, "classifier")
+    rng = np.random.default_rng(config.seed)
+    sampler = _CropSampler(data, data.split["train"], config.crop, rng)
+    val = _fixed_crops(data, data.split["val"], config.crop, config.val_crops, config.seed)
+    history, best_epoch = _fit(_Run(network, loss), sampler, val, config, Path(out), "classifier", progress)
     return save_model(
-        network, arch, labels, out,
-        training={"mode": "classification", "data": str(data), "config": asdict(config),
-                  "best_epoch": best_epoch, "history": history,
-                  "split": {"train": [str(samples[i].path.name) for i in train_idx],
-                            "val": [str(samples[i].path.name) for i in val_idx]}},
+        network, arch, data.labels, out,
+        training={"mode": "classification", "data": data.source, "config": asdict(config),
+                  "best_epoch": best_epoch, "history": history, "split": _split_record(data, config)},
     )

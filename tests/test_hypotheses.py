@@ -27,3 +27,22 @@ def test_table_forms_and_errors(tmp_path):
         hypothesis_values(f"table:{bad}", 2)
     with pytest.raises(SemtileError, match="unknown hypothesis"):
         hypothesis_values("cubic", 3)
+
+
+def test_more_curves_and_ranges():
+    from semtile.hypotheses import parse_g_range
+
+    x = np.arange(5) / 4
+    np.testing.assert_allclose(hypothesis_values("power:2", 5), 1 - x**2)
+    np.testing.assert_allclose(hypothesis_values("power:0.5", 5), hypothesis_values("sqrt", 5))
+    e = hypothesis_values("exp", 5)
+    assert e[0] == pytest.approx(1) and e[-1] == pytest.approx(0) and np.all(np.diff(e) < 0)
+    np.testing.assert_allclose(hypothesis_values("linear", 3, (0.9, 0.2)), [0.9, 0.55, 0.2])
+    assert parse_g_range("0.9,0.2") == (0.9, 0.2) and parse_g_range(None) == (1.0, 0.0) and parse_g_range("free") is None
+    for bad in ("0.2,0.9", "x", "1,0,0"):
+        with pytest.raises(SemtileError):
+            parse_g_range(bad)
+    with pytest.raises(SemtileError, match="fitted during training"):
+        hypothesis_values("learned", 4)
+    with pytest.raises(SemtileError, match="power:K"):
+        hypothesis_values("power:abc", 4)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pytest
 import torch
 
@@ -47,3 +48,60 @@ def test_classifier_and_bad_settings(tiny_dataset, tmp_path):
                          config=TrainConfig(crop=30))
     with pytest.raises(DatasetError, match="labels.csv not found"):
         train_classifier(tmp_path, tmp_path / "c.pt", config=CONFIG)
+
+
+def test_learned_curve_is_monotone_with_pinned_ends():
+    from semtile.training import LearnedCurve
+
+    curve = LearnedCurve(6, (0.9, 0.2))
+    with torch.no_grad():
+        curve.theta.copy_(torch.tensor([3.0, -2.0, 0.0, 1.0, -5.0]))
+    g = curve().detach().numpy()
+    assert g[0] == pytest.approx(0.9) and g[-1] == pytest.approx(0.2)
+    assert (np.diff(g) < 0).all()
+
+
+def test_learned_hypothesis_trains_and_is_saved(tiny_dataset, tmp_path):
+    path = train_segmenter(tiny_dataset, tmp_path / "l.pt", hypothesis="learned", arch=TINY, config=CONFIG)
+    card = json.loads(path.with_suffix(".json").read_text())
+    g = card["training"]["g"]
+    assert len(g) == 4 and g[0] == pytest.approx(1.0) and g[-1] == pytest.approx(0.0, abs=1e-6)
+    assert all(a >= b for a, b in zip(g, g[1:]))
+    assert "g" in card["training"]["history"][-1]
+
+
+def test_resume_continues_exactly(tiny_dataset, tmp_path):
+    from dataclasses import replace
+
+    config = replace(CONFIG, epochs=3)
+    straight = train_segmenter(tiny_dataset, tmp_path / "a.pt", hypothesis="sqrt", arch=TINY, config=config)
+
+    steps = []
+
+    def interrupt(n):  # a crash in the middle of the second epoch
+        steps.append(n)
+        if len(steps) == config.steps_per_epoch + 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_segmenter(tiny_dataset, tmp_path / "b.pt", hypothesis="sqrt", arch=TINY, config=config, progress=interrupt)
+    assert not (tmp_path / "b.pt").exists() and (tmp_path / "b.ckpt").is_file()
+    resumed = train_segmenter(tiny_dataset, tmp_path / "b.pt", hypothesis="sqrt", arch=TINY,
+                              config=replace(config, resume=True))
+    sa, sb = torch.load(straight, weights_only=True), torch.load(resumed, weights_only=True)
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    history = json.loads((tmp_path / "b.json").read_text())["training"]["history"]
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+
+
+def test_early_stopping(tiny_dataset, tmp_path):
+    from dataclasses import replace
+
+    from semtile.synth import SynthConfig, write_dataset
+
+    data = tmp_path / "d"
+    write_dataset(data, SynthConfig(per_label=4, labels=2, size=(96, 96), truth="linear", seed=1))
+    path = train_segmenter(data, tmp_path / "e.pt", hypothesis="linear", arch=TINY,
+                           config=replace(CONFIG, epochs=30, steps_per_epoch=1, lr=1e-6, patience=2))
+    history = json.loads(path.with_suffix(".json").read_text())["training"]["history"]
+    assert len(history) < 30
