@@ -49,27 +49,37 @@ def synth(out: Path, per_label: int, labels: int, size: str, truth: str, seed: i
     click.echo(f"wrote {len(rows)} images to {out}")
 
 
-def _train_options(func):
-    for option in reversed([
-        click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Output weights (.pt); a .json card is written beside it."),
-        click.option("--c", "c", default=32, show_default=True, type=click.IntRange(1), help="Channels."),
-        click.option("--d", "d", default=4, show_default=True, type=click.IntRange(1), help="Pooling stages."),
-        click.option("--n", "n", default=2, show_default=True, type=click.IntRange(1), help="Convolutions per residual block."),
-        click.option("--N", "N", default=1, show_default=True, type=click.IntRange(1), help="Residual blocks per stage."),
-        click.option("--epochs", default=20, show_default=True, type=click.IntRange(1)),
-        click.option("--steps-per-epoch", default=50, show_default=True, type=click.IntRange(1)),
-        click.option("--batch-size", default=8, show_default=True, type=click.IntRange(1)),
-        click.option("--crop", default=128, show_default=True, type=click.IntRange(16), help="Random crop side (multiple of 2**d)."),
-        click.option("--lr", default=1e-3, show_default=True, type=float),
-        click.option("--seed", default=0, show_default=True, type=int),
-        click.option("--threads", default=None, type=click.IntRange(1), help="Torch CPU threads."),
-        click.option("--split", "split", default=None, help="Train,val,test shares per label, e.g. 80,10,10 (default) or 40,5,5; a split column in labels.csv wins."),
-        click.option("--patience", default=0, show_default=True, type=click.IntRange(0), help="Stop after this many epochs without a better validation loss (0: never)."),
-        click.option("--device", default="auto", show_default=True, help="auto (GPU when present), cpu or cuda."),
-        click.option("--resume", is_flag=True, help="Continue from the checkpoint beside --out (OUT.ckpt)."),
-    ]):
-        func = option(func)
-    return func
+def _train_options(**defaults):
+    """The training options; ``defaults`` overrides the defaults of a command (its budget)."""
+    d = {"c": 32, "d": 4, "n": 2, "N": 1, "epochs": 20, "steps_per_epoch": 50, "batch_size": 8, "crop": 128,
+         "lr": 1e-3, "out": True, **defaults}
+
+    def decorate(func):
+        options = [
+            click.option("--c", "c", default=d["c"], show_default=True, type=click.IntRange(1), help="Channels."),
+            click.option("--d", "d", default=d["d"], show_default=True, type=click.IntRange(1), help="Pooling stages."),
+            click.option("--n", "n", default=d["n"], show_default=True, type=click.IntRange(1), help="Convolutions per residual block."),
+            click.option("--N", "N", default=d["N"], show_default=True, type=click.IntRange(1), help="Residual blocks per stage."),
+            click.option("--epochs", default=d["epochs"], show_default=True, type=click.IntRange(1)),
+            click.option("--steps-per-epoch", default=d["steps_per_epoch"], show_default=True, type=click.IntRange(1)),
+            click.option("--batch-size", default=d["batch_size"], show_default=True, type=click.IntRange(1)),
+            click.option("--crop", default=d["crop"], show_default=True, type=click.IntRange(16), help="Random crop side (multiple of 2**d)."),
+            click.option("--lr", default=d["lr"], show_default=True, type=float),
+            click.option("--seed", default=0, show_default=True, type=int),
+            click.option("--threads", default=None, type=click.IntRange(1), help="Torch CPU threads."),
+            click.option("--split", "split", default=None, help="Train,val,test shares per label, e.g. 80,10,10 (default) or 40,5,5; a split column in labels.csv wins."),
+            click.option("--patience", default=0, show_default=True, type=click.IntRange(0), help="Stop after this many epochs without a better validation loss (0: never)."),
+            click.option("--device", default="auto", show_default=True, help="auto (GPU when present), cpu or cuda."),
+            click.option("--resume", is_flag=True, help="Continue from the checkpoint beside --out (OUT.ckpt)."),
+        ]
+        if d["out"]:
+            options.insert(0, click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+                                           help="Output weights (.pt); a .json card is written beside it."))
+        for option in reversed(options):
+            func = option(func)
+        return func
+
+    return decorate
 
 
 def _config(kw: dict):
@@ -112,7 +122,7 @@ def train() -> None:
 @click.option("--g-range", "g_range", default="1,0", show_default=True, help="HI,LO: g at the first and the last label.")
 @click.option("--masks", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="Folder of per-pixel masks named like the images: supervised training instead of weak labels.")
-@_train_options
+@_train_options()
 def train_segmenter_cmd(data: Path, hypothesis: str, g_range: str, masks: Path | None, out: Path, **kw) -> None:
     """Train a segmenter (weak labels: mean of the mask regressed onto g(t)).
 
@@ -138,7 +148,7 @@ def train_segmenter_cmd(data: Path, hypothesis: str, g_range: str, masks: Path |
 
 @train.command("classifier")
 @click.argument("data", type=click.Path(exists=True, path_type=Path))
-@_train_options
+@_train_options()
 def train_classifier_cmd(data: Path, out: Path, **kw) -> None:
     """Train the baseline classifier."""
     from semtile.training import train_classifier
@@ -215,6 +225,30 @@ def process(inputs, out, csv_path, model, classifier, segmenter, engine_name, pr
     for outcome in failed:
         click.echo(f"FAILED {outcome.path}: {outcome.error}", err=True)
     sys.exit(1 if failed else 0)
+
+
+@main.command()
+@click.argument("data", type=click.Path(exists=True, path_type=Path))
+@click.option("--candidates", default="linear,sqrt,log,learned", show_default=True, help="Comma-separated hypotheses.")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--g-range", "g_range", default="1,0", show_default=True, help="HI,LO: g at the first and the last label.")
+@_train_options(out=False, c=16, n=1, epochs=12, steps_per_epoch=50)
+def hypotheses(data: Path, candidates: str, out: Path, g_range: str, **kw) -> None:
+    """Rank hypotheses g(t) by the validation error of a segmenter trained on each."""
+    from semtile.hypotheses import parse_g_range
+    from semtile.hypothesis_ranking import rank_hypotheses
+
+    try:
+        arch, config, Architecture = _config(kw)
+        ends = parse_g_range(g_range)
+        if ends is None:
+            raise SemtileError("--g-range free is not supported: pinned ends keep weak labels from collapsing")
+        rows = rank_hypotheses(data, [c.strip() for c in candidates.split(",") if c.strip()], out,
+                               arch=Architecture("segmenter", **arch), config=config, g_range=ends)
+    except SemtileError as exc:
+        raise click.UsageError(str(exc)) from exc
+    for r in rows:
+        click.echo(f"{r['rank']}. {r['hypothesis']:12s} val {r['val_error']:.5f}  test {r['test_error']:.5f}")
 
 
 @main.command()
