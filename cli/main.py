@@ -251,6 +251,50 @@ def hypotheses(data: Path, candidates: str, out: Path, g_range: str, **kw) -> No
         click.echo(f"{r['rank']}. {r['hypothesis']:12s} val {r['val_error']:.5f}  test {r['test_error']:.5f}")
 
 
+def _int_list(value: str, name: str) -> list[int]:
+    try:
+        values = [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a comma-separated list of integers", param_hint=name) from None
+    if not values or min(values) < 1:
+        raise click.BadParameter(f"{value!r}: positive integers, e.g. 16,32", param_hint=name)
+    return values
+
+
+@main.command()
+@click.argument("data", type=click.Path(exists=True, path_type=Path))
+@click.option("--c", "c_values", default="16,32", show_default=True, help="Channel widths to try.")
+@click.option("--d", "d_values", default="3,4", show_default=True, help="Pooling stages to try.")
+@click.option("--n", "n_values", default="1,2", show_default=True, help="Convolutions per block to try.")
+@click.option("--N", "N_values", default="1,2", show_default=True, help="Blocks per stage to try.")
+@click.option("--max-params", default=None, type=click.IntRange(1), help="Skip architectures with more parameters.")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--epochs", default=10, show_default=True, type=click.IntRange(1))
+@click.option("--steps-per-epoch", default=50, show_default=True, type=click.IntRange(1))
+@click.option("--batch-size", default=8, show_default=True, type=click.IntRange(1))
+@click.option("--crop", default=256, show_default=True, type=click.IntRange(16))
+@click.option("--lr", default=2e-3, show_default=True, type=float)
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--split", "split", default=None, help="Train,val,test shares per label (default 80,10,10).")
+@click.option("--threads", default=None, type=click.IntRange(1))
+def search(data, c_values, d_values, n_values, N_values, max_params, out, epochs, steps_per_epoch, batch_size,
+           crop, lr, seed, split, threads) -> None:
+    """Grid search over the classifier's (c, d, n, N): a leaderboard (CSV + markdown)."""
+    from semtile.dataset import parse_split
+    from semtile.search import search_classifiers
+    from semtile.training import TrainConfig
+
+    grid = {"c": _int_list(c_values, "--c"), "d": _int_list(d_values, "--d"),
+            "n": _int_list(n_values, "--n"), "N": _int_list(N_values, "--N")}
+    try:
+        config = TrainConfig(epochs=epochs, steps_per_epoch=steps_per_epoch, batch_size=batch_size, crop=crop,
+                             lr=lr, seed=seed, split=parse_split(split), threads=threads)
+        search_classifiers(data, out, grid=grid, config=config, max_params=max_params)
+    except SemtileError as exc:
+        raise click.UsageError(str(exc)) from exc
+    click.echo((out / "leaderboard.md").read_text(), nl=False)
+
+
 @main.command()
 def engines() -> None:
     """List the inference engines available on this machine, with versions and precision."""
