@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -44,11 +45,15 @@ def _export_one(module: torch.nn.Module, path: Path, tile: int, output: str) -> 
 
     module = module.eval()
     example = torch.rand(2, 1, tile, tile, generator=torch.Generator().manual_seed(0))
-    torch.onnx.export(
-        module, (example,), str(path), opset_version=OPSET, dynamo=False,
-        input_names=["tiles"], output_names=[output],
-        dynamic_axes={"tiles": {0: "batch"}, output: {0: "batch"}},
-    )
+    with warnings.catch_warnings():
+        # The TorchScript exporter is deprecated in favour of torch.export, which needs
+        # onnxscript; for these plain convolutional nets it is exact and checked below.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(
+            module, (example,), str(path), opset_version=OPSET, dynamo=False,
+            input_names=["tiles"], output_names=[output],
+            dynamic_axes={"tiles": {0: "batch"}, output: {0: "batch"}},
+        )
     model = onnx.load(str(path))
     onnx.checker.check_model(model, full_check=True)
     # The export must compute what PyTorch computes, at another batch size too.
