@@ -41,6 +41,9 @@ __all__ = ["TrainConfig", "LearnedCurve", "TrainingData", "load_training_data", 
 
 log = get_logger("semtile.train")
 
+#: Learning-rate multiplier of the learned hypothesis curve relative to the network.
+CURVE_LR_FACTOR = 50.0
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -203,13 +206,16 @@ def _fit(run: _Run, sampler: _CropSampler, val, config: TrainConfig, out: Path, 
          progress: Callable[[int], None] | None) -> tuple[list, int]:
     device = pick_device(config.device)
     run.network.to(device)
-    params = list(run.network.parameters())
+    groups = [{"params": list(run.network.parameters()), "lr": config.lr}]
     if run.extra is not None:
         run.extra.to(device)
-        params += list(run.extra.parameters())
-    optimiser = torch.optim.Adam(params, lr=config.lr)
+        # The curve has a handful of parameters that must travel far (a softplus increment
+        # from 1 to 4 for a steep first step): a larger step size than the network's.
+        groups.append({"params": list(run.extra.parameters()), "lr": config.lr * CURVE_LR_FACTOR})
+    optimiser = torch.optim.Adam(groups)
     total = config.epochs * config.steps_per_epoch
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=config.lr, total_steps=total, pct_start=0.1)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=[g["lr"] for g in groups],
+                                                   total_steps=total, pct_start=0.1)
     checkpoint = out.with_suffix(".ckpt")
     start, best, since_best = 0, {"score": float("inf"), "epoch": 0, "state": None, "extra": None}, 0
     if config.resume and checkpoint.is_file():
