@@ -175,7 +175,7 @@ def main() -> None:
     for k, v in {**results["ratios"], **results["parity"]}.items():
         print(f"| {k} | {v} |")
     if args.out:
-        args.out.write_text(json.dumps(results, indent=2) + "\n")
+        args.out.write_text(json.dumps(results, indent=2, default=str) + "\n")
 
 
 if __name__ == "__main__":

@@ -142,8 +142,9 @@ def read_windows(source: Any, origins: np.ndarray, tile: int) -> np.ndarray:
     ----------
     source : array-like
         2-D array with ``.shape`` and NumPy-style slicing
-        (``numpy.ndarray``, ``zarr.Array``...). Each window is read with a
-        single slice ``source[y0:y1, x0:x1]`` clipped to the image.
+        (``numpy.ndarray``, ``zarr.Array``...). The windows of one row
+        origin are read with a single slice ``source[y0:y1, x0:x1]`` within
+        the image.
     origins : numpy.ndarray
         Integer, shape ``(n, 2)``: top-left ``(row, col)`` of each window; may
         be negative or reach past the image.
@@ -185,17 +186,22 @@ def read_windows(source: Any, origins: np.ndarray, tile: int) -> np.ndarray:
 
     out = np.empty((origins.shape[0], tile, tile), dtype=np.float32)
     offsets = np.arange(tile, dtype=np.int64)
-    for k in range(origins.shape[0]):
-        oy, ox = int(origins[k, 0]), int(origins[k, 1])
-        if oy >= 0 and ox >= 0 and oy + tile <= h and ox + tile <= w:
-            out[k] = np.asarray(source[oy : oy + tile, ox : ox + tile])
-            continue
-        iy = _reflect_index(oy + offsets, h)
-        ix = _reflect_index(ox + offsets, w)
-        # The reflected indices span the in-image part of the window (and, for
-        # windows much wider than their in-image part, what they mirror).
+    # Windows that share a row origin share one read of the band of rows they need:
+    # a chunked store then decodes each chunk once per row of windows, not per window.
+    for oy in np.unique(origins[:, 0]):
+        members = np.flatnonzero(origins[:, 0] == oy)
+        iy = _reflect_index(int(oy) + offsets, h)
         y0, y1 = int(iy.min()), int(iy.max()) + 1
-        x0, x1 = int(ix.min()), int(ix.max()) + 1
-        block = np.asarray(source[y0:y1, x0:x1])
-        out[k] = block[np.ix_(iy - y0, ix - x0)]
+        ixs = [_reflect_index(int(origins[k, 1]) + offsets, w) for k in members]
+        x0 = min(int(ix.min()) for ix in ixs)
+        x1 = max(int(ix.max()) for ix in ixs) + 1
+        band = np.asarray(source[y0:y1, x0:x1])
+        rows = iy - y0
+        plain_rows = bool(np.all(np.diff(rows) == 1))
+        for k, ix in zip(members, ixs):
+            cols = ix - x0
+            if plain_rows and np.all(np.diff(cols) == 1):
+                out[k] = band[rows[0]: rows[0] + tile, cols[0]: cols[0] + tile]
+            else:
+                out[k] = band[np.ix_(rows, cols)]
     return out

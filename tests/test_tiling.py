@@ -130,14 +130,14 @@ class _CountingSource:
         return self.a[key]
 
 
-def test_read_windows_reads_each_window_once_within_bounds() -> None:
+def test_read_windows_reads_each_row_of_windows_once_within_bounds() -> None:
     src = _CountingSource(_image((50, 40)))
     g = TileGrid(src.shape, 16, 4)
     read_windows(src, g.origins, 16)
-    assert len(src.reads) == len(g)
+    assert len(src.reads) == g.n_rows  # one band per row of windows, not one read per window
     for ys, xs in src.reads:
         assert 0 <= ys.start < ys.stop <= 50 and 0 <= xs.start < xs.stop <= 40
-        assert ys.stop - ys.start <= 16 and xs.stop - xs.start <= 16
+        assert ys.stop - ys.start <= 16
 
 
 def test_read_windows_validation() -> None:
