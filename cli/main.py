@@ -36,7 +36,7 @@ def main(log_json: bool | None) -> None:
 @click.option("--per-label", default=12, show_default=True, type=click.IntRange(1), help="Images per label.")
 @click.option("--labels", default=16, show_default=True, type=click.IntRange(2), help="Number of labels T.")
 @click.option("--size", default="960x1280", show_default=True, help="Frame size ROWSxCOLS (data bar included).")
-@click.option("--truth", default="sqrt", show_default=True, help="Adhesive fraction curve: linear, sqrt, log or table:FILE.")
+@click.option("--truth", default="sqrt", show_default=True, help="Adhesive fraction curve: linear, sqrt, log, exp, power:K or table:FILE.")
 @click.option("--seed", default=0, show_default=True, type=int)
 def synth(out: Path, per_label: int, labels: int, size: str, truth: str, seed: int) -> None:
     """Write synthetic SEM surfaces with ground-truth masks to OUT."""
@@ -95,7 +95,7 @@ def _config(kw: dict):
 
 
 class _Progress:
-    """A click progress bar over training steps, on a terminal only."""
+    """A click progress bar on a terminal only; yields an ``advance(n)`` callable or None."""
 
     def __init__(self, total: int, label: str):
         self.bar = click.progressbar(length=total, label=label, file=sys.stderr) if sys.stderr.isatty() else None
@@ -215,10 +215,9 @@ def process(inputs, out, csv_path, model, classifier, segmenter, engine_name, pr
     log.info("run_start", images=len(scans), engine=engine.describe(), engine_reason=why,
              model=bundle.source, out=str(out))
     table = csv_path or default_csv_path(out)
-    show_bar = sys.stderr.isatty()
-    with click.progressbar(length=len(scans), label="images", file=sys.stderr) if show_bar else _NoBar() as bar:
+    with _Progress(len(scans), "images") as progress:
         summary = process_scans(scans, out, engine=engine, bundle=bundle, options=options, table=table,
-                                scratch=scratch, on_image=lambda _: bar.update(1))
+                                scratch=scratch, on_image=(lambda _: progress(1)) if progress else None)
     failed = summary.failed
     log.info("run_end", images=len(scans), ok=len(scans) - len(failed), failed=len(failed),
              store=str(out), table=str(table))
@@ -340,17 +339,6 @@ def evaluate(results: Path, labels_csv: Path, expert_csv: Path | None, out: Path
     except SemtileError as exc:
         raise click.UsageError(str(exc)) from exc
     click.echo((out / "summary.md").read_text(), nl=False)
-
-
-class _NoBar:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-    def update(self, n):
-        pass
 
 
 if __name__ == "__main__":
