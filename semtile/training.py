@@ -281,6 +281,15 @@ def _fit(run: _Run, sampler: _CropSampler, val, config: TrainConfig, out: Path, 
     return run.history, best["epoch"]
 
 
+def _start(arch: Architecture, config: TrainConfig) -> None:
+    """Checks and settings shared by every training run."""
+    if config.crop % arch.multiple:
+        raise SemtileError(f"--crop {config.crop} must be a multiple of {arch.multiple} (2**d)")
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed)
+
+
 def _split_record(data: TrainingData, config: TrainConfig) -> dict:
     return {"fractions": list(config.split), "seed": config.seed,
             **{part: data.names(part) for part in ("train", "val", "test")}}
@@ -304,11 +313,7 @@ def train_segmenter(
     per-pixel binary cross-entropy against the masks of the same names.
     """
     arch = arch or Architecture("segmenter")
-    if config.crop % arch.multiple:
-        raise SemtileError(f"--crop {config.crop} must be a multiple of {arch.multiple} (2**d)")
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    torch.manual_seed(config.seed)
+    _start(arch, config)
     if not isinstance(data, TrainingData):
         data = load_training_data(data, config, masks=masks)
     elif masks is not None and data.masks is None:
@@ -365,11 +370,7 @@ def train_classifier(
 ) -> Path:
     """Train the baseline classifier on random crops labelled with their image's label."""
     arch = arch or Architecture("classifier")
-    if config.crop % arch.multiple:
-        raise SemtileError(f"--crop {config.crop} must be a multiple of {arch.multiple} (2**d)")
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    torch.manual_seed(config.seed)
+    _start(arch, config)
     if not isinstance(data, TrainingData):
         data = load_training_data(data, config)
     arch = Architecture("classifier", arch.c, arch.d, arch.n, arch.N, n_labels=len(data.labels))
