@@ -11,7 +11,7 @@ one such folder shipped inside the package.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
@@ -51,7 +51,6 @@ class ModelBundle:
     classifier: LoadedModel
     segmenter: LoadedModel
     source: str = ""
-    extra: dict = field(default_factory=dict)
 
     @property
     def labels(self) -> list:

@@ -391,7 +391,8 @@ def _store_one(job: _Job, result: ImageResult | None, store: ResultStore) -> Ima
         return ImageOutcome(path=job.path, status="error", error=job.error,
                             databar_rows=job.info.databar_rows if job.info else None,
                             pixel_size_m=job.info.pixel_size_m if job.info else None)
-    job.timings["total"] = time.perf_counter() - job.started
+    # From the start of reading to the end of writing; stages overlap, so this includes queueing.
+    job.timings["elapsed"] = time.perf_counter() - job.started
     attrs = result.attrs
     outcome = ImageOutcome(path=job.path, status="ok", group=name, label=result.label,
                            adhesive_ratio=result.adhesive_ratio, pixel_size_m=attrs["pixel_size_m"],
