@@ -329,13 +329,18 @@ def export(model: Path | None, out: Path, tile: int, halo: int) -> None:
 @click.argument("results", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--labels", "labels_csv", required=True, type=click.Path(exists=True, path_type=Path), help="labels.csv (path,label) of the processed images.")
 @click.option("--expert", "expert_csv", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None, help="An expert's answers (path,label) to score beside the model.")
+@click.option("--split-from", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="A trained model (.pt or its .json card): score only the images of its --part split.")
+@click.option("--part", default="test", show_default=True, type=click.Choice(["train", "val", "test"]),
+              help="Which split of --split-from to score.")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path))
-def evaluate(results: Path, labels_csv: Path, expert_csv: Path | None, out: Path) -> None:
+def evaluate(results: Path, labels_csv: Path, expert_csv: Path | None, split_from: Path | None, part: str,
+             out: Path) -> None:
     """Score RESULTS.zarr against labels (confusion matrix, accuracy, ±1, MAE in t, masks)."""
     from semtile.evaluate import evaluate_store
 
     try:
-        evaluate_store(results, labels_csv, out, expert_csv=expert_csv)
+        evaluate_store(results, labels_csv, out, expert_csv=expert_csv, split_from=split_from, part=part)
     except SemtileError as exc:
         raise click.UsageError(str(exc)) from exc
     click.echo((out / "summary.md").read_text(), nl=False)

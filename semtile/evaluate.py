@@ -22,7 +22,7 @@ import zarr
 from semtile.dataset import read_labels
 from semtile.errors import DatasetError, SemtileError
 
-__all__ = ["LabelScores", "evaluate_store", "label_scores", "mask_scores"]
+__all__ = ["LabelScores", "evaluate_store", "label_scores", "mask_scores", "split_names"]
 
 
 @dataclass
@@ -107,13 +107,37 @@ def _plot_confusion(scores: LabelScores, title: str, path: Path) -> None:
     plt.close(fig)
 
 
+def split_names(model: str | Path, part: str) -> set[str]:
+    """File names in the ``part`` split (train, val or test) recorded in a trained model's card."""
+    if part not in ("train", "val", "test"):
+        raise SemtileError(f"split part {part!r}: expected train, val or test")
+    card = Path(model).with_suffix(".json")
+    if not card.is_file():
+        raise SemtileError(f"{card}: no model card (the .json written beside the weights)")
+    try:
+        split = json.loads(card.read_text())["training"]["split"]
+    except (ValueError, KeyError, TypeError):
+        raise SemtileError(f"{card}: the card records no training split") from None
+    return set(split[part])
+
+
 def evaluate_store(store: str | Path, labels_csv: str | Path, out: str | Path,
-                   expert_csv: str | Path | None = None) -> dict:
-    """Score a result store against a dataset; write CSV, PNG, JSON and markdown into ``out``."""
+                   expert_csv: str | Path | None = None, split_from: str | Path | None = None,
+                   part: str = "test") -> dict:
+    """Score a result store against a dataset; write CSV, PNG, JSON and markdown into ``out``.
+
+    With ``split_from`` (a trained model's weights or card) only the images of
+    its ``part`` split are scored: the held-out test set of that training run.
+    """
     store, out = Path(store), Path(out)
     if not store.is_dir():
         raise SemtileError(f"{store}: result store not found")
     samples = read_labels(labels_csv)
+    if split_from is not None:
+        names = split_names(split_from, part)
+        samples = [s for s in samples if s.path.name in names]
+        if not samples:
+            raise DatasetError(f"{labels_csv}: no image of the {part} split of {split_from}")
     truth_by_path = {s.path: s.label for s in samples}
     base = Path(labels_csv).parent if Path(labels_csv).is_file() else Path(labels_csv)
     truth_ratio = {}
@@ -143,7 +167,8 @@ def evaluate_store(store: str | Path, labels_csv: str | Path, out: str | Path,
         raise DatasetError(f"no image of {labels_csv} has a result in {store}")
     out.mkdir(parents=True, exist_ok=True)
     model = label_scores([r["true_label"] for r in rows], [r["predicted_label"] for r in rows], labels)
-    report = {"images": len(rows), "missing": len(samples) - len(rows), "model": model.to_dict()}
+    report = {"images": len(rows), "missing": len(samples) - len(rows), "model": model.to_dict(),
+              "split": {"from": str(split_from), "part": part} if split_from is not None else None}
     _write_confusion(model, out / "confusion.csv")
     _plot_confusion(model, "model", out / "confusion.png")
     if any("true_adhesive_ratio" in r for r in rows):
@@ -183,7 +208,8 @@ def _write_confusion(scores: LabelScores, path: Path) -> None:
 
 
 def _summary(report: dict) -> str:
-    lines = [f"# Evaluation ({report['images']} images, {report['missing']} without a result)", "",
+    scope = f", {report['split']['part']} split of {report['split']['from']}" if report.get("split") else ""
+    lines = [f"# Evaluation ({report['images']} images{scope}, {report['missing']} without a result)", "",
              "| who | top-1 | ±1 | MAE in t |", "|---|---:|---:|---:|"]
     for who in ("model", "expert", "model_on_expert_images"):
         if who in report:

@@ -302,6 +302,7 @@ def train_segmenter(
     hypothesis: str | None = "sqrt",
     masks: str | Path | None = None,
     g_range: tuple[float, float] = (1.0, 0.0),
+    binary_weight: float = 0.0,
     arch: Architecture | None = None,
     config: TrainConfig = TrainConfig(),
     progress: Callable[[int], None] | None = None,
@@ -337,8 +338,12 @@ def train_segmenter(
             target = lambda t: g_fixed.to(t.device)[t]  # noqa: E731
 
         def loss(net, x, m, t):
-            means = torch.sigmoid(net(x)).mean(dim=(1, 2, 3))
-            return F.mse_loss(means, target(t))
+            p = torch.sigmoid(net(x))
+            fit = F.mse_loss(p.mean(dim=(1, 2, 3)), target(t))
+            if not binary_weight:
+                return fit
+            # The paper's masks are binary: p(1 - p) penalises undecided pixels.
+            return fit + binary_weight * (p * (1 - p)).mean()
 
     rng = np.random.default_rng(config.seed)
     sampler = _CropSampler(data, data.split["train"], config.crop, rng)

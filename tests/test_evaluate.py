@@ -11,6 +11,8 @@ from click.testing import CliRunner
 
 from semtile.cli.main import main
 from semtile.evaluate import label_scores, mask_scores
+from semtile.models import Architecture
+from semtile.training import TrainConfig, train_classifier
 
 
 def test_label_scores_on_a_known_case():
@@ -51,3 +53,25 @@ def test_evaluate_a_processed_dataset_with_an_expert(tiny_dataset, tiny_bundle, 
         assert (tmp_path / "ev" / name).stat().st_size > 0
     rows = list(csv.reader((tmp_path / "ev" / "confusion.csv").open()))
     assert sum(int(v) for r in rows[1:] for v in r[1:]) == 8
+
+
+def test_evaluate_scores_only_the_test_split_of_a_model(tiny_dataset, tiny_bundle, tmp_path):
+    out = tmp_path / "r.zarr"
+    run = CliRunner().invoke(main, ["process", str(tiny_dataset / "images"), "--out", str(out), "--model", str(tiny_bundle),
+                                    "--tile", "64", "--halo", "8", "--engine", "torch-cpu"])
+    assert run.exit_code == 0
+    # A model trained on half of each label, the other half held out as its test split.
+    held_out = train_classifier(tiny_dataset, tmp_path / "half.pt", arch=Architecture("classifier", c=4, d=2, n=1, N=1),
+                                config=TrainConfig(epochs=1, steps_per_epoch=1, batch_size=2, crop=32, split=(0.5, 0, 0.5)))
+    test_names = set(json.loads(held_out.with_suffix(".json").read_text())["training"]["split"]["test"])
+    assert len(test_names) == 4
+    result = CliRunner().invoke(main, ["evaluate", str(out), "--labels", str(tiny_dataset / "labels.csv"),
+                                       "--split-from", str(held_out), "--out", str(tmp_path / "ev")])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert report["images"] == len(test_names) and report["split"]["part"] == "test"
+    scored = {row["path"].rsplit("/", 1)[-1] for row in csv.DictReader((tmp_path / "ev" / "per_image.csv").open())}
+    assert scored == test_names
+    bad = CliRunner().invoke(main, ["evaluate", str(out), "--labels", str(tiny_dataset / "labels.csv"),
+                                    "--split-from", str(tiny_dataset / "labels.csv"), "--out", str(tmp_path / "ev2")])
+    assert bad.exit_code == 2 and "no model card" in bad.output
