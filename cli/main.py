@@ -122,8 +122,11 @@ def train() -> None:
 @click.option("--g-range", "g_range", default="1,0", show_default=True, help="HI,LO: g at the first and the last label.")
 @click.option("--masks", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="Folder of per-pixel masks named like the images: supervised training instead of weak labels.")
+@click.option("--binary-weight", default=None, type=click.FloatRange(0),
+              help="Weight of a penalty on undecided pixels, mean(p(1-p)) (default: 1 for learned, 0 otherwise).")
 @_train_options()
-def train_segmenter_cmd(data: Path, hypothesis: str, g_range: str, masks: Path | None, out: Path, **kw) -> None:
+def train_segmenter_cmd(data: Path, hypothesis: str, g_range: str, masks: Path | None, binary_weight: float | None,
+                        out: Path, **kw) -> None:
     """Train a segmenter (weak labels: mean of the mask regressed onto g(t)).
 
     HYPOTHESIS: linear, sqrt, log, exp, power:K, table:FILE, or learned (a monotone
@@ -139,7 +142,7 @@ def train_segmenter_cmd(data: Path, hypothesis: str, g_range: str, masks: Path |
         if ends is None:
             raise SemtileError("--g-range free is not supported: pinned ends keep weak labels from collapsing")
         with _Progress(config.epochs * config.steps_per_epoch, "training") as progress:
-            path = train_segmenter(data, out, hypothesis=hypothesis, masks=masks, g_range=ends,
+            path = train_segmenter(data, out, hypothesis=hypothesis, masks=masks, g_range=ends, binary_weight=binary_weight,
                                    arch=Architecture("segmenter", **arch), config=config, progress=progress)
     except SemtileError as exc:
         raise click.UsageError(str(exc)) from exc
@@ -231,8 +234,10 @@ def process(inputs, out, csv_path, model, classifier, segmenter, engine_name, pr
 @click.option("--candidates", default="linear,sqrt,log,learned", show_default=True, help="Comma-separated hypotheses.")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--g-range", "g_range", default="1,0", show_default=True, help="HI,LO: g at the first and the last label.")
+@click.option("--binary-weight", default=None, type=click.FloatRange(0),
+              help="Weight of the penalty on undecided pixels for the learned candidate (default 1).")
 @_train_options(out=False, c=16, n=1, epochs=12, steps_per_epoch=50)
-def hypotheses(data: Path, candidates: str, out: Path, g_range: str, **kw) -> None:
+def hypotheses(data: Path, candidates: str, out: Path, g_range: str, binary_weight: float | None, **kw) -> None:
     """Rank hypotheses g(t) by the validation error of a segmenter trained on each."""
     from semtile.hypotheses import parse_g_range
     from semtile.hypothesis_ranking import rank_hypotheses
@@ -243,7 +248,8 @@ def hypotheses(data: Path, candidates: str, out: Path, g_range: str, **kw) -> No
         if ends is None:
             raise SemtileError("--g-range free is not supported: pinned ends keep weak labels from collapsing")
         rows = rank_hypotheses(data, [c.strip() for c in candidates.split(",") if c.strip()], out,
-                               arch=Architecture("segmenter", **arch), config=config, g_range=ends)
+                               arch=Architecture("segmenter", **arch), config=config, g_range=ends,
+                               binary_weight=binary_weight)
     except SemtileError as exc:
         raise click.UsageError(str(exc)) from exc
     for r in rows:

@@ -53,6 +53,7 @@ def rank_hypotheses(
     arch: Architecture,
     config: TrainConfig,
     g_range: tuple[float, float] = (1.0, 0.0),
+    binary_weight: float | None = None,
 ) -> list[dict]:
     """Train one segmenter per candidate; write ranking.csv, learned_g.csv, a figure and a summary."""
     for c in candidates:
@@ -65,7 +66,10 @@ def rank_hypotheses(
     rows, curves = [], {}
     for candidate in candidates:
         weights = out / f"segmenter-{_safe(candidate)}.pt"
-        train_segmenter(td, weights, hypothesis=candidate, g_range=g_range, arch=arch, config=config)
+        # The penalty on undecided pixels applies to the learned curve only: fixed
+        # candidates are scored the paper's way, by the plain weak-label fit.
+        train_segmenter(td, weights, hypothesis=candidate, g_range=g_range, arch=arch, config=config,
+                        binary_weight=binary_weight if is_learned(candidate) else 0.0)
         model = load_model(weights, "segmenter")
         g = np.array(model.card["training"]["g"])
         means = image_mean_masks(model.network, td.images, model.arch.multiple)

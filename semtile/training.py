@@ -36,13 +36,19 @@ from semtile.modelio import save_model
 from semtile.models import Architecture, build_model
 from semtile.reader import open_scan
 
-__all__ = ["TrainConfig", "LearnedCurve", "TrainingData", "load_training_data", "train_segmenter",
+__all__ = ["TrainConfig", "LearnedCurve", "LEARNED_BINARY_WEIGHT", "TrainingData", "load_training_data", "train_segmenter",
            "train_classifier", "pick_device"]
 
 log = get_logger("semtile.train")
 
 #: Learning-rate multiplier of the learned hypothesis curve relative to the network.
 CURVE_LR_FACTOR = 50.0
+
+#: Weight of the penalty on undecided pixels, mean(p(1 - p)), when g is learned.
+#: Weak labels constrain only each crop's mean, so a network with a large
+#: receptive field can estimate t from context and paint a soft g(t) anywhere,
+#: with any monotone g; binary pixels must instead be decided from local texture.
+LEARNED_BINARY_WEIGHT = 1.0
 
 
 @dataclass(frozen=True)
@@ -302,7 +308,7 @@ def train_segmenter(
     hypothesis: str | None = "sqrt",
     masks: str | Path | None = None,
     g_range: tuple[float, float] = (1.0, 0.0),
-    binary_weight: float = 0.0,
+    binary_weight: float | None = None,
     arch: Architecture | None = None,
     config: TrainConfig = TrainConfig(),
     progress: Callable[[int], None] | None = None,
@@ -310,8 +316,11 @@ def train_segmenter(
     """Train a segmenter and write ``out`` (.pt) with its card.
 
     Weak labels (``hypothesis``): the mean of the sigmoid mask of each crop is
-    regressed onto g(t); ``learned`` fits g jointly. Supervised (``masks``):
-    per-pixel binary cross-entropy against the masks of the same names.
+    regressed onto g(t); ``learned`` fits g jointly. ``binary_weight`` adds
+    a penalty mean(p(1 - p)) on undecided pixels (the paper's masks are
+    binary); by default :data:`LEARNED_BINARY_WEIGHT` for a learned g and 0
+    otherwise. Supervised (``masks``): per-pixel binary cross-entropy against
+    the masks of the same names.
     """
     arch = arch or Architecture("segmenter")
     _start(arch, config)
@@ -330,6 +339,10 @@ def train_segmenter(
     else:
         parse_hypothesis(hypothesis)
         mode = "weak"
+        if binary_weight is None:
+            binary_weight = LEARNED_BINARY_WEIGHT if is_learned(hypothesis) else 0.0
+        if binary_weight < 0:
+            raise SemtileError(f"binary weight {binary_weight} must not be negative")
         if is_learned(hypothesis):
             curve = LearnedCurve(len(data.labels), g_range)
             target = lambda t: curve()[t]  # noqa: E731
@@ -359,6 +372,7 @@ def train_segmenter(
         network, arch, data.labels, out,
         training={"mode": mode, "hypothesis": hypothesis if mode == "weak" else None,
                   "g_range": list(g_range) if mode == "weak" else None, "g": g_table,
+                  "binary_weight": binary_weight if mode == "weak" else None,
                   "data": data.source, "masks": str(masks) if masks else None,
                   "config": asdict(config), "best_epoch": best_epoch, "history": history,
                   "split": _split_record(data, config)},

@@ -68,6 +68,35 @@ def test_learned_hypothesis_trains_and_is_saved(tiny_dataset, tmp_path):
     assert len(g) == 4 and g[0] == pytest.approx(1.0) and g[-1] == pytest.approx(0.0, abs=1e-6)
     assert all(a >= b for a, b in zip(g, g[1:]))
     assert "g" in card["training"]["history"][-1]
+    assert card["training"]["binary_weight"] == 1.0  # the learned default
+
+
+def _undecided(path, dataset) -> float:
+    """Mean p(1 - p) of a segmenter's mask over the tiny dataset's images."""
+    from semtile.modelio import load_model
+    from semtile.reader import open_scan
+
+    net = load_model(path, "segmenter").network.eval()
+    values = []
+    with torch.inference_mode():
+        for image in sorted((dataset / "images").glob("*.tif")):
+            with open_scan(image) as scan:
+                x = np.asarray(scan.valid().compute(), np.float32)
+            p = torch.sigmoid(net(torch.from_numpy(x[: x.shape[0] // 4 * 4, : x.shape[1] // 4 * 4].copy())[None, None]))
+            values.append(float((p * (1 - p)).mean()))
+    return float(np.mean(values))
+
+
+def test_binary_penalty_pushes_pixels_to_a_decision(tiny_dataset, tmp_path):
+    from dataclasses import replace
+
+    config = replace(CONFIG, epochs=3, steps_per_epoch=6, lr=5e-3)
+    soft = train_segmenter(tiny_dataset, tmp_path / "soft.pt", hypothesis="learned", binary_weight=0.0, arch=TINY, config=config)
+    hard = train_segmenter(tiny_dataset, tmp_path / "hard.pt", hypothesis="learned", binary_weight=20.0, arch=TINY, config=config)
+    assert json.loads(hard.with_suffix(".json").read_text())["training"]["binary_weight"] == 20.0
+    assert _undecided(hard, tiny_dataset) < 0.5 * _undecided(soft, tiny_dataset)
+    with pytest.raises(SemtileError, match="must not be negative"):
+        train_segmenter(tiny_dataset, tmp_path / "x.pt", hypothesis="learned", binary_weight=-1.0, arch=TINY, config=CONFIG)
 
 
 def test_resume_continues_exactly(tiny_dataset, tmp_path):
