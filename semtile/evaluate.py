@@ -62,12 +62,21 @@ def label_scores(true: list, predicted: list, labels: list) -> LabelScores:
 
 
 def mask_scores(predicted: np.ndarray, truth: np.ndarray) -> dict:
-    """Pixel accuracy, IoU and Dice of two binary masks of the same shape."""
+    """Pixel accuracy, IoU and Dice of two binary masks of the same shape.
+
+    IoU and Dice are NaN where the truth is empty: there they are undefined (one
+    false-positive pixel would score 0, none 1), and averaging them would let a
+    handful of blank images swing the mean. MONAI's ``DiceMetric`` does the same
+    by default (``ignore_empty=True``). The counts behind a pooled Dice are
+    returned too (``intersection``, ``predicted``, ``true``).
+    """
     p, t = predicted.astype(bool), truth.astype(bool)
-    inter, union, total = np.logical_and(p, t).sum(), np.logical_or(p, t).sum(), p.sum() + t.sum()
+    inter, union = int(np.logical_and(p, t).sum()), int(np.logical_or(p, t).sum())
+    n_pred, n_true = int(p.sum()), int(t.sum())
     return {"pixel_accuracy": float(np.mean(p == t)),
-            "iou": float(inter / union) if union else 1.0,
-            "dice": float(2 * inter / total) if total else 1.0}
+            "iou": float(inter / union) if n_true else float("nan"),
+            "dice": float(2 * inter / (n_pred + n_true)) if n_true else float("nan"),
+            "intersection": inter, "predicted": n_pred, "true": n_true}
 
 
 def _read_expert(path: Path, base: Path) -> dict[Path, object]:
@@ -174,10 +183,19 @@ def evaluate_store(store: str | Path, labels_csv: str | Path, out: str | Path,
     if any("true_adhesive_ratio" in r for r in rows):
         errors = [abs(r["adhesive_ratio"] - r["true_adhesive_ratio"]) for r in rows if "true_adhesive_ratio" in r]
         report["adhesive_ratio_mae"] = float(np.mean(errors))
-    if any("dice" in r for r in rows):
-        report["masks"] = {k: {"mean": float(np.mean([r[k] for r in rows if k in r])),
-                               "std": float(np.std([r[k] for r in rows if k in r]))}
-                           for k in ("pixel_accuracy", "iou", "dice")}
+    scored = [r for r in rows if "dice" in r]
+    if scored:
+        report["masks"] = {k: {"mean": float(np.nanmean(v)) if np.isfinite(v).any() else None,
+                               "std": float(np.nanstd(v)) if np.isfinite(v).any() else None,
+                               "images": int(np.isfinite(v).sum())}
+                           for k in ("pixel_accuracy", "iou", "dice")
+                           for v in [np.array([r[k] for r in scored], dtype=float)]}
+        inter, pred, true = (sum(r[k] for r in scored) for k in ("intersection", "predicted", "true"))
+        blank = [r for r in scored if r["true"] == 0]
+        report["masks_pooled"] = {"dice": 2 * inter / (pred + true) if pred + true else None,
+                                  "iou": inter / (pred + true - inter) if pred + true - inter else None,
+                                  "empty_truth_images": len(blank),
+                                  "empty_truth_false_positive_pixels": int(sum(r["predicted"] for r in blank))}
     if expert_csv:
         expert = _read_expert(Path(expert_csv), Path(expert_csv).parent)
         judged = [r for r in rows if Path(r["path"]) in expert]
@@ -219,6 +237,11 @@ def _summary(report: dict) -> str:
     if "adhesive_ratio_mae" in report:
         lines += ["", f"Adhesive ratio, mean absolute error against truth.csv: {report['adhesive_ratio_mae']:.4f}"]
     if "masks" in report:
-        lines += ["", "| mask metric | mean | std |", "|---|---:|---:|"]
-        lines += [f"| {k} | {v['mean']:.4f} | {v['std']:.4f} |" for k, v in report["masks"].items()]
+        fmt4 = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
+        lines += ["", "| mask metric | mean over images | std | images |", "|---|---:|---:|---:|"]
+        lines += [f"| {k} | {fmt4(v['mean'])} | {fmt4(v['std'])} | {v['images']} |" for k, v in report["masks"].items()]
+        pooled = report["masks_pooled"]
+        lines += ["", f"Pooled over all pixels: Dice {fmt4(pooled['dice'])}, IoU {fmt4(pooled['iou'])}. "
+                  f"IoU and Dice skip images whose true mask is empty ({pooled['empty_truth_images']}; "
+                  f"{pooled['empty_truth_false_positive_pixels']} pixels marked adhesive on them)."]
     return "\n".join(lines) + "\n"

@@ -27,7 +27,10 @@ def test_label_scores_on_a_known_case():
 def test_mask_scores():
     p = np.array([[1, 1, 0, 0]], bool)
     t = np.array([[1, 0, 0, 0]], bool)
-    assert mask_scores(p, t) == {"pixel_accuracy": 0.75, "iou": 0.5, "dice": pytest.approx(2 / 3)}
+    assert mask_scores(p, t) == {"pixel_accuracy": 0.75, "iou": 0.5, "dice": pytest.approx(2 / 3),
+                                 "intersection": 1, "predicted": 2, "true": 1}
+    blank = mask_scores(p, np.zeros_like(t))  # undefined where the truth is empty, whatever is predicted
+    assert np.isnan(blank["dice"]) and np.isnan(blank["iou"]) and blank["pixel_accuracy"] == 0.5
 
 
 def test_evaluate_a_processed_dataset_with_an_expert(tiny_dataset, tiny_bundle, tmp_path):
@@ -48,6 +51,8 @@ def test_evaluate_a_processed_dataset_with_an_expert(tiny_dataset, tiny_bundle, 
     assert report["images"] == 8 and report["expert"]["top1"] == 1.0
     assert 0.0 <= report["model"]["top1"] <= 1.0 and report["model"]["within1"] is not None
     assert {"pixel_accuracy", "iou", "dice"} <= set(report["masks"])
+    pooled = report["masks_pooled"]
+    assert pooled["empty_truth_images"] + report["masks"]["dice"]["images"] == 8
     assert "adhesive_ratio_mae" in report
     for name in ("confusion.csv", "confusion.png", "confusion_expert.png", "per_image.csv", "summary.md"):
         assert (tmp_path / "ev" / name).stat().st_size > 0
