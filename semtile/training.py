@@ -13,7 +13,11 @@ Weak labels (the paper's eq. 4): the mean of the sigmoid mask of each crop is
 regressed onto g(t). With the ``learned`` hypothesis, g is fitted jointly: a
 monotone curve made of the normalised cumulative sum of softplus increments,
 its ends pinned by ``g_range``. Pinned ends rule out the collapse that free
-ends allow (a constant mask with a constant g fits any data).
+ends allow (a constant mask with a constant g fits any data). Pinned ends are
+not enough on their own: a network that sees enough context can estimate t
+and paint a soft g(t) over the whole crop, which fits any monotone g. A
+penalty on undecided pixels, mean(p(1 - p)) (the paper's masks are binary),
+makes each pixel a decision about its local texture, and the curve follows.
 """
 
 from __future__ import annotations
