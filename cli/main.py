@@ -123,7 +123,7 @@ def train() -> None:
 @click.option("--masks", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="Folder of per-pixel masks named like the images: supervised training instead of weak labels.")
 @click.option("--binary-weight", default=None, type=click.FloatRange(0),
-              help="Weight of a penalty on undecided pixels, mean(p(1-p)) (default: 1 for learned, 0 otherwise).")
+              help="Weight of a penalty on undecided pixels, mean(p(1-p)) (default: 2 for learned, 0 otherwise).")
 @_train_options()
 def train_segmenter_cmd(data: Path, hypothesis: str, g_range: str, masks: Path | None, binary_weight: float | None,
                         out: Path, **kw) -> None:
@@ -235,7 +235,7 @@ def process(inputs, out, csv_path, model, classifier, segmenter, engine_name, pr
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--g-range", "g_range", default="1,0", show_default=True, help="HI,LO: g at the first and the last label.")
 @click.option("--binary-weight", default=None, type=click.FloatRange(0),
-              help="Weight of the penalty on undecided pixels for the learned candidate (default 1).")
+              help="Weight of the penalty on undecided pixels for the learned candidate (default 2).")
 @_train_options(out=False, c=16, n=1, epochs=12, steps_per_epoch=50)
 def hypotheses(data: Path, candidates: str, out: Path, g_range: str, binary_weight: float | None, **kw) -> None:
     """Rank hypotheses g(t) by the validation error of a segmenter trained on each."""

@@ -52,7 +52,7 @@ CURVE_LR_FACTOR = 50.0
 #: Weak labels constrain only each crop's mean, so a network with a large
 #: receptive field can estimate t from context and paint a soft g(t) anywhere,
 #: with any monotone g; binary pixels must instead be decided from local texture.
-LEARNED_BINARY_WEIGHT = 1.0
+LEARNED_BINARY_WEIGHT = 2.0
 
 
 @dataclass(frozen=True)

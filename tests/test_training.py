@@ -68,7 +68,7 @@ def test_learned_hypothesis_trains_and_is_saved(tiny_dataset, tmp_path):
     assert len(g) == 4 and g[0] == pytest.approx(1.0) and g[-1] == pytest.approx(0.0, abs=1e-6)
     assert all(a >= b for a, b in zip(g, g[1:]))
     assert "g" in card["training"]["history"][-1]
-    assert card["training"]["binary_weight"] == 1.0  # the learned default
+    assert card["training"]["binary_weight"] == 2.0  # the learned default
 
 
 def _undecided(path, dataset) -> float:
