@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 
 from click.testing import CliRunner
 
@@ -26,3 +27,6 @@ def test_hypotheses_writes_ranking_learned_g_figure_and_summary(tmp_path):
     assert [int(r["t"]) for r in g] == [0, 1, 2, 3] and float(g[0]["g"]) == 1.0 and abs(float(g[-1]["g"])) < 1e-6
     for name in ("mean_ratio_per_label.png", "summary.md", "curves.json", "segmenter-sqrt.pt", "segmenter-learned.json"):
         assert (out / name).stat().st_size > 0
+    cards = {name: json.loads((out / f"segmenter-{name}.json").read_text())["training"] for name in ("sqrt", "learned")}
+    # Fixed candidates are fitted the paper's way; only the learned curve gets the binary penalty.
+    assert cards["sqrt"]["binary_weight"] == 0.0 and cards["learned"]["binary_weight"] == 2.0
