@@ -120,7 +120,9 @@ def split_names(model: str | Path, part: str) -> set[str]:
     """File names in the ``part`` split (train, val or test) recorded in a trained model's card."""
     if part not in ("train", "val", "test"):
         raise SemtileError(f"split part {part!r}: expected train, val or test")
-    card = Path(model).with_suffix(".json")
+    from semtile.modelio import card_path  # here: modelio imports torch, which plain scoring does not need
+
+    card = card_path(model)
     if not card.is_file():
         raise SemtileError(f"{card}: no model card (the .json written beside the weights)")
     try:
@@ -185,11 +187,7 @@ def evaluate_store(store: str | Path, labels_csv: str | Path, out: str | Path,
         report["adhesive_ratio_mae"] = float(np.mean(errors))
     scored = [r for r in rows if "dice" in r]
     if scored:
-        report["masks"] = {k: {"mean": float(np.nanmean(v)) if np.isfinite(v).any() else None,
-                               "std": float(np.nanstd(v)) if np.isfinite(v).any() else None,
-                               "images": int(np.isfinite(v).sum())}
-                           for k in ("pixel_accuracy", "iou", "dice")
-                           for v in [np.array([r[k] for r in scored], dtype=float)]}
+        report["masks"] = {k: _finite_summary([r[k] for r in scored]) for k in ("pixel_accuracy", "iou", "dice")}
         inter, pred, true = (sum(r[k] for r in scored) for k in ("intersection", "predicted", "true"))
         blank = [r for r in scored if r["true"] == 0]
         report["masks_pooled"] = {"dice": 2 * inter / (pred + true) if pred + true else None,
@@ -215,6 +213,14 @@ def evaluate_store(store: str | Path, labels_csv: str | Path, out: str | Path,
     (out / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
     (out / "summary.md").write_text(_summary(report))
     return report
+
+
+def _finite_summary(values: list[float]) -> dict:
+    """Mean and std over the defined (non-NaN) values, and how many there were."""
+    v = np.array(values, dtype=float)
+    v = v[np.isfinite(v)]
+    return {"mean": float(v.mean()) if v.size else None, "std": float(v.std()) if v.size else None,
+            "images": int(v.size)}
 
 
 def _write_confusion(scores: LabelScores, path: Path) -> None:

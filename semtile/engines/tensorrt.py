@@ -368,7 +368,7 @@ class TensorRTEngine(Engine):
             if builder_state.get("cache") is not None:
                 self._save_timing_cache(builder_state["cache"])
             self.timing_cache_loaded = builder_state.get("timing_cache_loaded")  # None: nothing was built
-            self._engines = engines
+            self._engines = engines  # kept alive as long as the execution contexts built from them
 
             self._input_name, self._output_name = {}, {}
             for net, engine in engines.items():
