@@ -78,7 +78,8 @@ def rank_hypotheses(
         per_label = {part: [float(np.mean(means[[i for i in idx if t_index[i] == k]]))
                             if any(t_index[i] == k for i in idx) else None for k in range(n_labels)]
                      for part, idx in td.split.items()}
-        curves[candidate] = {"g": g.tolist(), "per_label": per_label}
+        curves[candidate] = {"g": g.tolist(), "per_label": per_label,
+                             "calibration": model.card["training"].get("calibration")}
         rows.append({"hypothesis": candidate, "train_error": errors["train"], "val_error": errors["val"],
                      "test_error": errors["test"], "weights": weights.name})
         log.info("hypothesis", hypothesis=candidate, **{k: round(v, 6) for k, v in errors.items()})
@@ -143,6 +144,12 @@ def _summary(rows: list[dict], curves: dict, td: TrainingData, path: Path) -> No
     if learned:
         g = curves[learned[0]]["g"]
         lines += ["", "Learned g(t): " + ", ".join(f"{v:.3f}" for v in g)]
+        calibration = curves[learned[0]].get("calibration")
+        if calibration:
+            ends = calibration["ends_used"]
+            lines += ["", f"Read out at a decision threshold of logit {calibration['threshold_logit']:.2f}"
+                      + (f", set by the pinned ends at labels {', '.join(str(td.labels[k]) for k in ends)}."
+                         if ends else " (both ends pure: the trained boundary).")]
     lines += ["", "![mean predicted ratio per label](mean_ratio_per_label.png)"]
     path.write_text("\n".join(lines) + "\n")
 

@@ -18,6 +18,8 @@ not enough on their own: a network that sees enough context can estimate t
 and paint a soft g(t) over the whole crop, which fits any monotone g. A
 penalty on undecided pixels, mean(p(1 - p)) (the paper's masks are binary),
 makes each pixel a decision about its local texture, and the curve follows.
+After training, the decision threshold is calibrated on the pinned ends and g
+is read out of the calibrated masks (:mod:`semtile.calibration`).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from semtile.calibration import logit_counts, read_out_curve
 from semtile.dataset import Sample, label_order, read_labels, split_samples
 from semtile.errors import DatasetError, SemtileError
 from semtile.hypotheses import hypothesis_values, is_learned, parse_hypothesis
@@ -323,7 +326,9 @@ def train_segmenter(
     regressed onto g(t); ``learned`` fits g jointly. ``binary_weight`` adds
     a penalty mean(p(1 - p)) on undecided pixels (the paper's masks are
     binary); by default :data:`LEARNED_BINARY_WEIGHT` for a learned g and 0
-    otherwise. Supervised (``masks``): per-pixel binary cross-entropy against
+    otherwise. A learned g is then read out of the segmenter with its decision
+    threshold calibrated on the pinned ends (:func:`semtile.calibration.read_out_curve`);
+    the threshold is folded into the output layer. Supervised (``masks``): per-pixel binary cross-entropy against
     the masks of the same names.
     """
     arch = arch or Architecture("segmenter")
@@ -367,9 +372,21 @@ def train_segmenter(
     val = _fixed_crops(data, data.split["val"], config.crop, config.val_crops, config.seed)
     run = _Run(network, loss, extra=curve)
     history, best_epoch = _fit(run, sampler, val, config, Path(out), "segmenter", progress)
+    calibration = None
     if curve is not None:
         with torch.no_grad():
-            g_table = [float(v) for v in curve()]
+            g_fitted = [float(v) for v in curve()]
+        train = data.split["train"]
+        readout = read_out_curve(logit_counts(network, [data.images[i] for i in train], arch.multiple),
+                                 np.array(data.label_index())[train], len(data.labels), g_range, np.array(g_fitted))
+        with torch.no_grad():
+            # Fold the threshold into the output layer: masks of the saved model are the calibrated ones.
+            network.head.bias -= readout.threshold
+        g_table = [float(v) for v in readout.g]
+        calibration = {"threshold_logit": readout.threshold, "ends_used": list(readout.ends_used),
+                       "g_fitted": g_fitted, "g_raw": [None if np.isnan(v) else float(v) for v in readout.raw]}
+        log.info("learned_curve_calibrated", threshold_logit=round(readout.threshold, 3),
+                 ends_used=list(readout.ends_used))
     elif mode == "weak":
         g_table = [float(v) for v in hypothesis_values(hypothesis, len(data.labels), g_range)]
     return save_model(
@@ -377,6 +394,7 @@ def train_segmenter(
         training={"mode": mode, "hypothesis": hypothesis if mode == "weak" else None,
                   "g_range": list(g_range) if mode == "weak" else None, "g": g_table,
                   "binary_weight": binary_weight if mode == "weak" else None,
+                  "calibration": calibration,
                   "data": data.source, "masks": str(masks) if masks else None,
                   "config": asdict(config), "best_epoch": best_epoch, "history": history,
                   "split": _split_record(data, config)},

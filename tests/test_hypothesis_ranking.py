@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 
+import pytest
 from click.testing import CliRunner
 
 from semtile.cli.main import main
@@ -30,3 +31,7 @@ def test_hypotheses_writes_ranking_learned_g_figure_and_summary(tmp_path):
     cards = {name: json.loads((out / f"segmenter-{name}.json").read_text())["training"] for name in ("sqrt", "learned")}
     # Fixed candidates are fitted the paper's way; only the learned curve gets the binary penalty.
     assert cards["sqrt"]["binary_weight"] == 0.0 and cards["learned"]["binary_weight"] == 2.0
+    # learned_g.csv is the calibrated read-out in the card; pure ends keep the trained boundary.
+    assert [float(r["g"]) for r in g] == pytest.approx(cards["learned"]["g"], abs=1e-6)
+    assert cards["learned"]["calibration"]["threshold_logit"] == 0.0
+    assert "both ends pure" in (out / "summary.md").read_text()
