@@ -53,6 +53,11 @@ log = get_logger("semtile.process")
 MIN_SIDE = 16
 #: Batches of tiles prepared ahead of the engine.
 QUEUE_DEPTH = 4
+#: Columns of one chunk of the scratch array (its rows are one tile core): a row of
+#: tiles is then a read of a few chunks, not of one chunk per tile.
+SCRATCH_BAND_COLS = 4096
+#: Scans up to this many pixels are prepared without Dask's thread pool.
+SYNCHRONOUS_PREPARE_PIXELS = 16 * 2**20
 
 
 @dataclass(frozen=True)
@@ -183,10 +188,14 @@ def _prepare(job: _Job, options: ProcessOptions, scratch: Path) -> zarr.Array:
         # own strip or tile layout. Uncompressed: it lives only for this run.
         job.scratch = scratch / f"{job.path.stem[:40]}-{uuid.uuid4().hex[:8]}.zarr"
         normalised = zarr.create_array(str(job.scratch), shape=(rows, cols), dtype="float32",
-                                       chunks=(min(grid.core, rows), min(grid.core, cols)),
+                                       chunks=(min(grid.core, rows), min(SCRATCH_BAND_COLS, cols)),
                                        compressors=None, overwrite=True)
         # Dask blocks aligned with the Zarr chunks: every chunk has exactly one writer.
-        da.store(scan.valid().rechunk(normalised.chunks), normalised, lock=False, scheduler="threads")
+        # Small scans are written on this thread: the engine already has the cores, and
+        # handing a few dozen blocks to a thread pool costs more than it saves.
+        small = rows * cols <= SYNCHRONOUS_PREPARE_PIXELS
+        da.store(scan.valid().rechunk(normalised.chunks), normalised, lock=False,
+                 scheduler="synchronous" if small else "threads")
     job.canvas = np.zeros((rows, cols), dtype=np.float32)
     job.weights = np.zeros((rows, cols), dtype=np.float32)
     job.logits = None

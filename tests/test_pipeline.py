@@ -192,3 +192,24 @@ def test_label_rules():
     ordered = np.array([0.3, 0.15, 0.15, 0.4], dtype=np.float32)
     assert _decide(ordered, [0, 1, 2, 3]) == (2, "median")  # cumulative 0.3, 0.45, 0.6, 1.0
     assert _decide(ordered, ["a", "b", "c", "d"]) == ("d", "argmax")
+
+
+def test_scratch_preparation_paths_agree(tiny_dataset, tiny_bundle, tmp_path, monkeypatch):
+    """Small scans are prepared on the calling thread, large ones through Dask's thread pool,
+    into scratch chunks narrower than the scan: the masks are identical either way."""
+    import semtile.pipeline as pipeline
+
+    scans = sorted((tiny_dataset / "images").glob("*.tif"))[:2]
+    bundle = load_bundle(tiny_bundle)
+    engine, _ = create_engine("torch-cpu", bundle, EngineSettings(tile=64, halo=8, batch_size=3))
+    options = ProcessOptions(tile=64, halo=8, batch_size=3)
+    masks = []
+    for name, pixels, band in (("sync", 2**30, 4096), ("threads", 0, 40)):
+        monkeypatch.setattr(pipeline, "SYNCHRONOUS_PREPARE_PIXELS", pixels)
+        monkeypatch.setattr(pipeline, "SCRATCH_BAND_COLS", band)
+        out = tmp_path / f"{name}.zarr"
+        process_scans(scans, out, engine=engine, bundle=bundle, options=options, table=tmp_path / f"{name}.csv")
+        root = zarr.open_group(str(out), mode="r")
+        masks.append([root[p.stem]["mask"][:] for p in scans])
+    for a, b in zip(*masks):
+        np.testing.assert_array_equal(a, b)
