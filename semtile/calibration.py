@@ -27,6 +27,8 @@ import numpy as np
 import torch
 from scipy.optimize import isotonic_regression
 
+from semtile.whole_image import image_logits
+
 __all__ = ["LOGIT_EDGES", "CurveReadout", "logit_counts", "pinned_threshold", "read_out_curve"]
 
 #: Bin edges of the logit histograms: the threshold is found to 0.02 of a logit.
@@ -49,14 +51,9 @@ def logit_counts(network: torch.nn.Module, images: list[np.ndarray], multiple: i
     Column 0 counts logits below the first edge, the last column those above the last.
     """
     counts = np.zeros((len(images), len(LOGIT_EDGES) + 1), dtype=np.int64)
-    network.eval()
-    with torch.inference_mode():
-        for i, image in enumerate(images):
-            rows, cols = (image.shape[0] // multiple) * multiple, (image.shape[1] // multiple) * multiple
-            x = torch.from_numpy(np.ascontiguousarray(image[:rows, :cols], dtype=np.float32))[None, None]
-            logits = network(x).numpy().ravel()
-            counts[i] = np.bincount(np.searchsorted(LOGIT_EDGES, logits, side="right"),
-                                    minlength=len(LOGIT_EDGES) + 1)
+    for i, image in enumerate(images):
+        logits = image_logits(network, image, multiple).ravel()
+        counts[i] = np.bincount(np.searchsorted(LOGIT_EDGES, logits, side="right"), minlength=len(LOGIT_EDGES) + 1)
     return counts
 
 

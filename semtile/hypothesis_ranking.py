@@ -23,6 +23,7 @@ from semtile.logs import get_logger
 from semtile.modelio import load_model
 from semtile.models import Architecture
 from semtile.training import TrainConfig, TrainingData, load_training_data, train_segmenter
+from semtile.whole_image import image_logits
 
 __all__ = ["rank_hypotheses", "image_mean_masks"]
 
@@ -31,14 +32,8 @@ log = get_logger("semtile.hypotheses")
 
 def image_mean_masks(network: torch.nn.Module, images: list[np.ndarray], multiple: int) -> np.ndarray:
     """Mean adhesive probability of each whole image (cropped to a multiple of 2**d)."""
-    means = []
-    network.eval()
-    with torch.inference_mode():
-        for image in images:
-            rows, cols = (image.shape[0] // multiple) * multiple, (image.shape[1] // multiple) * multiple
-            x = torch.from_numpy(np.ascontiguousarray(image[:rows, :cols]))[None, None]
-            means.append(float(torch.sigmoid(network(x)).mean()))
-    return np.array(means)
+    return np.array([float(torch.sigmoid(torch.from_numpy(image_logits(network, image, multiple))).mean())
+                     for image in images])
 
 
 def _safe(name: str) -> str:
