@@ -130,7 +130,8 @@ def train_segmenter_cmd(data: Path, hypothesis: str, g_range: str, masks: Path |
     """Train a segmenter (weak labels: mean of the mask regressed onto g(t)).
 
     HYPOTHESIS: linear, sqrt, log, exp, power:K, table:FILE, or learned (a monotone
-    g fitted jointly, its ends pinned by --g-range).
+    g fitted jointly, its ends pinned by --g-range; the decision threshold is then
+    calibrated on the ends that lie inside (0, 1) and g read out of the masks).
     """
     from semtile.hypotheses import parse_g_range, parse_hypothesis
     from semtile.training import train_segmenter
