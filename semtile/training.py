@@ -327,9 +327,10 @@ def train_segmenter(
     a penalty mean(p(1 - p)) on undecided pixels (the paper's masks are
     binary); by default :data:`LEARNED_BINARY_WEIGHT` for a learned g and 0
     otherwise. A learned g is then read out of the segmenter with its decision
-    threshold calibrated on the pinned ends (:func:`semtile.calibration.read_out_curve`);
-    the threshold is folded into the output layer. Supervised (``masks``): per-pixel binary cross-entropy against
-    the masks of the same names.
+    threshold calibrated on the pinned ends
+    (:func:`semtile.calibration.read_out_curve`), the threshold folded into
+    the output layer. Supervised (``masks``): per-pixel binary cross-entropy
+    against the masks of the same names.
     """
     arch = arch or Architecture("segmenter")
     _start(arch, config)
