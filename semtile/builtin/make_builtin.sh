@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Re-create the built-in model shipped in semtile/builtin/ with semtile's own commands.
 # Usage, from the repository root with semtile installed:
-#   bash semtile/builtin/make_builtin.sh [WORKDIR]
+#   bash semtile/builtin/make_builtin.sh [WORKDIR [OUTDIR]]
+# OUTDIR defaults to this folder (the shipped model).
 # About 45 minutes on a 2-core CPU. Training is seeded; float reductions depend on
 # the thread count, so weights match the shipped ones closely, not bit for bit.
 set -euo pipefail
 work=${1:-build/builtin-train}
-out=$(dirname "$0")
+out=${2:-$(dirname "$0")}
+mkdir -p "$out"
 semtile synth "$work" --per-label 20 --labels 16 --size 480x640 --truth sqrt --seed 1
 # Segmenter of the paper's shape (c=32, d=4, n=2, N=1). The synthetic surfaces come
 # with their true masks, so it is trained supervised on them (--masks).
