@@ -83,10 +83,11 @@ def pinned_threshold(label_counts: np.ndarray, g_range: tuple[float, float]) -> 
     if not used:
         return 0.0, ()
     fractions = _fraction_above(label_counts[[k for k, _ in used]])
-    # Falls monotonically with the edge: the edge where the summed error is smallest.
+    # Falls monotonically with the edge: the edge where the summed error is smallest
+    # (the middle one of a tie).
     residual = np.abs(sum(fractions[j] - v for j, (_, v) in enumerate(used)))
     best = np.flatnonzero(residual == residual.min())
-    return float(LOGIT_EDGES[best].mean()), tuple(k for k, _ in used)
+    return float(LOGIT_EDGES[best[len(best) // 2]]), tuple(k for k, _ in used)
 
 
 def read_out_curve(counts: np.ndarray, label_index: np.ndarray, n_labels: int,
@@ -104,11 +105,9 @@ def read_out_curve(counts: np.ndarray, label_index: np.ndarray, n_labels: int,
     label_index = np.asarray(label_index)
     pooled = np.stack([counts[label_index == k].sum(axis=0) for k in range(n_labels)])
     threshold, used = pinned_threshold(pooled, g_range)
-    # Fraction of each label's pixels strictly above the threshold.
-    cut = int(np.searchsorted(LOGIT_EDGES, threshold, side="right"))
-    total = pooled.sum(axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        raw = np.where(total > 0, pooled[:, cut:].sum(axis=1) / total, np.nan)
+    # Fraction of each label's pixels at or above the threshold (an edge), as the masks call it.
+    edge = int(np.searchsorted(LOGIT_EDGES, threshold))
+    raw = np.where(pooled.sum(axis=1) > 0, _fraction_above(pooled)[:, edge], np.nan)
     images = np.bincount(label_index, minlength=n_labels).astype(float)
     values = np.where(np.isnan(raw), np.asarray(fallback, dtype=float), raw)
     hi, lo = g_range

@@ -43,8 +43,8 @@ from semtile.modelio import save_model
 from semtile.models import Architecture, build_model
 from semtile.reader import open_scan
 
-__all__ = ["TrainConfig", "LearnedCurve", "LEARNED_BINARY_WEIGHT", "TrainingData", "load_training_data", "train_segmenter",
-           "train_classifier", "pick_device"]
+__all__ = ["TrainConfig", "LearnedCurve", "LEARNED_BINARY_WEIGHT", "TrainingData", "load_training_data",
+           "train_segmenter", "train_classifier", "pick_device"]
 
 log = get_logger("semtile.train")
 

@@ -37,7 +37,7 @@ def test_pure_ends_leave_the_trained_boundary():
 
 
 def test_readout_is_calibrated_monotone_and_pinned():
-    # Three labels, two images each (one label without images); every label 3 logits too high.
+    # Four labels, two images each except label 2, which has none.
     images = [_uniform(-1, 19), _uniform(-1, 19),  # label 0: 0.9 above 1
               _uniform(-5, 5), _uniform(-7, 3),  # label 1: 0.4 and 0.2 above 1
               _uniform(-14, 6), _uniform(-14, 6)]  # label 3: 0.25 above 1
