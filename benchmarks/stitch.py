@@ -31,7 +31,7 @@ from semtile.kernels.stitch import (
     normalise_canvas,
 )
 from semtile.kernels.window import blend_window
-from semtile.tiling import TileGrid
+from semtile.inference.split import TileGrid
 
 TILE = 256
 HALO = 32

@@ -33,11 +33,11 @@ import zarr
 from semtile.engines import EngineSettings, create_engine
 from semtile.kernels.stitch import stitch_tiles
 from semtile.kernels.window import blend_window
-from semtile.modelio import load_bundle
-from semtile.pipeline import ProcessOptions, calibration_tiles, process_scans
-from semtile.reader import open_scan
+from semtile.models.io import load_bundle
+from semtile.execution.local import ProcessOptions, calibration_tiles, process_scans
+from semtile.io.tiff import open_scan
 from semtile.synth import SynthConfig, synth_surface, write_dataset
-from semtile.tiling import TileGrid, read_windows
+from semtile.inference.split import TileGrid, read_windows
 
 
 def make_scans(folder: Path, count: int, big: bool) -> list[Path]:

@@ -83,9 +83,9 @@ def _train_options(**defaults):
 
 
 def _config(kw: dict):
-    from semtile.dataset import parse_split
-    from semtile.models import Architecture
-    from semtile.training import TrainConfig
+    from semtile.io.dataset import parse_split
+    from semtile.models.networks import Architecture
+    from semtile.science.training import TrainConfig
 
     arch = dict(c=kw.pop("c"), d=kw.pop("d"), n=kw.pop("n"), N=kw.pop("N"))
     config = TrainConfig(split=parse_split(kw.pop("split")),
@@ -133,8 +133,8 @@ def train_segmenter_cmd(data: Path, hypothesis: str, g_range: str, masks: Path |
     g fitted jointly, its ends pinned by --g-range; the decision threshold is then
     calibrated on the ends that lie inside (0, 1) and g read out of the masks).
     """
-    from semtile.hypotheses import parse_g_range, parse_hypothesis
-    from semtile.training import train_segmenter
+    from semtile.science.hypotheses import parse_g_range, parse_hypothesis
+    from semtile.science.training import train_segmenter
 
     try:
         arch, config, Architecture = _config(kw)
@@ -155,7 +155,7 @@ def train_segmenter_cmd(data: Path, hypothesis: str, g_range: str, masks: Path |
 @_train_options()
 def train_classifier_cmd(data: Path, out: Path, **kw) -> None:
     """Train the baseline classifier."""
-    from semtile.training import train_classifier
+    from semtile.science.training import train_classifier
 
     try:
         arch, config, Architecture = _config(kw)
@@ -196,9 +196,9 @@ def process(inputs, out, csv_path, model, classifier, segmenter, engine_name, pr
     """
     from semtile.engines import EngineSettings, create_engine
     from semtile.logs import get_logger
-    from semtile.modelio import load_bundle
-    from semtile.pipeline import ProcessOptions, calibration_tiles, process_scans
-    from semtile.reader import find_scans
+    from semtile.models.io import load_bundle
+    from semtile.execution.local import ProcessOptions, calibration_tiles, process_scans
+    from semtile.io.tiff import find_scans
     from semtile.store import default_csv_path
 
     log = get_logger("semtile.cli")
@@ -240,8 +240,8 @@ def process(inputs, out, csv_path, model, classifier, segmenter, engine_name, pr
 @_train_options(out=False, c=16, n=1, epochs=12, steps_per_epoch=50)
 def hypotheses(data: Path, candidates: str, out: Path, g_range: str, binary_weight: float | None, **kw) -> None:
     """Rank hypotheses g(t) by the validation error of a segmenter trained on each."""
-    from semtile.hypotheses import parse_g_range
-    from semtile.hypothesis_ranking import rank_hypotheses
+    from semtile.science.hypotheses import parse_g_range
+    from semtile.science.ranking import rank_hypotheses
 
     try:
         arch, config, Architecture = _config(kw)
@@ -286,9 +286,9 @@ def _int_list(value: str, name: str) -> list[int]:
 def search(data, c_values, d_values, n_values, N_values, max_params, out, epochs, steps_per_epoch, batch_size,
            crop, lr, seed, split, threads) -> None:
     """Grid search over the classifier's (c, d, n, N): a leaderboard (CSV + markdown)."""
-    from semtile.dataset import parse_split
-    from semtile.search import search_classifiers
-    from semtile.training import TrainConfig
+    from semtile.io.dataset import parse_split
+    from semtile.science.search import search_classifiers
+    from semtile.science.training import TrainConfig
 
     grid = {"c": _int_list(c_values, "--c"), "d": _int_list(d_values, "--d"),
             "n": _int_list(n_values, "--n"), "N": _int_list(N_values, "--N")}
@@ -322,8 +322,8 @@ def engines() -> None:
 @click.option("--halo", default=32, show_default=True, type=click.IntRange(0))
 def export(model: Path | None, out: Path, tile: int, halo: int) -> None:
     """Export MODEL (default: the built-in model) to a bundle with ONNX files and checksums."""
-    from semtile.export import export_bundle
-    from semtile.modelio import load_bundle
+    from semtile.models.export import export_bundle
+    from semtile.models.io import load_bundle
 
     try:
         folder = export_bundle(load_bundle(model), out, tile=tile, halo=halo)
@@ -344,7 +344,7 @@ def export(model: Path | None, out: Path, tile: int, halo: int) -> None:
 def evaluate(results: Path, labels_csv: Path, expert_csv: Path | None, split_from: Path | None, part: str,
              out: Path) -> None:
     """Score RESULTS.zarr against labels (confusion matrix, accuracy, ±1, MAE in t, masks)."""
-    from semtile.evaluate import evaluate_store
+    from semtile.science.evaluate import evaluate_store
 
     try:
         evaluate_store(results, labels_csv, out, expert_csv=expert_csv, split_from=split_from, part=part)

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from semtile.models import Architecture
+from semtile.models.networks import Architecture
 from semtile.synth import SynthConfig, write_dataset
-from semtile.training import TrainConfig, train_classifier, train_segmenter
+from semtile.science.training import TrainConfig, train_classifier, train_segmenter
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

@@ -10,7 +10,7 @@ import torch
 from click.testing import CliRunner
 
 from semtile.cli.main import main
-from semtile.modelio import builtin_bundle_dir, load_bundle
+from semtile.models.io import builtin_bundle_dir, load_bundle
 from semtile.synth import SynthConfig, write_dataset
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from semtile.calibration import LOGIT_EDGES, logit_counts, pinned_threshold, read_out_curve
+from semtile.science.curve_calibration import LOGIT_EDGES, logit_counts, pinned_threshold, read_out_curve
 
 
 def _counts(logits: np.ndarray) -> np.ndarray:
@@ -66,9 +66,9 @@ def test_logit_counts_histograms_every_pixel():
 
 
 def test_learned_segmenter_is_calibrated_on_interior_ends(tiny_dataset, tmp_path):
-    from semtile.modelio import load_model
-    from semtile.models import Architecture
-    from semtile.training import TrainConfig, load_training_data, train_segmenter
+    from semtile.models.io import load_model
+    from semtile.models.networks import Architecture
+    from semtile.science.training import TrainConfig, load_training_data, train_segmenter
 
     config = TrainConfig(epochs=2, steps_per_epoch=3, batch_size=2, crop=32, seed=5)
     data = load_training_data(tiny_dataset, config)

@@ -2,7 +2,7 @@ import csv
 
 import pytest
 
-from semtile.dataset import parse_split, read_labels, split_samples
+from semtile.io.dataset import parse_split, read_labels, split_samples
 from semtile.errors import DatasetError
 
 

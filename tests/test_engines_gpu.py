@@ -20,9 +20,9 @@ import torch
 
 from semtile.engines.torch_cpu import TorchCPUEngine
 from semtile.errors import SemtileError
-from semtile.export import export_bundle
-from semtile.modelio import load_bundle, save_model
-from semtile.models import Architecture, build_model
+from semtile.models.export import export_bundle
+from semtile.models.io import load_bundle, save_model
+from semtile.models.networks import Architecture, build_model
 
 HAS_CUDA = torch.cuda.is_available()
 try:

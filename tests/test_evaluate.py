@@ -10,9 +10,9 @@ import pytest
 from click.testing import CliRunner
 
 from semtile.cli.main import main
-from semtile.evaluate import label_scores, mask_scores
-from semtile.models import Architecture
-from semtile.training import TrainConfig, train_classifier
+from semtile.science.evaluate import label_scores, mask_scores
+from semtile.models.networks import Architecture
+from semtile.science.training import TrainConfig, train_classifier
 
 
 def test_label_scores_on_a_known_case():

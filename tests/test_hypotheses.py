@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from semtile.errors import SemtileError
-from semtile.hypotheses import hypothesis_values
+from semtile.science.hypotheses import hypothesis_values
 
 
 def test_curves_match_their_definitions():
@@ -30,7 +30,7 @@ def test_table_forms_and_errors(tmp_path):
 
 
 def test_more_curves_and_ranges():
-    from semtile.hypotheses import parse_g_range
+    from semtile.science.hypotheses import parse_g_range
 
     x = np.arange(5) / 4
     np.testing.assert_allclose(hypothesis_values("power:2", 5), 1 - x**2)

@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from semtile.errors import ModelError
-from semtile.modelio import load_model, save_model
-from semtile.models import Architecture, build_model
+from semtile.models.io import load_model, save_model
+from semtile.models.networks import Architecture, build_model
 
 
 @pytest.mark.parametrize("c,d,n,N", [(8, 2, 1, 1), (4, 3, 2, 2)])

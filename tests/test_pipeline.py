@@ -14,9 +14,9 @@ from click.testing import CliRunner
 
 from semtile.cli.main import main
 from semtile.engines import AUTO_ORDER, EngineSettings, create_engine
-from semtile.modelio import load_bundle
-from semtile.pipeline import ProcessOptions, process_scans
-from semtile.reader import find_scans
+from semtile.models.io import load_bundle
+from semtile.execution.local import ProcessOptions, process_scans
+from semtile.io.tiff import find_scans
 
 OPTIONS = ["--tile", "64", "--halo", "8", "--batch-size", "3", "--engine", "torch-cpu"]
 
@@ -183,7 +183,7 @@ def test_version():
 
 
 def test_label_rules():
-    from semtile.pipeline import _class_probs, _decide
+    from semtile.execution.local import _class_probs, _decide
 
     # Two tiles: one sure of label 0, one spread over 2..3; the combination is a distribution.
     logits = np.log(np.array([[0.7, 0.1, 0.1, 0.1], [0.1, 0.1, 0.4, 0.4]], dtype=np.float64))
@@ -197,7 +197,7 @@ def test_label_rules():
 def test_scratch_preparation_paths_agree(tiny_dataset, tiny_bundle, tmp_path, monkeypatch):
     """Small scans are prepared on the calling thread, large ones through Dask's thread pool,
     into scratch chunks narrower than the scan: the masks are identical either way."""
-    import semtile.pipeline as pipeline
+    import semtile.execution.local as pipeline
 
     scans = sorted((tiny_dataset / "images").glob("*.tif"))[:2]
     bundle = load_bundle(tiny_bundle)

@@ -1,4 +1,4 @@
-"""Tests for semtile.reader: lazy TIFF opening, gray conversion, metadata, data bars."""
+"""Tests for semtile.io.tiff: lazy TIFF opening, gray conversion, metadata, data bars."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from semtile.errors import (
     UnreadableImageError,
     UnsupportedImageError,
 )
-from semtile.reader import (
+from semtile.io.tiff import (
     TIFF_SUFFIXES,
     Scan,
     ScanInfo,

@@ -7,8 +7,8 @@ import csv
 from click.testing import CliRunner
 
 from semtile.cli.main import main
-from semtile.models import Architecture
-from semtile.search import parameter_count
+from semtile.models.networks import Architecture
+from semtile.science.search import parameter_count
 from semtile.synth import SynthConfig, write_dataset
 
 

@@ -14,7 +14,7 @@ from semtile.kernels.stitch import (
     stitch_tiles_reference,
 )
 from semtile.kernels.window import blend_profile, blend_window
-from semtile.tiling import TileGrid
+from semtile.inference.split import TileGrid
 
 SHAPES = [(37, 53), (101, 67), (250, 333), (5, 7)]
 TILE_HALO = [(16, 3), (32, 8), (33, 5), (64, 0)]

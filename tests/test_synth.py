@@ -10,8 +10,8 @@ import tifffile
 from click.testing import CliRunner
 
 from semtile.cli.main import main
-from semtile.hypotheses import hypothesis_values
-from semtile.reader import open_scan
+from semtile.science.hypotheses import hypothesis_values
+from semtile.io.tiff import open_scan
 from semtile.synth import SynthConfig, databar_height, synth_surface, write_dataset
 
 

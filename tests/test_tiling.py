@@ -1,4 +1,4 @@
-"""Tests for semtile.tiling."""
+"""Tests for semtile.inference.split."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import zarr
 
-from semtile.tiling import TileGrid, read_windows
+from semtile.inference.split import TileGrid, read_windows
 
 SHAPES = [(37, 53), (101, 67), (250, 333), (5, 7), (5, 9), (2, 2), (1, 3)]
 TILE_HALO = [(16, 3), (32, 8), (33, 5), (64, 0)]

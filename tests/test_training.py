@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from semtile.errors import DatasetError, SemtileError
-from semtile.models import Architecture
-from semtile.training import TrainConfig, train_classifier, train_segmenter
+from semtile.models.networks import Architecture
+from semtile.science.training import TrainConfig, train_classifier, train_segmenter
 
 TINY = Architecture("segmenter", c=4, d=2, n=1, N=1)
 CONFIG = TrainConfig(epochs=2, steps_per_epoch=2, batch_size=2, crop=32, seed=5)
@@ -51,7 +51,7 @@ def test_classifier_and_bad_settings(tiny_dataset, tmp_path):
 
 
 def test_learned_curve_is_monotone_with_pinned_ends():
-    from semtile.training import LearnedCurve
+    from semtile.science.training import LearnedCurve
 
     curve = LearnedCurve(6, (0.9, 0.2))
     with torch.no_grad():
@@ -73,8 +73,8 @@ def test_learned_hypothesis_trains_and_is_saved(tiny_dataset, tmp_path):
 
 def _undecided(path, dataset) -> float:
     """Mean p(1 - p) of a segmenter's mask over the tiny dataset's images."""
-    from semtile.modelio import load_model
-    from semtile.reader import open_scan
+    from semtile.models.io import load_model
+    from semtile.io.tiff import open_scan
 
     net = load_model(path, "segmenter").network.eval()
     values = []

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-import semtile.whole_image as whole_image
-from semtile.models import Architecture, build_model
+import semtile.inference.whole_image as whole_image
+from semtile.models.networks import Architecture, build_model
 
 
 def test_tiled_logits_match_one_pass(monkeypatch):

@@ -15,7 +15,7 @@ from semtile.engines.base import Engine, EngineOutput
 from semtile.errors import SemtileError
 
 if TYPE_CHECKING:  # keep `import semtile.engines` free of torch for a fast CLI start
-    from semtile.modelio import ModelBundle
+    from semtile.models.io import ModelBundle
 
 __all__ = ["Engine", "EngineOutput", "EngineSettings", "ENGINE_NAMES", "AUTO_ORDER", "available_engines", "create_engine"]
 
@@ -105,7 +105,7 @@ def _build(name: str, bundle: "ModelBundle", s: EngineSettings, calibration_tile
 
         return TorchCUDAEngine(bundle, precision="fp16" if precision == "auto" else precision,
                                batch_size=s.batch_size, tile=s.tile)
-    from semtile.export import exported_bundle
+    from semtile.models.export import exported_bundle
 
     folder = exported_bundle(bundle, tile=s.tile, halo=s.halo)
     if name == "onnxruntime":

@@ -8,7 +8,7 @@ import numpy as np
 
 from semtile.engines.base import Engine, EngineOutput
 from semtile.errors import SemtileError
-from semtile.export import read_bundle_manifest
+from semtile.models.export import read_bundle_manifest
 
 __all__ = ["OpenVINOEngine", "openvino_available", "openvino_default_precision"]
 

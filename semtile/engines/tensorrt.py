@@ -325,7 +325,7 @@ class TensorRTEngine(Engine):
         if not 1 <= int(opt_batch) <= int(max_batch):
             raise ValueError(f"need 1 <= opt_batch <= max_batch, got opt_batch={opt_batch}, max_batch={max_batch}")
 
-        from semtile.export import read_bundle_manifest
+        from semtile.models.export import read_bundle_manifest
 
         self.bundle_dir = Path(bundle_dir)
         manifest = read_bundle_manifest(self.bundle_dir)

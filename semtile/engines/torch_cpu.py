@@ -13,7 +13,7 @@ import torch
 
 from semtile.engines.base import Engine, EngineOutput
 from semtile.errors import SemtileError
-from semtile.modelio import ModelBundle
+from semtile.models.io import ModelBundle
 
 __all__ = ["TorchCPUEngine"]
 

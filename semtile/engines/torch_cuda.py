@@ -35,7 +35,7 @@ import torch
 
 from semtile.engines.base import Engine, EngineOutput
 from semtile.errors import SemtileError
-from semtile.modelio import ModelBundle
+from semtile.models.io import ModelBundle
 
 __all__ = ["TorchCUDAEngine", "torch_cuda_available", "bf16_supported", "PRECISIONS"]
 

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from scipy.optimize import isotonic_regression
 
-from semtile.whole_image import image_logits
+from semtile.inference.whole_image import image_logits
 
 __all__ = ["LOGIT_EDGES", "CurveReadout", "logit_counts", "pinned_threshold", "read_out_curve"]
 

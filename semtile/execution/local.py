@@ -39,11 +39,11 @@ from semtile.errors import ImageError, ImageTooSmallError, SemtileError
 from semtile.kernels.stitch import accumulate_tiles, normalise_canvas
 from semtile.kernels.window import blend_window
 from semtile.logs import get_logger
-from semtile.modelio import ModelBundle
-from semtile.provenance import provenance_record
-from semtile.reader import ScanInfo, open_scan, sha256_file
+from semtile.models.io import ModelBundle
+from semtile.store.provenance import provenance_record
+from semtile.io.tiff import ScanInfo, open_scan, sha256_file
 from semtile.store import ImageResult, ResultStore, RunTable
-from semtile.tiling import TileGrid, read_windows
+from semtile.inference.split import TileGrid, read_windows
 
 __all__ = ["ProcessOptions", "ImageOutcome", "RunSummary", "process_scans", "analyse_scan", "calibration_tiles"]
 

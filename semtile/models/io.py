@@ -18,9 +18,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from semtile.provenance import sha256_file
+from semtile.store.provenance import sha256_file
 from semtile.errors import ModelError
-from semtile.models import Architecture, build_model
+from semtile.models.networks import Architecture, build_model
 
 __all__ = ["LoadedModel", "ModelBundle", "save_model", "load_model", "load_bundle", "builtin_bundle_dir"]
 
@@ -112,7 +112,7 @@ def load_model(path: str | Path, expect_kind: str | None = None) -> LoadedModel:
 
 def builtin_bundle_dir() -> Path:
     """Folder of the built-in model shipped in the package."""
-    return Path(str(resources.files("semtile.builtin")))
+    return Path(str(resources.files("semtile.models.builtin")))
 
 
 def load_bundle(

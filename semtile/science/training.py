@@ -19,7 +19,7 @@ and paint a soft g(t) over the whole crop, which fits any monotone g. A
 penalty on undecided pixels, mean(p(1 - p)) (the paper's masks are binary),
 makes each pixel a decision about its local texture, and the curve follows.
 After training, the decision threshold is calibrated on the pinned ends and g
-is read out of the calibrated masks (:mod:`semtile.calibration`).
+is read out of the calibrated masks (:mod:`semtile.science.curve_calibration`).
 """
 
 from __future__ import annotations
@@ -34,14 +34,14 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from semtile.calibration import logit_counts, read_out_curve
-from semtile.dataset import Sample, label_order, read_labels, split_samples
+from semtile.science.curve_calibration import logit_counts, read_out_curve
+from semtile.io.dataset import Sample, label_order, read_labels, split_samples
 from semtile.errors import DatasetError, SemtileError
-from semtile.hypotheses import hypothesis_values, is_learned, parse_hypothesis
+from semtile.science.hypotheses import hypothesis_values, is_learned, parse_hypothesis
 from semtile.logs import get_logger
-from semtile.modelio import save_model
-from semtile.models import Architecture, build_model
-from semtile.reader import open_scan
+from semtile.models.io import save_model
+from semtile.models.networks import Architecture, build_model
+from semtile.io.tiff import open_scan
 
 __all__ = ["TrainConfig", "LearnedCurve", "LEARNED_BINARY_WEIGHT", "TrainingData", "load_training_data",
            "train_segmenter", "train_classifier", "pick_device"]

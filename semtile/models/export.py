@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from semtile.provenance import sha256_file
+from semtile.store.provenance import sha256_file
 from semtile.errors import ModelError
-from semtile.modelio import ModelBundle, card_path
+from semtile.models.io import ModelBundle, card_path
 
 __all__ = ["OPSET", "export_bundle", "read_bundle_manifest"]
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
-from semtile.hypotheses import hypothesis_values
+from semtile.science.hypotheses import hypothesis_values
 
 __all__ = ["SynthConfig", "synth_surface", "write_dataset", "databar_height"]
 

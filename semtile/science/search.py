@@ -19,17 +19,17 @@ import numpy as np
 import torch
 
 from semtile.errors import SemtileError
-from semtile.evaluate import label_scores
+from semtile.science.evaluate import label_scores
 from semtile.logs import get_logger
-from semtile.modelio import load_model
-from semtile.models import Architecture, build_model
-from semtile.pipeline import _class_probs, _core_weights, _decide
-from semtile.tiling import TileGrid, read_windows
-from semtile.training import TrainConfig, TrainingData, load_training_data, train_classifier
+from semtile.models.io import load_model
+from semtile.models.networks import Architecture, build_model
+from semtile.execution.local import _class_probs, _core_weights, _decide
+from semtile.inference.split import TileGrid, read_windows
+from semtile.science.training import TrainConfig, TrainingData, load_training_data, train_classifier
 
 __all__ = ["search_classifiers", "classify_images", "parameter_count"]
 
-log = get_logger("semtile.search")
+log = get_logger("semtile.science.search")
 
 
 def parameter_count(arch: Architecture) -> int:

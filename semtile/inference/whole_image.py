@@ -13,7 +13,7 @@ import torch
 
 from semtile.kernels.stitch import accumulate_tiles, normalise_canvas
 from semtile.kernels.window import blend_window
-from semtile.tiling import TileGrid, read_windows
+from semtile.inference.split import TileGrid, read_windows
 
 __all__ = ["ONE_PASS_PIXELS", "image_logits"]
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Re-create the built-in model shipped in semtile/builtin/ with semtile's own commands.
+# Re-create the built-in model shipped in semtile/models/builtin/ with semtile's own commands.
 # Usage, from the repository root with semtile installed:
-#   bash semtile/builtin/make_builtin.sh [WORKDIR [OUTDIR]]
+#   bash semtile/models/builtin/make_builtin.sh [WORKDIR [OUTDIR]]
 # OUTDIR defaults to this folder (the shipped model).
 # About 45 minutes on a 2-core CPU. Training is seeded; float reductions depend on
 # the thread count, so weights match the shipped ones closely, not bit for bit.

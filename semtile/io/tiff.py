@@ -33,7 +33,7 @@ import numpy as np
 import tifffile
 import zarr
 
-from semtile.provenance import sha256_file as _sha256_file
+from semtile.store.provenance import sha256_file as _sha256_file
 from semtile.errors import (
     ImageTooSmallError,
     SemtileError,

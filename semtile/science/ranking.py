@@ -18,16 +18,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from semtile.hypotheses import is_learned, parse_hypothesis
+from semtile.science.hypotheses import is_learned, parse_hypothesis
 from semtile.logs import get_logger
-from semtile.modelio import load_model
-from semtile.models import Architecture
-from semtile.training import TrainConfig, TrainingData, load_training_data, train_segmenter
-from semtile.whole_image import image_logits
+from semtile.models.io import load_model
+from semtile.models.networks import Architecture
+from semtile.science.training import TrainConfig, TrainingData, load_training_data, train_segmenter
+from semtile.inference.whole_image import image_logits
 
 __all__ = ["rank_hypotheses", "image_mean_masks"]
 
-log = get_logger("semtile.hypotheses")
+log = get_logger("semtile.science.hypotheses")
 
 
 def image_mean_masks(network: torch.nn.Module, images: list[np.ndarray], multiple: int) -> np.ndarray:

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from semtile.dataset import read_labels
+from semtile.io.dataset import read_labels
 from semtile.errors import DatasetError, SemtileError
 
 __all__ = ["LabelScores", "evaluate_store", "label_scores", "mask_scores", "split_names"]
@@ -120,7 +120,7 @@ def split_names(model: str | Path, part: str) -> set[str]:
     """File names in the ``part`` split (train, val or test) recorded in a trained model's card."""
     if part not in ("train", "val", "test"):
         raise SemtileError(f"split part {part!r}: expected train, val or test")
-    from semtile.modelio import card_path  # here: modelio imports torch, which plain scoring does not need
+    from semtile.models.io import card_path  # here: modelio imports torch, which plain scoring does not need
 
     card = card_path(model)
     if not card.is_file():

@@ -1,0 +1,1 @@
+"""The paper's networks, model files and cards, ONNX export, the built-in model."""

@@ -1,0 +1,1 @@
+"""The papers' science: training, hypotheses g(t) and their ranking, classifier search, evaluation."""

@@ -1,0 +1,5 @@
+"""Where results go: the result-store interface, its Zarr implementation, the run table, provenance."""
+
+from semtile.store.zarr_dir import ImageResult, ResultStore, RUN_COLUMNS, RunTable, default_csv_path
+
+__all__ = ["ImageResult", "ResultStore", "RunTable", "RUN_COLUMNS", "default_csv_path"]
