@@ -34,7 +34,8 @@ from semtile.engines import EngineSettings, create_engine
 from semtile.kernels.stitch import stitch_tiles
 from semtile.kernels.window import blend_window
 from semtile.models.io import load_bundle
-from semtile.execution.local import ProcessOptions, calibration_tiles, process_scans
+from semtile.execution.local import ProcessOptions, process_scans
+from semtile.inference.sampling import calibration_tiles
 from semtile.io.tiff import open_scan
 from semtile.synth import SynthConfig, synth_surface, write_dataset
 from semtile.inference.split import TileGrid, read_windows

@@ -197,7 +197,8 @@ def process(inputs, out, csv_path, model, classifier, segmenter, engine_name, pr
     from semtile.engines import EngineSettings, create_engine
     from semtile.logs import get_logger
     from semtile.models.io import load_bundle
-    from semtile.execution.local import ProcessOptions, calibration_tiles, process_scans
+    from semtile.execution.local import ProcessOptions, process_scans
+    from semtile.inference.sampling import calibration_tiles
     from semtile.io.tiff import find_scans
     from semtile.store import default_csv_path
 

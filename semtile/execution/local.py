@@ -42,10 +42,10 @@ from semtile.logs import get_logger
 from semtile.models.io import ModelBundle
 from semtile.store.provenance import provenance_record
 from semtile.io.tiff import ScanInfo, open_scan, sha256_file
-from semtile.store import ImageResult, ResultStore, RunTable
+from semtile.store import ImageResult, ResultStore, RunTable, open_store
 from semtile.inference.split import TileGrid, read_windows
 
-__all__ = ["ProcessOptions", "ImageOutcome", "RunSummary", "process_scans", "analyse_scan", "calibration_tiles"]
+__all__ = ["ProcessOptions", "ImageOutcome", "RunSummary", "process_scans", "analyse_scan"]
 
 log = get_logger("semtile.process")
 
@@ -363,7 +363,7 @@ def process_scans(
 ) -> RunSummary:
     """Process ``scans`` into the store ``out``; never stops on one image's error."""
     options.validate(max(bundle.classifier.arch.multiple, bundle.segmenter.arch.multiple))
-    store = ResultStore(out)
+    store = open_store(out)
     outcomes: list[ImageOutcome] = []
     with tempfile.TemporaryDirectory(prefix="semtile-scratch-", dir=scratch) as tmp, \
             RunTable(table) as run_table, \
@@ -412,30 +412,3 @@ def _store_one(job: _Job, result: ImageResult | None, store: ResultStore) -> Ima
              databar_rows=attrs["databar_rows"], pixel_size_m=attrs["pixel_size_m"],
              tiles=attrs["tiles"], timings=outcome.timings)
     return outcome
-
-
-def calibration_tiles(scans: list[Path], options: ProcessOptions, count: int = 64, seed: int = 0) -> np.ndarray:
-    """Tiles drawn at random from the user's own scans, to calibrate int8 engines.
-
-    Unreadable scans are skipped here (the run reports them); raises when no
-    scan yields a tile.
-    """
-    rng = np.random.default_rng(seed)
-    chosen = [scans[i] for i in rng.permutation(len(scans))[: max(1, min(len(scans), 16))]]
-    per_scan = max(1, -(-count // len(chosen)))
-    tiles = []
-    for path in chosen:
-        try:
-            with open_scan(path, page=options.page, databar_rows=options.databar_rows) as scan:
-                rows, cols = scan.info.valid_shape
-                if min(rows, cols) < MIN_SIDE:
-                    continue
-                image = scan.valid()
-                grid = TileGrid((rows, cols), options.tile, options.halo)
-                pick = grid.origins[rng.permutation(len(grid))[:per_scan]]
-                tiles.append(read_windows(image.compute() if image.nbytes < 2**28 else image, pick, options.tile))
-        except ImageError:
-            continue
-    if not tiles:
-        raise SemtileError("no readable scan to take calibration tiles from")
-    return np.concatenate(tiles)[:count]
