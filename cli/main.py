@@ -180,7 +180,7 @@ def train_classifier_cmd(data: Path, out: Path, **kw) -> None:
 @click.option("--precision", default="auto", show_default=True, type=click.Choice(["auto", "f32", "bf16", "fp16", "int8"]),
               help="Engine precision (auto: the engine's fastest at parity; int8 calibrates on tiles of these scans).")
 @click.option("--tile", default=256, show_default=True, type=click.IntRange(16), help="Tile (window) side in pixels.")
-@click.option("--halo", default=32, show_default=True, type=click.IntRange(0), help="Overlap added on each side of a tile core.")
+@click.option("--halo", default=None, type=click.IntRange(0), help="Overlap added on each side of a tile core (default: tile/8).")
 @click.option("--batch-size", default=8, show_default=True, type=click.IntRange(1), help="Tiles per engine call.")
 @click.option("--threshold", default=0.5, show_default=True, type=click.FloatRange(0, 1, min_open=True, max_open=True), help="Probability above which a pixel is adhesive.")
 @click.option("--page", default=0, show_default=True, type=click.IntRange(0), help="Page of multi-page TIFFs.")
@@ -194,16 +194,17 @@ def process(inputs, out, csv_path, model, classifier, segmenter, engine_name, pr
     Exit code 0 when every image succeeded, 1 when any failed (the others are
     still written), 2 for usage errors.
     """
-    from semtile.engines import EngineSettings, create_engine
+    from semtile.engines import EngineSettings, check_options, create_engine
     from semtile.logs import get_logger
     from semtile.models.io import load_bundle
     from semtile.execution.local import ProcessOptions, process_scans
     from semtile.inference.sampling import calibration_tiles
-    from semtile.io.tiff import find_scans
+    from semtile.io.discover import find_scans
     from semtile.store import default_csv_path
 
     log = get_logger("semtile.cli")
     try:
+        check_options(engine_name, precision)  # a bad engine/precision pair fails before anything is read or built
         scans = find_scans(inputs)
         if not scans:
             raise SemtileError(f"no .tif or .tiff files found in {', '.join(map(str, inputs))}")
@@ -212,7 +213,7 @@ def process(inputs, out, csv_path, model, classifier, segmenter, engine_name, pr
                                  page=page, databar_rows=databar_rows)
         options.validate(max(bundle.classifier.arch.multiple, bundle.segmenter.arch.multiple))
         calibration = calibration_tiles(scans, options) if precision == "int8" else None
-        engine, why = create_engine(engine_name, bundle, EngineSettings(tile=tile, halo=halo, batch_size=batch_size,
+        engine, why = create_engine(engine_name, bundle, EngineSettings(tile=tile, halo=options.halo, batch_size=batch_size,
                                                                         precision=precision, threads=threads),
                                     calibration_tiles=calibration)
     except SemtileError as exc:
@@ -320,14 +321,15 @@ def engines() -> None:
 @click.argument("model", required=False, type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Bundle folder to write.")
 @click.option("--tile", default=256, show_default=True, type=click.IntRange(16))
-@click.option("--halo", default=32, show_default=True, type=click.IntRange(0))
-def export(model: Path | None, out: Path, tile: int, halo: int) -> None:
+@click.option("--halo", default=None, type=click.IntRange(0), help="Halo recorded in the bundle (default: tile/8).")
+def export(model: Path | None, out: Path, tile: int, halo: int | None) -> None:
     """Export MODEL (default: the built-in model) to a bundle with ONNX files and checksums."""
+    from semtile.inference.split import default_halo
     from semtile.models.export import export_bundle
     from semtile.models.io import load_bundle
 
     try:
-        folder = export_bundle(load_bundle(model), out, tile=tile, halo=halo)
+        folder = export_bundle(load_bundle(model), out, tile=tile, halo=default_halo(tile) if halo is None else halo)
     except SemtileError as exc:
         raise click.UsageError(str(exc)) from exc
     click.echo(f"wrote {folder}")

@@ -51,12 +51,13 @@ def _lower_bound(a, value):
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def _accumulate_rows(canvas, weight_canvas, tiles, order, oy_sorted, ox_sorted, window):
-    """Add ``window * tiles[k]`` and ``window`` at each origin, row-parallel.
+def _accumulate_rows(canvas, weight_canvas, add_weights, tiles, order, oy_sorted, ox_sorted, window):
+    """Add ``window * tiles[k]`` (and ``window``, if ``add_weights``) at each origin, row-parallel.
 
     ``oy_sorted``/``ox_sorted`` are the origins permuted by ``order`` (a stable
     argsort of the row origins); ``tiles[order[s]]`` sits at
-    ``(oy_sorted[s], ox_sorted[s])``.
+    ``(oy_sorted[s], ox_sorted[s])``. Without ``add_weights``,
+    ``weight_canvas`` is never touched (a placeholder may be passed).
     """
     height, width = canvas.shape
     th, tw = window.shape
@@ -67,7 +68,6 @@ def _accumulate_rows(canvas, weight_canvas, tiles, order, oy_sorted, ox_sorted, 
     r_hi = min(oy_sorted[n - 1] + th, height)
     for r in prange(r_lo, r_hi):
         crow = canvas[r]
-        wrow = weight_canvas[r]
         # Tiles covering row r are those with r - th < oy <= r.
         a = _lower_bound(oy_sorted, r - th + 1)
         b = _lower_bound(oy_sorted, r + 1)
@@ -80,13 +80,17 @@ def _accumulate_rows(canvas, weight_canvas, tiles, order, oy_sorted, ox_sorted, 
             ty = r - oy_sorted[s]
             # 1-D views with non-negative offsets let LLVM vectorise the loop.
             cr = crow[c0:c1]
-            wr = wrow[c0:c1]
             tr = tiles[order[s], ty, c0 - ox : c1 - ox]
             wn = window[ty, c0 - ox : c1 - ox]
-            for i in range(c1 - c0):
-                wv = wn[i]
-                cr[i] += wv * tr[i]
-                wr[i] += wv
+            if add_weights:
+                wr = weight_canvas[r, c0:c1]
+                for i in range(c1 - c0):
+                    wv = wn[i]
+                    cr[i] += wv * tr[i]
+                    wr[i] += wv
+            else:
+                for i in range(c1 - c0):
+                    cr[i] += wn[i] * tr[i]
 
 
 @njit(parallel=True, cache=True, nogil=True, error_model="numpy")
@@ -103,6 +107,10 @@ def _normalise_rows(canvas, weight_canvas, out):
             w = wrow[c]
             q = crow[c] / w
             orow[c] = q if w > zero else zero
+
+
+#: Placeholder passed to the kernel when no weights are accumulated (never touched).
+_NO_WEIGHTS = np.zeros((1, 1), dtype=np.float32)
 
 
 # --------------------------------------------------------------------------
@@ -143,13 +151,14 @@ def _check_inputs(
     window: object,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     canvas = _check_canvas("canvas", canvas)
-    weight_canvas = _check_canvas("weight_canvas", weight_canvas)
-    if weight_canvas.shape != canvas.shape:
-        raise ValueError(
-            f"weight_canvas shape {weight_canvas.shape} must equal canvas shape {canvas.shape}"
-        )
-    if np.shares_memory(canvas, weight_canvas):
-        raise ValueError("canvas and weight_canvas must not share memory")
+    if weight_canvas is not None:
+        weight_canvas = _check_canvas("weight_canvas", weight_canvas)
+        if weight_canvas.shape != canvas.shape:
+            raise ValueError(
+                f"weight_canvas shape {weight_canvas.shape} must equal canvas shape {canvas.shape}"
+            )
+        if np.shares_memory(canvas, weight_canvas):
+            raise ValueError("canvas and weight_canvas must not share memory")
     tiles = _check_tiles(tiles)
     window = _check_window(window, tiles.shape[1:])
     origins = _check_origins(origins, tiles.shape[0])
@@ -222,7 +231,7 @@ def _check_shape(shape: object) -> tuple[int, int]:
 
 def accumulate_tiles(
     canvas: np.ndarray,
-    weight_canvas: np.ndarray,
+    weight_canvas: np.ndarray | None,
     tiles: np.ndarray,
     origins: np.ndarray,
     window: np.ndarray,
@@ -233,8 +242,10 @@ def accumulate_tiles(
     ----------
     canvas : numpy.ndarray
         float32, shape ``(H, W)``, C-contiguous; receives ``window * tile``.
-    weight_canvas : numpy.ndarray
-        float32, shape ``(H, W)``, C-contiguous; receives ``window``.
+    weight_canvas : numpy.ndarray or None
+        float32, shape ``(H, W)``, C-contiguous; receives ``window``. None
+        adds the weighted tiles only: several maps blended with the same
+        window and origins share one weight canvas, accumulated once.
     tiles : numpy.ndarray
         float32, shape ``(n, T, T)`` or ``(n, 1, T, T)``.
     origins : numpy.ndarray
@@ -265,8 +276,11 @@ def accumulate_tiles(
     order = np.argsort(origins[:, 0], kind="stable")
     oy_sorted = np.ascontiguousarray(origins[order, 0])
     ox_sorted = np.ascontiguousarray(origins[order, 1])
+    add_weights = weight_canvas is not None
+    if not add_weights:
+        weight_canvas = _NO_WEIGHTS
     _accumulate_rows(
-        canvas, weight_canvas, tiles, order.astype(np.int64), oy_sorted, ox_sorted, window
+        canvas, weight_canvas, add_weights, tiles, order.astype(np.int64), oy_sorted, ox_sorted, window
     )
 
 
@@ -346,7 +360,7 @@ def stitch_tiles(
 
 def accumulate_tiles_reference(
     canvas: np.ndarray,
-    weight_canvas: np.ndarray,
+    weight_canvas: np.ndarray | None,
     tiles: np.ndarray,
     origins: np.ndarray,
     window: np.ndarray,
@@ -369,7 +383,8 @@ def accumulate_tiles_reference(
             continue
         win = window[r0 - oy : r1 - oy, c0 - ox : c1 - ox]
         canvas[r0:r1, c0:c1] += win * tiles[k, r0 - oy : r1 - oy, c0 - ox : c1 - ox]
-        weight_canvas[r0:r1, c0:c1] += win
+        if weight_canvas is not None:
+            weight_canvas[r0:r1, c0:c1] += win
 
 
 def stitch_tiles_reference(

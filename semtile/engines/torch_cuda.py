@@ -73,7 +73,7 @@ def bf16_supported() -> bool:
 def _canonical_precision(precision: str) -> str:
     value = _ALIASES.get(str(precision).lower(), str(precision).lower())
     if value not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        raise SemtileError(f"the torch-cuda engine runs {', '.join(PRECISIONS)}, not {precision!r}")
     return value
 
 
@@ -93,16 +93,16 @@ class TorchCUDAEngine(Engine):
     def __init__(self, bundle: ModelBundle, *, precision: str = "fp16", batch_size: int = 8, tile: int = 256,
                  cuda_graphs: bool = True, device: int = 0):
         precision = _canonical_precision(precision)
+        if int(batch_size) < 1:
+            raise SemtileError(f"the torch-cuda engine needs a batch size of at least 1, got {batch_size}")
+        self.multiple = max(bundle.classifier.arch.multiple, bundle.segmenter.arch.multiple)
+        if int(tile) < 1 or int(tile) % self.multiple:
+            raise SemtileError(f"tile {tile} must be a positive multiple of {self.multiple}")
         ok, reason = torch_cuda_available()
         if not ok:
             raise SemtileError(f"the torch-cuda engine needs a CUDA GPU: {reason}")
         if not 0 <= int(device) < torch.cuda.device_count():
             raise SemtileError(f"CUDA device {device} does not exist ({torch.cuda.device_count()} visible)")
-        if int(batch_size) < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-        self.multiple = max(bundle.classifier.arch.multiple, bundle.segmenter.arch.multiple)
-        if int(tile) < 1 or int(tile) % self.multiple:
-            raise ValueError(f"tile {tile} must be a positive multiple of {self.multiple}")
         self.device = torch.device("cuda", int(device))
         if precision == "bf16":
             with torch.cuda.device(self.device):

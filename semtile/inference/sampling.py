@@ -8,15 +8,13 @@ import numpy as np
 
 from semtile.errors import ImageError, SemtileError
 from semtile.inference.split import TileGrid, read_windows
+from semtile.inference.run import MIN_SIDE, ProcessOptions
 from semtile.io.tiff import open_scan
 
 __all__ = ["calibration_tiles"]
 
-#: Smallest valid area (either side) semtile will analyse.
-MIN_SIDE = 16
 
-
-def calibration_tiles(scans: list[Path], options, count: int = 64, seed: int = 0) -> np.ndarray:
+def calibration_tiles(scans: list[Path], options: ProcessOptions, count: int = 64, seed: int = 0) -> np.ndarray:
     """Tiles drawn at random from the user's own scans, to calibrate int8 engines.
 
     Unreadable scans are skipped here (the run reports them); raises when no

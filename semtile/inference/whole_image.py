@@ -2,8 +2,8 @@
 
 Ranking hypotheses and reading out a learned curve score whole images. One
 forward pass over a 4-megapixel image already peaks near 4 GB for the
-paper's segmenter, so larger images go through overlapping tiles, blended
-by the same kernel as ``semtile process``.
+paper's segmenter, so larger images go through the tiled path of
+``semtile process`` (split, run, blend) with the same halo rule.
 """
 
 from __future__ import annotations
@@ -11,16 +11,15 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from semtile.kernels.stitch import accumulate_tiles, normalise_canvas
-from semtile.kernels.window import blend_window
-from semtile.inference.split import TileGrid, read_windows
+from semtile.inference.run import run_array
+from semtile.inference.split import TileGrid, default_halo
 
-__all__ = ["ONE_PASS_PIXELS", "image_logits"]
+__all__ = ["ONE_PASS_PIXELS", "TILE", "image_logits"]
 
 #: Images up to this many pixels go through the network in one pass.
 ONE_PASS_PIXELS = 2**22
-#: Tiles for larger images: the halo covers most of the receptive field of a d=4 segmenter.
-TILE, HALO = 1024, 128
+#: Tile side for larger images (the halo is :func:`default_halo` of it).
+TILE = 1024
 
 
 def image_logits(network: torch.nn.Module, image: np.ndarray, multiple: int) -> np.ndarray:
@@ -42,12 +41,9 @@ def image_logits(network: torch.nn.Module, image: np.ndarray, multiple: int) -> 
     with torch.inference_mode():
         if rows * cols <= ONE_PASS_PIXELS:
             return network(torch.from_numpy(image)[None, None])[0, 0].numpy()
-        grid = TileGrid((rows, cols), TILE, HALO)
-        window = blend_window(TILE, HALO)
-        canvas = np.zeros((rows, cols), dtype=np.float32)
-        weights = np.zeros((rows, cols), dtype=np.float32)
-        for origin in grid.origins:
-            tile = read_windows(image, origin[None], TILE)
-            logits = network(torch.from_numpy(tile)[:, None])[:, 0].numpy()
-            accumulate_tiles(canvas, weights, logits, origin[None], window)
-        return normalise_canvas(canvas, weights, out=canvas)
+
+        def logits(tiles: np.ndarray) -> dict:
+            return {"logits": network(torch.from_numpy(tiles)[:, None])[:, 0].numpy()}
+
+        grid = TileGrid((rows, cols), TILE, default_halo(TILE))
+        return run_array(image, grid, logits, batch_size=1)["logits"]

@@ -2,16 +2,13 @@
 
 A scan is never read whole into memory. The chosen page is opened through
 tifffile's Zarr store and wrapped in a :mod:`dask` array cut into bands of
-whole rows, so callers compute only the rows they need.
+whole rows (:mod:`semtile.io.gray`), so callers compute only the rows they
+need.
 
 Besides the pixels, opening a scan reads what the file tells about itself:
-
-* the pixel size, from FEI (``Scan.PixelWidth``), Zeiss
-  (``ap_image_pixel_size``) or semtile's own JSON description
-  (``pixel_size_m``);
-* the height of the burned-in data bar at the bottom of the frame, from the
-  caller, from the FEI metadata, or detected in the pixels
-  (:func:`detect_databar`).
+the pixel size (:mod:`semtile.io.vendor`) and the height of the burned-in
+data bar at the bottom of the frame, from the caller, from the FEI metadata,
+or detected in the pixels (:func:`semtile.io.databar.detect_databar`).
 
 Every problem with one file raises an :class:`~semtile.errors.ImageError`
 whose message names the file and the reason.
@@ -20,10 +17,7 @@ whose message names the file and the reason.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import os
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,115 +27,18 @@ import numpy as np
 import tifffile
 import zarr
 
-from semtile.store.provenance import sha256_file as _sha256_file
-from semtile.errors import (
-    ImageTooSmallError,
-    SemtileError,
-    UnreadableImageError,
-    UnsupportedImageError,
-)
+from semtile.errors import ImageTooSmallError, SemtileError, UnreadableImageError, UnsupportedImageError
+from semtile.io.databar import DATABAR_SEARCH_FRACTION, detect_databar
+from semtile.io.gray import LUMA, choose_conversion, gray_block, to_dask
+from semtile.io.vendor import fei_databar, fei_metadata, read_pixel_size
 
-__all__ = [
-    "TIFF_SUFFIXES",
-    "ScanInfo",
-    "Scan",
-    "find_scans",
-    "open_scan",
-    "detect_databar",
-    "sha256_file",
-]
-
-TIFF_SUFFIXES: tuple[str, ...] = (".tif", ".tiff")
-
-#: Decoded bytes aimed at per dask chunk (a band of whole rows).
-TARGET_CHUNK_BYTES = 8 * 2**20
-
-#: Fraction of the frame's rows, at the bottom, searched for a data bar.
-DATABAR_SEARCH_FRACTION = 0.25
+__all__ = ["ScanInfo", "Scan", "open_scan"]
 
 #: The last chunk row is decoded at open (to surface decode errors early)
 #: only when it is at most this many bytes.
 _CHECK_READ_LIMIT = 64 * 2**20
 
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
-
-# Rec. 601 luma weights, used for RGB and palette images.
-_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float64)
-
-_UNIT_TO_M = {
-    "pm": 1e-12,
-    "a": 1e-10,
-    "å": 1e-10,
-    "nm": 1e-9,
-    "µm": 1e-6,  # micro sign U+00B5
-    "μm": 1e-6,  # Greek mu U+03BC
-    "um": 1e-6,
-    "mm": 1e-3,
-    "cm": 1e-2,
-    "m": 1.0,
-}
-
-
-# --------------------------------------------------------------------------
-# finding files
-
-
-def find_scans(inputs: Sequence[str | Path] | str | Path) -> list[Path]:
-    """List the TIFF scans named by files and folders.
-
-    Parameters
-    ----------
-    inputs
-        Files and folders. A file is taken as it is, whatever its suffix.
-        A folder is searched recursively for files ending in ``.tif`` or
-        ``.tiff`` (any case); hidden files and folders (names starting with
-        ``.``, e.g. macOS ``._x.tif`` resource forks) are skipped. A single
-        path may be given instead of a sequence.
-
-    Returns
-    -------
-    list of Path
-        Resolved paths, sorted, each listed once.
-
-    Raises
-    ------
-    SemtileError
-        If an input does not exist or is neither a file nor a folder.
-    """
-    if isinstance(inputs, (str, os.PathLike)):
-        inputs = [inputs]
-    found: set[Path] = set()
-    for item in inputs:
-        path = Path(item)
-        if not path.exists():
-            raise SemtileError(f"input path does not exist: {path}")
-        if path.is_file():
-            found.add(path.resolve())
-        elif path.is_dir():
-            for root, dirs, files in os.walk(path):
-                dirs[:] = [d for d in dirs if not d.startswith(".")]
-                for name in files:
-                    if name.startswith("."):
-                        continue
-                    if os.path.splitext(name)[1].lower() in TIFF_SUFFIXES:
-                        found.add((Path(root) / name).resolve())
-        else:
-            raise SemtileError(f"input path is neither a file nor a folder: {path}")
-    return sorted(found)
-
-
-def sha256_file(path: str | Path) -> str:
-    """Return the SHA-256 hex digest of a file, read in 1 MiB blocks.
-
-    Raises
-    ------
-    UnreadableImageError
-        If the file cannot be read.
-    """
-    try:
-        return _sha256_file(path)
-    except OSError as exc:
-        raise UnreadableImageError(path, f"cannot read file: {exc.strerror or exc}") from exc
 
 
 # --------------------------------------------------------------------------
@@ -198,39 +95,6 @@ class ScanInfo:
         """``(rows, cols)`` of the image above the data bar."""
         rows, cols = self.frame_shape
         return rows - self.databar_rows, cols
-
-
-# --------------------------------------------------------------------------
-# gray conversion (runs per dask block)
-
-
-def _gray_block(
-    block: np.ndarray,
-    *,
-    mode: str,
-    scale: float,
-    lut: np.ndarray | None,
-    offset: float,
-    invert: bool,
-) -> np.ndarray:
-    """Convert one block of stored samples to float32 gray in [0, 1]."""
-    if mode == "palette":
-        assert lut is not None
-        return lut[block]
-    if mode == "bool":
-        out = block.astype(np.float32)
-    else:
-        x = block
-        if x.ndim == 3:  # samples last: RGB(A)
-            x = x[..., :3].astype(np.float64) @ _LUMA
-        x = x.astype(np.float32)
-        if mode == "float":
-            x = np.where(np.isfinite(x), x, np.float32(offset))
-        out = (x - np.float32(offset)) * np.float32(scale)
-        np.clip(out, 0.0, 1.0, out=out)
-    if invert:
-        out = 1.0 - out
-    return out.astype(np.float32, copy=False)
 
 
 # --------------------------------------------------------------------------
@@ -309,7 +173,7 @@ class Scan:
         raw = self._raw
         drop = [2] if raw.ndim == 3 else []
         return raw.map_blocks(
-            _gray_block,
+            gray_block,
             drop_axis=drop,
             dtype=np.float32,
             meta=np.empty((0, 0), dtype=np.float32),
@@ -324,7 +188,7 @@ class Scan:
         if self._float_range is None:
             x = self._raw.astype(np.float64)
             if x.ndim == 3:
-                x = x[..., :3] @ _LUMA
+                x = x[..., :3] @ LUMA
             x = da.where(da.isfinite(x), x, np.nan)
             lo, hi = da.compute(da.nanmin(x), da.nanmax(x))
             lo, hi = float(lo), float(hi)
@@ -452,7 +316,7 @@ def _open(tif: tifffile.TiffFile, path: Path, size: int, page_index: int, databa
     if dtype is None:
         raise UnsupportedImageError(path, f"unsupported sample format on page {page_index}")
 
-    convert, raw_axes = _conversion(path, page, axes, shape, photometric, dtype)
+    convert, raw_axes = choose_conversion(path, page, axes, shape, photometric, dtype)
 
     # lazy pixels
     try:
@@ -460,12 +324,12 @@ def _open(tif: tifffile.TiffFile, path: Path, size: int, page_index: int, databa
         z = zarr.open(store, mode="r")
     except Exception as exc:
         raise UnreadableImageError(path, f"cannot open image data: {_describe(exc)}") from exc
-    raw = _to_dask(z, raw_axes)
+    raw = to_dask(z, raw_axes)
     rows, cols = int(raw.shape[0]), int(raw.shape[1])
 
     _check_last_rows(path, z, raw_axes)
 
-    vendor, pixel_size, pixel_source = _pixel_size(tif, page)
+    vendor, pixel_size, pixel_source = read_pixel_size(tif, page)
     scan = Scan(
         tif,
         raw,
@@ -492,8 +356,8 @@ def _open(tif: tifffile.TiffFile, path: Path, size: int, page_index: int, databa
                 path, f"databar_rows={databar_rows} leaves no image rows: the frame has {rows} rows"
             )
         bar, source = int(databar_rows), "option"
-    else:
-        fei_bar = _fei_databar(_fei_metadata(tif, page), rows) if vendor == "FEI" else None
+    else:  # metadata first: it is exact, and cheaper than decoding the bottom band
+        fei_bar = fei_databar(fei_metadata(tif, page), rows) if vendor == "FEI" else None
         if fei_bar is not None:
             bar, source = fei_bar, "fei"
         else:
@@ -505,66 +369,6 @@ def _open(tif: tifffile.TiffFile, path: Path, size: int, page_index: int, databa
             bar, source = detect_databar(band), "detected"
     scan.info = dataclasses.replace(scan.info, databar_rows=bar, databar_source=source)
     return scan
-
-
-def _conversion(
-    path: Path, page: tifffile.TiffPage, axes: str, shape: tuple[int, ...], photometric: str, dtype: np.dtype
-) -> tuple[dict[str, Any], str]:
-    """Choose the gray conversion; returns its parameters and the raw axes."""
-    conv: dict[str, Any] = {"mode": "int", "scale": 1.0, "lut": None, "offset": 0.0, "invert": False}
-    described = f"page shape {shape} (axes {axes!r}, photometric {photometric})"
-    if axes == "YX":
-        pass
-    elif axes in ("YXS", "SYX") and photometric == "RGB":
-        n_samples = shape[axes.index("S")]
-        if n_samples not in (3, 4):
-            raise UnsupportedImageError(path, f"RGB image with {n_samples} samples per pixel: {described}")
-    else:
-        raise UnsupportedImageError(
-            path, f"only 2-D gray, palette or RGB(A) images are supported, not {described}"
-        )
-
-    if photometric == "PALETTE":
-        cmap = page.colormap
-        if cmap is None or dtype.kind != "u":
-            raise UnsupportedImageError(path, "palette image without a usable colour map")
-        cmap = np.asarray(cmap, dtype=np.float64)
-        cmax = 255.0 if cmap.max() < 256 else 65535.0  # some writers store 8-bit maps
-        lut = (_LUMA @ cmap[:3]) / cmax
-        n = 2 ** (8 * dtype.itemsize)
-        if lut.size < n:  # indices past the map's end: clamp to its last entry
-            lut = np.concatenate([lut, np.full(n - lut.size, lut[-1])])
-        conv.update(mode="palette", lut=np.clip(lut, 0.0, 1.0).astype(np.float32))
-        return conv, axes
-    if photometric not in ("MINISBLACK", "MINISWHITE", "RGB"):
-        raise UnsupportedImageError(path, f"unsupported photometric interpretation {photometric}")
-    conv["invert"] = photometric == "MINISWHITE"
-    if dtype.kind == "b":
-        conv["mode"] = "bool"
-    elif dtype.kind in "ui":
-        conv["scale"] = 1.0 / float(np.iinfo(dtype).max)
-    elif dtype.kind == "f":
-        conv["mode"] = "float"
-    else:
-        raise UnsupportedImageError(path, f"unsupported sample type {dtype.name}")
-    return conv, axes
-
-
-def _to_dask(z: Any, axes: str) -> da.Array:
-    """Wrap the zarr array in dask bands of whole rows, samples last."""
-    shape = tuple(int(s) for s in z.shape)
-    zchunks = tuple(int(c) for c in z.chunks)
-    y = axes.index("Y")
-    rows = shape[y]
-    row_bytes = int(np.prod([s for i, s in enumerate(shape) if i != y])) * max(4, z.dtype.itemsize)
-    target = max(1, TARGET_CHUNK_BYTES // max(1, row_bytes))
-    step = zchunks[y]  # RowsPerStrip or tile length: whole stored chunks per band
-    band = min(rows, max(step, math.ceil(target / step) * step))
-    chunks = tuple(band if i == y else -1 for i in range(len(shape)))
-    arr = da.from_zarr(z, chunks=chunks)
-    if axes == "SYX":
-        arr = arr.transpose(1, 2, 0)
-    return arr
 
 
 def _check_last_rows(path: Path, z: Any, axes: str) -> None:
@@ -581,189 +385,3 @@ def _check_last_rows(path: Path, z: Any, axes: str) -> None:
         raise UnreadableImageError(path, f"cannot decode image data: {_describe(exc)}") from exc
 
 
-# --------------------------------------------------------------------------
-# metadata
-
-
-def _positive(value: Any) -> float | None:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        return None
-    return v if math.isfinite(v) and v > 0 else None
-
-
-def _tag_dict(tif: tifffile.TiffFile, page: tifffile.TiffPage, codes: tuple[int, ...]) -> dict[str, Any]:
-    """Merged dict-valued tags ``codes`` of ``page``, else of the first page."""
-    for candidate in (page, tif.pages.first):
-        result: dict[str, Any] = {}
-        for code in codes:
-            try:
-                value = candidate.tags.valueof(code)
-            except Exception:  # a malformed tag must not make the image unreadable
-                value = None
-            if isinstance(value, dict):
-                result.update(value)
-        if result:
-            return result
-    return {}
-
-
-def _fei_metadata(tif: tifffile.TiffFile, page: tifffile.TiffPage) -> dict[str, Any]:
-    return _tag_dict(tif, page, (34680, 34682))  # FEI_SFEG, FEI_HELIOS
-
-
-def _pixel_size(tif: tifffile.TiffFile, page: tifffile.TiffPage) -> tuple[str | None, float | None, str | None]:
-    """Return (vendor, pixel size in metres, source). Metadata problems give None."""
-    vendor: str | None = None
-    fei = _fei_metadata(tif, page)
-    if fei:
-        vendor = "FEI"
-        scan_meta = fei.get("Scan")
-        size = _positive(scan_meta.get("PixelWidth")) if isinstance(scan_meta, dict) else None
-        if size is not None:
-            return vendor, size, "fei"
-    sem = _tag_dict(tif, page, (34118,))  # CZ_SEM
-    if sem:
-        vendor = vendor or "Zeiss"
-        for key in ("ap_image_pixel_size", "ap_pixel_size"):
-            size = _zeiss_length(sem.get(key))
-            if size is not None:
-                return vendor, size, "zeiss"
-    for candidate in (page, tif.pages.first):
-        size = _semtile_pixel_size(getattr(candidate, "description", ""))
-        if size is not None:
-            return vendor, size, "semtile"
-    return vendor, None, None
-
-
-def _zeiss_length(entry: Any) -> float | None:
-    """Convert a Zeiss ``(name, value, unit)`` entry to metres."""
-    if not isinstance(entry, (tuple, list)) or len(entry) < 2:
-        return None
-    value, unit = entry[-2], entry[-1]
-    factor = _UNIT_TO_M.get(str(unit).strip().lower()) if isinstance(unit, str) else None
-    v = _positive(value)
-    if factor is None or v is None:
-        return None
-    return v * factor
-
-
-def _semtile_pixel_size(description: str | None) -> float | None:
-    if not description or not description.lstrip().startswith("{"):
-        return None
-    try:
-        meta = json.loads(description)
-    except ValueError:
-        return None
-    return _positive(meta.get("pixel_size_m")) if isinstance(meta, dict) else None
-
-
-def _fei_databar(meta: dict[str, Any], rows: int) -> int | None:
-    """Data-bar height from FEI metadata, or None if it does not say (sensibly)."""
-    private = meta.get("PrivateFei")
-    height = private.get("DatabarHeight") if isinstance(private, dict) else None
-    try:
-        if height is not None and 0 <= int(height) < rows:
-            return int(height)
-    except (TypeError, ValueError):
-        pass
-    image = meta.get("Image")
-    try:
-        res_y = int(image["ResolutionY"])  # type: ignore[index]
-    except (KeyError, TypeError, ValueError):
-        return None
-    if 0 < res_y < rows:
-        return rows - res_y
-    return None
-
-
-# --------------------------------------------------------------------------
-# data-bar detection
-
-
-def detect_databar(
-    frame_bottom: np.ndarray,
-    *,
-    uniform_fraction: float = 0.97,
-    tolerance: float = 0.01,
-    min_contrast: float = 0.25,
-    min_body_fraction: float = 0.5,
-    min_rows: int = 3,
-) -> int:
-    """Find a burned-in data bar at the bottom of a frame.
-
-    A data bar is recognised by its frame line: its top row is uniform across
-    the full width (a white line on FEI and semtile's synthetic scans, a
-    black border row on Zeiss), the row above it is ordinary image content,
-    and the bar below that line is mostly one background level that clearly
-    differs from the line (black under FEI's white line, white under Zeiss'
-    black row). Requiring that contrast keeps flat or saturated image regions
-    from being taken for a bar. The top-most row that qualifies wins, so
-    lines and boxes inside the bar do not matter.
-
-    Bars without such a line (plain bars whose first row has the same level
-    as their background) are not detected; give their height explicitly.
-
-    Parameters
-    ----------
-    frame_bottom
-        2-D array, the bottom band of a frame (e.g. its bottom quarter):
-        floats in [0, 1] or unsigned/signed integers (scaled by their type's
-        maximum) or bools.
-    uniform_fraction
-        Fraction of a row's pixels within ``tolerance`` of its median for the
-        row to count as uniform.
-    tolerance
-        Gray-level tolerance, on the [0, 1] scale.
-    min_contrast
-        Least difference between the line's level and the bar background's.
-    min_body_fraction
-        Least fraction of the bar below the line at its background level.
-    min_rows
-        Least bar height, line included.
-
-    Returns
-    -------
-    int
-        Number of data-bar rows at the bottom of ``frame_bottom`` (0 if none).
-    """
-    band = np.asarray(frame_bottom)
-    if band.ndim != 2:
-        raise ValueError(f"detect_databar needs a 2-D array, got shape {band.shape}")
-    if band.dtype.kind == "b":
-        band = band.astype(np.float32)
-    elif band.dtype.kind in "ui":
-        band = band.astype(np.float32) / np.float32(np.iinfo(band.dtype).max)
-    else:
-        band = band.astype(np.float32, copy=False)
-    n_rows = band.shape[0]
-    if n_rows < min_rows + 1 or band.shape[1] == 0:
-        return 0
-    band = np.clip(np.nan_to_num(band, nan=0.0), 0.0, 1.0)
-
-    level = np.median(band, axis=1)
-    uniform = np.mean(np.abs(band - level[:, None]) <= tolerance, axis=1) >= uniform_fraction
-
-    # Per-row histograms (256 levels) summed from the bottom: the histogram of
-    # rows r+1..end is suffix[r + 1].
-    q = np.rint(band * 255).astype(np.intp)
-    q += np.arange(n_rows, dtype=np.intp)[:, None] * 256
-    hist = np.bincount(q.ravel(), minlength=n_rows * 256).reshape(n_rows, 256)
-    suffix = np.cumsum(hist[::-1], axis=0)[::-1]
-    bins = np.arange(256)
-    tol_bins = max(1, int(round(tolerance * 255)))
-
-    for r in range(1, n_rows - min_rows + 1):
-        if not uniform[r]:
-            continue
-        above_is_content = not uniform[r - 1] or abs(level[r - 1] - level[r]) >= min_contrast
-        if not above_is_content:
-            continue
-        body = suffix[r + 1]
-        peak = int(np.argmax(body))
-        near = np.abs(bins - peak) <= tol_bins
-        body_fraction = body[near].sum() / body.sum()
-        if body_fraction >= min_body_fraction and abs(peak / 255 - level[r]) >= min_contrast:
-            return n_rows - r
-    return 0

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from semtile.store.provenance import sha256_file
+from semtile.io.discover import sha256_file
 from semtile.errors import ModelError
 from semtile.models.io import ModelBundle, card_path
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from semtile.store.provenance import sha256_file
+from semtile.io.discover import sha256_file
 from semtile.errors import ModelError
 from semtile.models.networks import Architecture, build_model
 

@@ -1,8 +1,9 @@
 """``semtile evaluate``: a result store against the labels (and masks) it should have found.
 
-Reads the same formats ``semtile process`` writes (``results.zarr``) and
-datasets use (``labels.csv``; ``masks/`` beside the images, as ``semtile
-synth`` writes them; ``truth.csv`` with true adhesive ratios). Labels are
+Reads the result store ``semtile process`` writes (through ``semtile.store``,
+opened read-only) and the formats datasets use (``labels.csv``; ``masks/``
+beside the images, as ``semtile synth`` writes them; ``truth.csv`` with true
+adhesive ratios). Labels are
 ordered where they are integers, so besides top-1 accuracy it reports the
 share within one label (±1) and the mean absolute error in t. Given an
 expert's answers (``path,label``) it reports the same figures for the human
@@ -17,10 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import zarr
 
 from semtile.io.dataset import read_labels
 from semtile.errors import DatasetError, SemtileError
+from semtile.store import open_store
 
 __all__ = ["LabelScores", "evaluate_store", "label_scores", "mask_scores", "split_names"]
 
@@ -141,8 +142,7 @@ def evaluate_store(store: str | Path, labels_csv: str | Path, out: str | Path,
     its ``part`` split are scored: the held-out test set of that training run.
     """
     store, out = Path(store), Path(out)
-    if not store.is_dir():
-        raise SemtileError(f"{store}: result store not found")
+    results = open_store(store, mode="r")  # SemtileError naming the path unless it is a result store
     samples = read_labels(labels_csv)
     if split_from is not None:
         names = split_names(split_from, part)
@@ -155,22 +155,22 @@ def evaluate_store(store: str | Path, labels_csv: str | Path, out: str | Path,
     if (base / "truth.csv").is_file():
         with (base / "truth.csv").open(newline="") as handle:
             truth_ratio = {(base / r["path"]).resolve(): float(r["adhesive_ratio"]) for r in csv.DictReader(handle)}
-    root = zarr.open_group(str(store), mode="r")
     rows, labels = [], None
-    for name, group in sorted(root.groups()):
-        source = Path(group.attrs.get("source_path", ""))
+    for name in results.names():
+        stored = results.read(name)
+        source = stored.source
         if source not in truth_by_path:
             continue
-        labels = labels or list(group.attrs["labels"])
+        labels = labels or list(stored.labels)
         row = {"path": str(source), "group": name, "true_label": truth_by_path[source],
-               "predicted_label": group.attrs["label"], "adhesive_ratio": float(group.attrs["adhesive_ratio"])}
+               "predicted_label": stored.label, "adhesive_ratio": stored.adhesive_ratio}
         if source in truth_ratio:
             row["true_adhesive_ratio"] = truth_ratio[source]
         mask_path = source.parent.parent / "masks" / source.name
         if mask_path.is_file():
             import tifffile
 
-            predicted = group["binary_mask"][:]
+            predicted = np.asarray(stored.binary_mask[...])
             truth = tifffile.imread(mask_path)[: predicted.shape[0], : predicted.shape[1]] > 0
             row.update(mask_scores(predicted, truth))
         rows.append(row)

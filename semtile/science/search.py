@@ -23,8 +23,9 @@ from semtile.science.evaluate import label_scores
 from semtile.logs import get_logger
 from semtile.models.io import load_model
 from semtile.models.networks import Architecture, build_model
-from semtile.execution.local import _class_probs, _core_weights, _decide
-from semtile.inference.split import TileGrid, read_windows
+from semtile.inference.labels import class_probs, core_weights, decide_label
+from semtile.inference.run import run_array
+from semtile.inference.split import TileGrid, default_halo
 from semtile.science.training import TrainConfig, TrainingData, load_training_data, train_classifier
 
 __all__ = ["search_classifiers", "classify_images", "parameter_count"]
@@ -36,16 +37,20 @@ def parameter_count(arch: Architecture) -> int:
     return sum(p.numel() for p in build_model(arch).parameters())
 
 
-def classify_images(network: torch.nn.Module, images: list[np.ndarray], labels: list, tile: int) -> list:
-    """Label whole images from tiles, exactly as the pipeline does."""
+def classify_images(network: torch.nn.Module, images: list[np.ndarray], labels: list, tile: int,
+                    batch_size: int = 8) -> list:
+    """Label whole images from tiles, exactly as the pipeline does (same tiles, halo and rule)."""
+
+    def logits(tiles: np.ndarray) -> dict:
+        return {"logits": network(torch.from_numpy(tiles)[:, None]).numpy()}
+
     predictions = []
     network.eval()
     with torch.inference_mode():
         for image in images:
-            grid = TileGrid(image.shape, tile, tile // 8)
-            tiles = read_windows(image, grid.origins, tile)
-            logits = network(torch.from_numpy(tiles)[:, None]).numpy()
-            predictions.append(_decide(_class_probs(logits, _core_weights(grid)), labels)[0])
+            grid = TileGrid(image.shape, tile, default_halo(tile))
+            tile_logits = run_array(image, grid, logits, batch_size=batch_size, collect=("logits",))["logits"]
+            predictions.append(decide_label(class_probs(tile_logits, core_weights(grid)), labels)[0])
     return predictions
 
 

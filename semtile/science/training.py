@@ -1,8 +1,7 @@
 """Training: weak-label or supervised segmenters, the baseline classifier.
 
-Images are read through the same reader as ``semtile process`` (data bar
-excluded, intensities in [0, 1]) and sampled as random square crops with
-isotropic augmentation (flips and 90-degree turns). The dataset is split into
+Images are read and cropped by :mod:`semtile.science.training_data`; the
+dataset is split into
 train, validation and test (stratified and seeded, or as labels.csv says);
 the split is saved with the model. Adam with a one-cycle learning-rate
 schedule; a validation loss every epoch on fixed crops; early stopping on it;
@@ -34,14 +33,13 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from semtile.science.curve_calibration import logit_counts, read_out_curve
-from semtile.io.dataset import Sample, label_order, read_labels, split_samples
-from semtile.errors import DatasetError, SemtileError
-from semtile.science.hypotheses import hypothesis_values, is_learned, parse_hypothesis
+from semtile.errors import SemtileError
 from semtile.logs import get_logger
 from semtile.models.io import save_model
 from semtile.models.networks import Architecture, build_model
-from semtile.io.tiff import open_scan
+from semtile.science.curve_calibration import logit_counts, read_out_curve
+from semtile.science.hypotheses import hypothesis_values, is_learned, parse_hypothesis
+from semtile.science.training_data import CropSampler, TrainConfig, TrainingData, fixed_crops, load_training_data
 
 __all__ = ["TrainConfig", "LearnedCurve", "LEARNED_BINARY_WEIGHT", "TrainingData", "load_training_data",
            "train_segmenter", "train_classifier", "pick_device"]
@@ -56,22 +54,6 @@ CURVE_LR_FACTOR = 50.0
 #: receptive field can estimate t from context and paint a soft g(t) anywhere,
 #: with any monotone g; binary pixels must instead be decided from local texture.
 LEARNED_BINARY_WEIGHT = 2.0
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    epochs: int = 20
-    steps_per_epoch: int = 50
-    batch_size: int = 8
-    crop: int = 128
-    lr: float = 1e-3
-    seed: int = 0
-    split: tuple[float, float, float] = (0.8, 0.1, 0.1)
-    patience: int = 0  # epochs without validation improvement before stopping; 0 = never
-    val_crops: int = 4  # fixed crops per validation image
-    threads: int | None = None
-    device: str = "auto"
-    resume: bool = False
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -103,109 +85,6 @@ class LearnedCurve(nn.Module):
 
 
 @dataclass
-class TrainingData:
-    """A dataset in memory: images (valid areas), labels, split."""
-
-    samples: list[Sample]
-    labels: list
-    images: list[np.ndarray]
-    split: dict[str, list[int]]
-    masks: list[np.ndarray] | None = None
-    source: str = ""  # the dataset as the user named it
-
-    def label_index(self) -> list[int]:
-        index = {label: i for i, label in enumerate(self.labels)}
-        return [index[s.label] for s in self.samples]
-
-    def names(self, part: str) -> list[str]:
-        return [self.samples[i].path.name for i in self.split[part]]
-
-
-def _load(path: Path) -> np.ndarray:
-    with open_scan(path) as scan:
-        return np.ascontiguousarray(scan.valid().compute(), dtype=np.float32)
-
-
-def load_training_data(data: str | Path, config: TrainConfig, masks: str | Path | None = None) -> TrainingData:
-    samples = read_labels(data)
-    labels = label_order([s.label for s in samples])
-    if len(labels) < 2:
-        raise DatasetError(f"{data}: need at least two labels, found {labels}")
-    split = split_samples(samples, config.split, config.seed)
-    if not split["train"]:
-        raise DatasetError(f"{data}: the split leaves no training images")
-    t0 = time.perf_counter()
-    images = [_load(s.path) for s in samples]
-    for s, img in zip(samples, images):
-        if min(img.shape) < config.crop:
-            raise DatasetError(f"{s.path}: valid area {img.shape[0]}x{img.shape[1]} is smaller than the crop {config.crop}")
-    mask_arrays = None
-    if masks is not None:
-        mask_arrays = []
-        for s, img in zip(samples, images):
-            mpath = Path(masks) / s.path.name
-            if not mpath.is_file():
-                raise DatasetError(f"{mpath}: no mask for {s.path.name}")
-            with open_scan(mpath, databar_rows=0) as scan:
-                m = scan.gray().compute()
-            if m.shape[0] < img.shape[0] or m.shape[1] != img.shape[1]:
-                raise DatasetError(f"{mpath}: mask {m.shape} does not cover the image {img.shape}")
-            mask_arrays.append((m[: img.shape[0]] > 0).astype(np.float32))
-    log.info("dataset_loaded", data=str(data), images=len(images), labels=len(labels),
-             **{part: len(idx) for part, idx in split.items()}, seconds=round(time.perf_counter() - t0, 2))
-    return TrainingData(samples, labels, images, split, mask_arrays, source=str(data))
-
-
-class _CropSampler:
-    """Random crops (with the matching mask crops) and isotropic augmentation."""
-
-    def __init__(self, data: TrainingData, indices: list[int], crop: int, rng: np.random.Generator):
-        self.data, self.indices, self.crop, self.rng = data, indices, crop, rng
-        self.targets = data.label_index()
-
-    def batch(self, size: int):
-        xs, ms, ts = [], [], []
-        for _ in range(size):
-            i = self.indices[int(self.rng.integers(len(self.indices)))]
-            img = self.data.images[i]
-            y = int(self.rng.integers(img.shape[0] - self.crop + 1))
-            x = int(self.rng.integers(img.shape[1] - self.crop + 1))
-            k, flip = int(self.rng.integers(4)), bool(self.rng.integers(2))
-            views = [img] + ([self.data.masks[i]] if self.data.masks is not None else [])
-            views = [np.rot90(v[y:y + self.crop, x:x + self.crop], k) for v in views]
-            if flip:
-                views = [v[:, ::-1] for v in views]
-            xs.append(views[0])
-            if self.data.masks is not None:
-                ms.append(views[1])
-            ts.append(self.targets[i])
-        x = torch.from_numpy(np.ascontiguousarray(np.stack(xs)[:, None], dtype=np.float32))
-        m = torch.from_numpy(np.ascontiguousarray(np.stack(ms)[:, None], dtype=np.float32)) if ms else None
-        return x, m, torch.tensor(ts)
-
-
-def _fixed_crops(data: TrainingData, indices: list[int], crop: int, per_image: int, seed: int):
-    """The same validation crops every epoch (and for every hypothesis with the same seed)."""
-    rng = np.random.default_rng(seed + 7919)
-    targets = data.label_index()
-    xs, ms, ts = [], [], []
-    for i in indices:
-        img = data.images[i]
-        for _ in range(per_image):
-            y = int(rng.integers(img.shape[0] - crop + 1))
-            x = int(rng.integers(img.shape[1] - crop + 1))
-            xs.append(img[y:y + crop, x:x + crop])
-            if data.masks is not None:
-                ms.append(data.masks[i][y:y + crop, x:x + crop])
-            ts.append(targets[i])
-    if not xs:
-        return None
-    x = torch.from_numpy(np.ascontiguousarray(np.stack(xs)[:, None]))
-    m = torch.from_numpy(np.ascontiguousarray(np.stack(ms)[:, None])) if ms else None
-    return x, m, torch.tensor(ts)
-
-
-@dataclass
 class _Run:
     """What one training run optimises and how it scores a batch."""
 
@@ -215,7 +94,7 @@ class _Run:
     history: list = field(default_factory=list)
 
 
-def _fit(run: _Run, sampler: _CropSampler, val, config: TrainConfig, out: Path, name: str,
+def _fit(run: _Run, sampler: CropSampler, val, config: TrainConfig, out: Path, name: str,
          progress: Callable[[int], None] | None) -> tuple[list, int]:
     device = pick_device(config.device)
     run.network.to(device)
@@ -369,8 +248,8 @@ def train_segmenter(
             return fit + binary_weight * (p * (1 - p)).mean()
 
     rng = np.random.default_rng(config.seed)
-    sampler = _CropSampler(data, data.split["train"], config.crop, rng)
-    val = _fixed_crops(data, data.split["val"], config.crop, config.val_crops, config.seed)
+    sampler = CropSampler(data, data.split["train"], config.crop, rng)
+    val = fixed_crops(data, data.split["val"], config.crop, config.val_crops, config.seed)
     run = _Run(network, loss, extra=curve)
     history, best_epoch = _fit(run, sampler, val, config, Path(out), "segmenter", progress)
     calibration = None
@@ -422,8 +301,8 @@ def train_classifier(
         return F.cross_entropy(net(x), t)
 
     rng = np.random.default_rng(config.seed)
-    sampler = _CropSampler(data, data.split["train"], config.crop, rng)
-    val = _fixed_crops(data, data.split["val"], config.crop, config.val_crops, config.seed)
+    sampler = CropSampler(data, data.split["train"], config.crop, rng)
+    val = fixed_crops(data, data.split["val"], config.crop, config.val_crops, config.seed)
     history, best_epoch = _fit(_Run(network, loss), sampler, val, config, Path(out), "classifier", progress)
     return save_model(
         network, arch, data.labels, out,

@@ -1,10 +1,18 @@
-"""Where results go: the result-store interface, its Zarr implementation, the run table, provenance."""
+"""Where results go: the result-store interface, its backends, the run table, provenance."""
 
-from semtile.store.zarr_dir import ImageResult, ResultStore, RUN_COLUMNS, RunTable, default_csv_path
+from pathlib import Path
 
-__all__ = ["ImageResult", "ResultStore", "RunTable", "RUN_COLUMNS", "default_csv_path", "open_store"]
+from semtile.store.base import ImageResult, ResultStore, StoredResult
+from semtile.store.table import RUN_COLUMNS, RunTable, default_csv_path
+from semtile.store.zarr_dir import ZarrDirectoryStore
+
+__all__ = ["ImageResult", "ResultStore", "StoredResult", "ZarrDirectoryStore", "RunTable", "RUN_COLUMNS",
+           "default_csv_path", "open_store"]
 
 
-def open_store(path) -> ResultStore:
-    """The result store at ``path`` (created when missing)."""
-    return ResultStore(path)
+def open_store(path: str | Path, mode: str = "a") -> ResultStore:
+    """The result store at ``path``: ``mode="a"`` opens or creates it, ``mode="r"`` only opens an existing one.
+
+    Raises SemtileError naming ``path`` when it is not (and, for "a", cannot become) a semtile store.
+    """
+    return ZarrDirectoryStore(path, mode=mode)

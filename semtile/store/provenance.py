@@ -2,24 +2,16 @@
 
 from __future__ import annotations
 
-import hashlib
 import platform
 import sys
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 
+from semtile.io.discover import sha256_file  # re-exported: the one implementation lives with file discovery
+
 __all__ = ["package_versions", "provenance_record", "sha256_file"]
 
 _PACKAGES = ("semtile", "torch", "numpy", "numba", "dask", "zarr", "tifffile", "imagecodecs", "click", "structlog")
-
-
-def sha256_file(path) -> str:
-    """SHA-256 hex digest of a file, read in 1 MiB blocks (raises OSError)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def package_versions() -> dict[str, str]:

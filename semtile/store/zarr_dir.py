@@ -1,126 +1,142 @@
-"""The result store: one Zarr group per image, plus a per-run CSV table.
+"""The local Zarr v3 directory store: one group per image.
 
-Each image's group is written under a temporary name and renamed into place
-only once complete, so a failure never leaves a half-written group and never
-touches the results of other images. A group is replaced only by a newer
-result for the same input file; other names get a numbered suffix.
+Layout: the root group's ``zarr.json`` carries ``semtile_store: 1``; each result
+is a child group (its name from ``name_for``) with the arrays ``mask`` (float32,
+chunks of at most 512 x 512), ``binary_mask`` (bool, same chunks) and
+``class_probs`` (float32), and the attributes ``source_path``, ``labels``,
+``label``, ``adhesive_ratio`` followed by ``ImageResult.attrs``.
+
+A result is written as a hidden group (``.partial-*``) and renamed into place
+once complete. Replacing a name moves the old group aside (``.retired-*``),
+renames the new one in and deletes the old: between the two renames readers see
+no result of that name, never a mixture. Hidden entries are never results.
 """
 
 from __future__ import annotations
 
-import csv
 import os
-import re
 import shutil
 import uuid
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import zarr
 
 from semtile.errors import SemtileError
+from semtile.store.base import (ARRAYS, RESULT_KEYS, ImageResult, ResultStore, StoredResult, check_result,
+                                pick_name, source_key)
 
-__all__ = ["ImageResult", "ResultStore", "RunTable", "RUN_COLUMNS", "default_csv_path"]
+__all__ = ["ZarrDirectoryStore"]
 
-RUN_COLUMNS = ("path", "status", "label", "adhesive_ratio", "pixel_size_m", "databar_rows", "error")
-
-
-@dataclass
-class ImageResult:
-    """Everything semtile writes about one image."""
-
-    source: Path
-    mask: np.ndarray  # (rows, cols) float32 adhesive probability over the valid area
-    binary_mask: np.ndarray  # (rows, cols) bool
-    class_probs: np.ndarray  # (n_labels,) float32
-    labels: list
-    label: object
-    adhesive_ratio: float
-    attrs: dict = field(default_factory=dict)
+_METADATA = ("zarr.json", ".zgroup", ".zattrs", ".zarray", ".zmetadata")  # never a result's name
+CHUNK = 512
 
 
-def default_csv_path(store: Path) -> Path:
-    store = Path(store)
-    return store.with_name(store.stem + ".csv") if store.suffix else store.with_name(store.name + ".csv")
+class ZarrDirectoryStore(ResultStore):
+    """A local Zarr v3 directory holding one group per image.
 
+    ``mode="a"`` opens or creates the store (refusing a file, or a non-empty
+    folder that is no Zarr store); ``mode="r"`` opens an existing semtile store
+    read-only and creates nothing. Either raises SemtileError naming the path.
+    """
 
-def _safe_name(path: Path) -> str:
-    name = re.sub(r"[^A-Za-z0-9._-]+", "_", path.stem).strip("._-")
-    return name or "image"
-
-
-class ResultStore:
-    """A local Zarr v3 directory store holding one group per image."""
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
+    def __init__(self, path: str | Path, mode: str = "a"):
+        if mode not in ("r", "a"):
+            raise SemtileError(f"store mode {mode!r}: expected 'r' or 'a'")
+        self.path, self.read_only = Path(path), mode == "r"
         if self.path.exists() and not self.path.is_dir():
-            raise SemtileError(f"{self.path}: exists and is not a Zarr directory store")
-        self.root = zarr.open_group(str(self.path), mode="a")
-        self.root.attrs.setdefault("semtile_store", 1)
-        # Names already taken, and by which input file, so reruns replace only their own groups.
-        self._owners: dict[str, str] = {}
-        for name, group in self.root.groups():
-            self._owners[name] = str(group.attrs.get("source_path", ""))
+            raise SemtileError(f"{self.path}: exists and is not a result store (a Zarr directory)")
+        if self.read_only and not self.path.is_dir():
+            raise SemtileError(f"{self.path}: result store not found")
+        if not self.read_only and self.path.is_dir() and not (self.path / "zarr.json").is_file() \
+                and any(self.path.iterdir()):
+            raise SemtileError(f"{self.path}: a folder that is not a Zarr store; refusing to write results into it")
+        try:
+            self.root = zarr.open_group(str(self.path), mode=mode, zarr_format=3)
+        except Exception as exc:  # noqa: BLE001 - whatever zarr says, this is no store of ours
+            raise SemtileError(f"{self.path}: not a semtile result store ({type(exc).__name__}: {exc})") from None
+        if self.read_only and "semtile_store" not in self.root.attrs:
+            raise SemtileError(f"{self.path}: a Zarr group, but not a semtile result store")
+        if not self.read_only:
+            self.root.attrs.setdefault("semtile_store", 1)
+        # Names taken, and by which input file, so reruns replace only their own groups.
+        self._owners = {name: str(group.attrs["source_path"]) for name, group in self._groups()}
 
-    def name_for(self, source: Path) -> str:
-        source_key = str(Path(source).resolve())
-        base = _safe_name(Path(source))
-        candidate, k = base, 1
-        while candidate in self._owners and self._owners[candidate] != source_key:
-            k += 1
-            candidate = f"{base}-{k}"
-        self._owners[candidate] = source_key
-        return candidate
+    def _groups(self):
+        for name, group in self.root.groups():
+            if not name.startswith(".") and "source_path" in group.attrs:
+                yield name, group
+
+    def name_for(self, source: str | Path) -> str:
+        occupied = [*_METADATA, *(p.name for p in self.path.iterdir())] if self.path.is_dir() else _METADATA
+        name = pick_name(source, self._owners, occupied)
+        self._owners[name] = source_key(source)
+        return name
+
+    def names(self) -> list[str]:
+        return sorted(name for name, _ in self._groups())
+
+    def read(self, name: str) -> StoredResult:
+        group = None
+        if isinstance(name, str) and name and not name.startswith(".") and "/" not in name and "\\" not in name:
+            try:
+                group = self.root[name]
+            except KeyError:
+                pass
+        if not isinstance(group, zarr.Group) or "source_path" not in group.attrs:
+            raise SemtileError(f"{self.path}: no result named {name!r}")
+        attrs = dict(group.attrs)
+        core = {key: attrs.pop(key) for key in RESULT_KEYS if key in attrs}
+        if len(core) < len(RESULT_KEYS):
+            raise SemtileError(f"{self.path}/{name}: result lacks {sorted(set(RESULT_KEYS) - set(core))}")
+
+        def open_array(key: str):
+            if key not in ARRAYS:
+                raise SemtileError(f"{self.path}/{name}: no array {key!r}")
+            try:
+                return group[key]
+            except KeyError:
+                raise SemtileError(f"{self.path}/{name}: array {key!r} is missing") from None
+
+        return StoredResult(name=name, source=Path(core["source_path"]), labels=list(core["labels"]),
+                            label=core["label"], adhesive_ratio=float(core["adhesive_ratio"]), attrs=attrs,
+                            open_array=open_array)
 
     def write(self, name: str, result: ImageResult) -> None:
-        temp = f".partial-{name}-{uuid.uuid4().hex[:8]}"
-        group = self.root.create_group(temp)
-        rows, cols = result.mask.shape
-        chunks = (min(rows, 512), min(cols, 512))
-        group.create_array("mask", data=result.mask.astype(np.float32, copy=False), chunks=chunks)
-        group.create_array("binary_mask", data=result.binary_mask.astype(bool, copy=False), chunks=chunks)
-        group.create_array("class_probs", data=result.class_probs.astype(np.float32, copy=False))
-        group.attrs.update(
-            {
-                "source_path": str(Path(result.source).resolve()),
-                "labels": list(result.labels),
-                "label": result.label,
-                "adhesive_ratio": float(result.adhesive_ratio),
-                **result.attrs,
-            }
-        )
-        final, staged = self.path / name, self.path / temp
-        if final.exists():
-            retired = self.path / f".retired-{name}-{uuid.uuid4().hex[:8]}"
-            os.replace(final, retired)
+        if self.read_only:
+            raise SemtileError(f"{self.path}: opened read-only, cannot write {name!r}")
+        check_result(name, result)
+        if name.casefold() in {m.casefold() for m in _METADATA}:
+            raise SemtileError(f"{name!r}: the name of the store's own metadata")
+        temp = f".partial-{uuid.uuid4().hex}"
+        staged = self.path / temp
+        try:
+            group = self.root.create_group(temp)
+            rows, cols = result.mask.shape
+            chunks = (min(rows, CHUNK), min(cols, CHUNK))
+            group.create_array("mask", data=np.asarray(result.mask).astype(np.float32, copy=False), chunks=chunks)
+            group.create_array("binary_mask", data=np.asarray(result.binary_mask).astype(bool, copy=False),
+                               chunks=chunks)
+            group.create_array("class_probs", data=np.asarray(result.class_probs).astype(np.float32, copy=False))
+            group.attrs.update({"source_path": source_key(result.source), "labels": list(result.labels),
+                                "label": result.label, "adhesive_ratio": float(result.adhesive_ratio),
+                                **result.attrs})
+            self._swap_in(staged, self.path / name)
+        except BaseException:
+            shutil.rmtree(staged, ignore_errors=True)
+            raise
+        self._owners[name] = source_key(result.source)
+
+    def _swap_in(self, staged: Path, final: Path) -> None:
+        """Rename ``staged`` to ``final``; an old ``final`` is moved aside first, and back if that fails."""
+        if not final.exists():
             os.replace(staged, final)
-            shutil.rmtree(retired, ignore_errors=True)
-        else:
+            return
+        retired = self.path / f".retired-{uuid.uuid4().hex}"
+        os.replace(final, retired)
+        try:
             os.replace(staged, final)
-
-
-class RunTable:
-    """Per-run CSV, one row per image, flushed as each image finishes."""
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._handle = self.path.open("w", newline="")
-        self._writer = csv.DictWriter(self._handle, fieldnames=RUN_COLUMNS)
-        self._writer.writeheader()
-        self._handle.flush()
-
-    def add(self, **row) -> None:
-        self._writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in RUN_COLUMNS})
-        self._handle.flush()
-
-    def close(self) -> None:
-        self._handle.close()
-
-    def __enter__(self) -> "RunTable":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
+        except BaseException:
+            os.replace(retired, final)
+            raise
+        shutil.rmtree(retired, ignore_errors=True)

@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import csv
 import json
+import re
+import shutil
 
 import numpy as np
 import pytest
+import tifffile
+import zarr
 from click.testing import CliRunner
 
 from semtile.cli.main import main
-from semtile.science.evaluate import label_scores, mask_scores
+from semtile.errors import SemtileError
+from semtile.science.evaluate import evaluate_store, label_scores, mask_scores
+from semtile.store import ImageResult, open_store
 from semtile.models.networks import Architecture
 from semtile.science.training import TrainConfig, train_classifier
 
@@ -80,3 +86,48 @@ def test_evaluate_scores_only_the_test_split_of_a_model(tiny_dataset, tiny_bundl
     bad = CliRunner().invoke(main, ["evaluate", str(out), "--labels", str(tiny_dataset / "labels.csv"),
                                     "--split-from", str(tiny_dataset / "labels.csv"), "--out", str(tmp_path / "ev2")])
     assert bad.exit_code == 2 and "no model card" in bad.output
+
+
+def _small_dataset(tmp_path, n=4):
+    """n blank 8x8 scans labelled 0/1, each with a result in a store that predicts its label."""
+    images = tmp_path / "ds" / "images"
+    images.mkdir(parents=True)
+    store = open_store(tmp_path / "r.zarr")
+    with (tmp_path / "ds" / "labels.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "label"])
+        for i in range(n):
+            path = images / f"s{i}.tif"
+            tifffile.imwrite(path, np.zeros((8, 8), np.uint8))
+            writer.writerow([f"images/{path.name}", i % 2])
+            mask = np.full((8, 8), 0.75 if i % 2 else 0.25, np.float32)
+            store.write(store.name_for(path), ImageResult(
+                source=path, mask=mask, binary_mask=mask >= 0.5, class_probs=np.array([0.5, 0.5], np.float32),
+                labels=[0, 1], label=i % 2, adhesive_ratio=float((mask >= 0.5).mean())))
+    return tmp_path / "r.zarr", tmp_path / "ds" / "labels.csv"
+
+
+def test_evaluate_reads_only_the_complete_results_of_a_store(tmp_path):
+    store, labels = _small_dataset(tmp_path)
+    # A crashed writer's leftover: a whole group under a temporary name, with a wrong label.
+    shutil.copytree(store / "s0", store / ".partial-s0-0123abcd")
+    zarr.open_group(str(store / ".partial-s0-0123abcd"), mode="a").attrs["label"] = 1
+    report = evaluate_store(store, labels, tmp_path / "ev")
+    assert report["images"] == 4 and report["missing"] == 0 and report["model"]["top1"] == 1.0
+    rows = list(csv.DictReader((tmp_path / "ev" / "per_image.csv").open()))
+    assert [r["group"] for r in rows] == ["s0", "s1", "s2", "s3"]
+    assert [float(r["adhesive_ratio"]) for r in rows] == [0.0, 1.0, 0.0, 1.0]
+
+
+def test_evaluate_needs_a_result_store_and_creates_none(tmp_path):
+    _, labels = _small_dataset(tmp_path, n=2)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "file.zarr").write_text("x")
+    for target in (tmp_path / "absent.zarr", tmp_path / "empty", tmp_path / "file.zarr"):
+        with pytest.raises(SemtileError, match=re.escape(str(target))):
+            evaluate_store(target, labels, tmp_path / "ev")
+    assert not (tmp_path / "absent.zarr").exists() and not any((tmp_path / "empty").iterdir())
+    assert not (tmp_path / "ev").exists()
+    result = CliRunner().invoke(main, ["evaluate", str(tmp_path / "absent.zarr"), "--labels", str(labels),
+                                       "--out", str(tmp_path / "ev")])
+    assert result.exit_code == 2 and "absent.zarr" in result.output

@@ -2,8 +2,8 @@
 
 GPU tests run only where CUDA (and, for TensorRT, ``import tensorrt``) works;
 the CPU-only tests always run: the modules import without a GPU, the
-availability probes say why not, the engines refuse clearly, and the fp16
-ONNX conversion used for TensorRT yields a valid model with float32 I/O.
+availability probes say why not and the engines refuse clearly. The fp16
+ONNX conversion used for TensorRT is tested in tests/models/test_fp16.py.
 """
 
 from __future__ import annotations
@@ -126,77 +126,31 @@ def test_tensorrt_engine_refuses_without_tensorrt_or_cuda(bundle_dir, tmp_path):
     assert not any(tmp_path.iterdir())  # nothing was built or cached
 
 
-def test_engines_reject_unknown_precision(bundle, bundle_dir, tmp_path):
+def test_engines_reject_bad_options_before_looking_for_a_gpu(bundle, bundle_dir, tmp_path):
+    """Anything a user can get wrong is a SemtileError, whether or not this machine has a GPU."""
     from semtile.engines.tensorrt import TensorRTEngine
     from semtile.engines.torch_cuda import TorchCUDAEngine
 
-    with pytest.raises(ValueError, match="precision"):
+    with pytest.raises(SemtileError, match="torch-cuda engine runs fp16, bf16, f32, not 'int4'"):
         TorchCUDAEngine(bundle, precision="int4")
-    with pytest.raises(ValueError, match="precision"):
+    with pytest.raises(SemtileError, match="batch size of at least 1"):
+        TorchCUDAEngine(bundle, batch_size=0, tile=TILE)
+    with pytest.raises(SemtileError, match="positive multiple of 4"):
+        TorchCUDAEngine(bundle, tile=TILE + 2)
+    with pytest.raises(SemtileError, match="tensorrt engine runs fp16, f32, int8, not 'bf8'"):
         TensorRTEngine(bundle_dir, precision="bf8", cache_dir=tmp_path)
+    with pytest.raises(SemtileError, match="batch size 64, max_batch 32"):
+        TensorRTEngine(bundle_dir, opt_batch=64, max_batch=32, cache_dir=tmp_path)
+    assert not any(tmp_path.iterdir())
 
 
-def _check_fp16_model(original, converted, example: np.ndarray, atol: float) -> None:
-    import onnx
-    import onnxruntime as ort
-    from onnx import TensorProto
+def test_tensorrt_cache_defaults_under_semtile_cache(monkeypatch, tmp_path):
+    from semtile.engines.tensorrt import default_cache_dir
 
-    onnx.checker.check_model(converted, full_check=True)
-    for value in (*converted.graph.input, *converted.graph.output):
-        assert value.type.tensor_type.elem_type == TensorProto.FLOAT, value.name
-    floats = [init for init in converted.graph.initializer if init.data_type in (TensorProto.FLOAT, TensorProto.FLOAT16)]
-    assert floats and all(init.data_type == TensorProto.FLOAT16 for init in floats if not init.name.endswith("__fp32"))
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 2
-    feed = {original.graph.input[0].name: example}
-    want = ort.InferenceSession(original.SerializeToString(), options, providers=["CPUExecutionProvider"]).run(None, feed)
-    try:
-        session = ort.InferenceSession(converted.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # noqa: BLE001 - an onnxruntime build without some float16 CPU kernels
-        pytest.skip(f"onnxruntime cannot run this float16 model on the CPU: {exc}")
-    got = session.run(None, feed)
-    for g, w in zip(got, want):
-        assert g.dtype == np.float32 and g.shape == w.shape
-        np.testing.assert_allclose(g, w, atol=atol, rtol=0)
-
-
-@pytest.mark.parametrize("network", ["classifier", "segmenter"])
-def test_fp16_onnx_conversion(bundle_dir, network):
-    import onnx
-
-    from semtile.engines.tensorrt import _convert_onnx_to_fp16
-
-    original = onnx.load(str(bundle_dir / f"{network}.onnx"))
-    before = original.SerializeToString()
-    converted = _convert_onnx_to_fp16(original)
-    assert original.SerializeToString() == before  # the input model is left alone
-    example = np.random.default_rng(1).random((3, 1, TILE, TILE), dtype=np.float32)
-    _check_fp16_model(original, converted, example, atol=2e-2)
-
-
-def test_fp16_onnx_conversion_keeps_resize_scales_float32(tmp_path):
-    """Resize's scales input is float32 by definition; the conversion must leave it so."""
-    import onnx
-
-    from semtile.engines.tensorrt import _convert_onnx_to_fp16
-
-    class Upsample(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv = torch.nn.Conv2d(1, 2, 3, padding=1)
-
-        def forward(self, x):
-            return torch.sigmoid(torch.nn.functional.interpolate(self.conv(x), scale_factor=2.0, mode="bilinear"))
-
-    torch.manual_seed(0)
-    path = tmp_path / "up.onnx"
-    torch.onnx.export(Upsample().eval(), (torch.rand(1, 1, 8, 8),), str(path), opset_version=17, dynamo=False,
-                      input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "b"}, "y": {0: "b"}})
-    original = onnx.load(str(path))
-    converted = _convert_onnx_to_fp16(original)
-    assert any(node.op_type == "Resize" for node in converted.graph.node)
-    example = np.random.default_rng(2).random((2, 1, 8, 8), dtype=np.float32)
-    _check_fp16_model(original, converted, example, atol=2e-2)
+    monkeypatch.setenv("SEMTILE_CACHE", str(tmp_path))
+    assert default_cache_dir() == tmp_path / "tensorrt"
+    monkeypatch.delenv("SEMTILE_CACHE")
+    assert default_cache_dir() == Path.home() / ".cache" / "semtile" / "tensorrt"
 
 
 # -- torch-cuda --------------------------------------------------------------------------------
@@ -292,23 +246,38 @@ def trt_cache(tmp_path_factory) -> Path:
 
 
 @needs_tensorrt
-@pytest.mark.parametrize("precision", ["fp16", "fp32"])
+@pytest.mark.parametrize("precision", ["fp16", "f32"])
 def test_tensorrt_matches_cpu(bundle_dir, tiles, reference, trt_cache, precision):
     from semtile.engines.tensorrt import TensorRTEngine
 
     engine = TensorRTEngine(bundle_dir, precision=precision, max_batch=8, opt_batch=4, cache_dir=trt_cache)
     got = engine.run(tiles)  # chunks of 4 alternating between two streams, partial last chunk
-    tol = 1e-3 if precision == "fp32" else 2e-2
-    assert_close(got, reference, probs_atol=tol, logits_tol=tol if precision == "fp32" else 5e-2)
+    tol = 1e-3 if precision == "f32" else 2e-2
+    assert_close(got, reference, probs_atol=tol, logits_tol=tol if precision == "f32" else 5e-2)
     one = engine.run(tiles[:1])  # the minimum of the profile
     assert_close(one, type(reference)(reference.class_logits[:1], reference.mask_probs[:1]),
-                 probs_atol=tol, logits_tol=tol if precision == "fp32" else 5e-2)
+                 probs_atol=tol, logits_tol=tol if precision == "f32" else 5e-2)
     info = engine.describe()
     assert info["name"] == "tensorrt" and info["precision"] == precision and info["tile"] == TILE
     assert info["profile"]["opt"] == [4, 1, TILE, TILE] and info["profile"]["max"] == [8, 1, TILE, TILE]
     assert {"tensorrt", "device_name", "compute_capability", "engine_cache"} <= info.keys()
     with pytest.raises(ValueError, match="built for"):
         engine.run(np.zeros((1, 2 * TILE, 2 * TILE), np.float32))
+    if precision == "f32":  # the old spelling is an alias: same engine, same cache entry
+        alias = TensorRTEngine(bundle_dir, precision="fp32", max_batch=8, opt_batch=4, cache_dir=trt_cache)
+        assert alias.describe()["precision"] == "f32" and all(alias.loaded_from_cache.values())
+
+
+@needs_tensorrt
+def test_tensorrt_through_the_registry_admits_large_batches(bundle, tiles, reference, monkeypatch, tmp_path):
+    from semtile.engines import EngineSettings, create_engine
+
+    monkeypatch.setenv("SEMTILE_CACHE", str(tmp_path))
+    engine, _ = create_engine("tensorrt", bundle, EngineSettings(tile=TILE, halo=8, batch_size=64))
+    info = engine.describe()
+    assert info["precision"] == "fp16" and info["profile"]["max"] == [64, 1, TILE, TILE]
+    assert info["engine_cache"]["segmenter"]["path"].startswith(str(tmp_path / "tensorrt"))
+    assert_close(engine.run(tiles), reference, probs_atol=2e-2, logits_tol=5e-2)
 
 
 @needs_tensorrt

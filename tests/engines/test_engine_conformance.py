@@ -57,7 +57,7 @@ def test_engine_matches_pytorch_fp32(name, precision, scans, bundle, reference, 
         pytest.skip(f"{name} not available here: {why}")
     calibration = calibration_tiles(scans, OPTIONS) if precision == "int8" else None
     engine, _ = create_engine(name, bundle, EngineSettings(precision=precision), calibration_tiles=calibration)
-    assert engine.describe()["precision"] in (precision, "fp32" if precision == "f32" else precision)
+    assert engine.describe()["precision"] == precision
     results = [analyse_scan(path, engine, bundle, OPTIONS, tmp_path)[0] for path in scans]
     tol = TOLERANCE[precision]
     diffs = np.concatenate([np.abs(r.mask - ref.mask).ravel() for r, ref in zip(results, reference)])
@@ -80,6 +80,11 @@ def test_engine_matches_pytorch_fp32(name, precision, scans, bundle, reference, 
     # about one pixel in a thousand (max ~0.04); int8 (NNCF PTQ) reaches ~0.05 at that
     # quantile and ~0.25 at the worst pixel. The strict bound is the goal, not yet met.
     p999 = float(np.quantile(diffs, 0.999))
+    import os
+    if os.environ.get("SEMTILE_MEASURE"):
+        print(f"\nMEASURE {name}-{precision}: agreement {agreement:.5f} ratio_err {ratio_err:.5f} class_err {class_err:.4g} "
+              f"mean {diffs.mean():.4g} p99 {np.quantile(diffs, 0.99):.4g} p99.9 {p999:.4g} p99.99 {np.quantile(diffs, 0.9999):.4g} "
+              f"max {diffs.max():.4g} n {diffs.size}")
     if precision == "int8" and p999 > tol:
         pytest.xfail(f"int8 probabilities: 99.9th percentile difference {p999:.3g} > {tol} (max {diffs.max():.3g})")
     assert p999 <= tol, f"99.9th percentile probability difference {p999:.3g} > {tol}"

@@ -1,9 +1,7 @@
-"""Tests for semtile.io.tiff: lazy TIFF opening, gray conversion, metadata, data bars."""
+"""Tests for semtile.io.tiff: lazy TIFF opening, gray conversion, pages, broken files."""
 
 from __future__ import annotations
 
-import csv
-import hashlib
 from pathlib import Path
 
 import dask.array as da
@@ -11,54 +9,14 @@ import numpy as np
 import pytest
 import tifffile
 
+from scan_samples import VENDOR, need, synthetic_frame, texture
 from semtile.errors import (
     ImageTooSmallError,
     SemtileError,
     UnreadableImageError,
     UnsupportedImageError,
 )
-from semtile.io.tiff import (
-    TIFF_SUFFIXES,
-    Scan,
-    ScanInfo,
-    detect_databar,
-    find_scans,
-    open_scan,
-    sha256_file,
-)
-
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-LUNG = DATA / "lungcells-fei-sem"
-VENDOR = DATA / "vendor-tiff-samples"
-
-
-def _need(path: Path) -> Path:
-    if not path.exists():
-        pytest.skip(f"shared data not available: {path}")
-    return path
-
-
-def _texture(rows: int, cols: int, seed: int = 0) -> np.ndarray:
-    """A noisy, textured uint8 image (smooth blobs plus noise), like SEM content."""
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:rows, 0:cols]
-    smooth = 0.5 + 0.25 * np.sin(x / 7.0 + rng.uniform(0, 6)) * np.cos(y / 11.0 + rng.uniform(0, 6))
-    img = smooth + rng.normal(0, 0.08, (rows, cols))
-    return np.clip(img * 255, 0, 255).astype(np.uint8)
-
-
-def _synthetic_frame(rows: int = 200, cols: int = 300, bar: int = 30, seed: int = 0) -> np.ndarray:
-    """Textured image with a data bar like semtile's generator writes."""
-    frame = _texture(rows, cols, seed)
-    top = rows - bar
-    frame[top] = 255  # uniform bright line
-    frame[top + 1 :] = 20  # dark bar body
-    rng = np.random.default_rng(seed + 1)
-    for _ in range(8):  # bright text-like blocks
-        r = int(rng.integers(top + 4, rows - 8))
-        c = int(rng.integers(0, cols - 20))
-        frame[r : r + 6, c : c + int(rng.integers(4, 20))] = 230
-    return frame
+from semtile.io.tiff import Scan, ScanInfo, open_scan
 
 
 def _gray(path: Path, **kwargs) -> np.ndarray:
@@ -70,55 +28,8 @@ def _gray(path: Path, **kwargs) -> np.ndarray:
 # real files
 
 
-def test_lungcells_fei_files():
-    labels = _need(LUNG / "labels.csv")
-    with open(labels, newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    assert rows
-    checked_pixels: set[str] = set()
-    for row in rows:
-        with open_scan(LUNG / row["file"]) as scan:
-            info = scan.info
-            assert info.vendor == "FEI"
-            assert info.dtype == row["dtype"]
-            assert info.frame_shape == (1103, 1536)
-            assert info.databar_rows == 79 and info.databar_source == "fei"
-            assert info.valid_shape == (1024, 1536)
-            assert info.pixel_size_source == "fei"
-            assert info.pixel_size_m == pytest.approx(float(row["pixel_size_m"]), rel=1e-4)
-            g = scan.gray()
-            assert g.dtype == np.float32 and g.shape == (1103, 1536)
-            assert scan.valid().shape == (1024, 1536)
-            if info.dtype not in checked_pixels:  # decode one file per bit depth (keeps the test fast)
-                checked_pixels.add(info.dtype)
-                lo, hi = da.compute(g.min(), g.max())
-                assert 0.0 <= lo < hi <= 1.0
-
-
-def test_lungcells_bar_is_also_detected_in_pixels():
-    labels = _need(LUNG / "labels.csv")
-    with open(labels, newline="") as fh:
-        first = next(csv.DictReader(fh))
-    with open_scan(LUNG / first["file"]) as scan:
-        band = scan.gray()[-276:].compute()
-    assert detect_databar(band) == 79
-
-
-def test_zeiss_1k_palette_detected_bar():
-    with open_scan(_need(VENDOR / "test_tiff_Zeiss_SEM_1k.tif")) as scan:
-        info = scan.info
-        assert info.vendor == "Zeiss"
-        assert info.photometric == "PALETTE"
-        assert info.frame_shape == (768, 1024)
-        assert info.databar_rows == 77 and info.databar_source == "detected"
-        assert info.pixel_size_m == pytest.approx(2.615e-6, rel=1e-6)
-        assert info.pixel_size_source == "zeiss"
-        g = scan.gray()
-        assert float(g.min().compute()) >= 0.0 and float(g.max().compute()) <= 1.0
-
-
 def test_zeiss_multipage():
-    path = _need(VENDOR / "ZEISS_SEM_multipage.tif")
+    path = need(VENDOR / "ZEISS_SEM_multipage.tif")
     with open_scan(path) as scan:
         assert scan.info.n_pages == 2
         assert scan.info.databar_rows == 0
@@ -132,28 +43,18 @@ def test_zeiss_multipage():
         open_scan(path, page=2)
 
 
-def test_fei_helios():
-    path = _need(VENDOR / "FEI-Helios-Ebeam-8bits.tif")
-    with open_scan(path) as scan:
-        assert scan.info.vendor == "FEI"
-        assert scan.info.databar_rows == 29 and scan.info.databar_source == "fei"
-        assert scan.info.pixel_size_m == pytest.approx(3.3724e-6, rel=1e-6)
-        # the pixels agree with the metadata (the image above the bar is all black)
-        assert detect_databar(scan.gray()[-118:].compute()) == 29
-
-
 # --------------------------------------------------------------------------
 # synthetic formats
 
 
 def test_uint8(tmp_path):
-    img = _texture(50, 60)
+    img = texture(50, 60)
     tifffile.imwrite(tmp_path / "a.tif", img)
     np.testing.assert_allclose(_gray(tmp_path / "a.tif", databar_rows=0), img / 255.0, atol=1e-6)
 
 
 def test_uint16_and_int16(tmp_path):
-    img = (_texture(50, 60).astype(np.uint16) * 257) ^ 0x5A
+    img = (texture(50, 60).astype(np.uint16) * 257) ^ 0x5A
     tifffile.imwrite(tmp_path / "a.tif", img)
     np.testing.assert_allclose(_gray(tmp_path / "a.tif", databar_rows=0), img / 65535.0, atol=1e-6)
     signed = np.array([[-5, 0, 100, 32767]] * 4, dtype=np.int16)
@@ -196,7 +97,7 @@ def test_rgb(tmp_path, layout):
 
 
 def test_bigtiff_tiled_and_rowsperstrip_1(tmp_path):
-    img = _texture(130, 150)
+    img = texture(130, 150)
     tifffile.imwrite(tmp_path / "big.tif", img, bigtiff=True)
     tifffile.imwrite(tmp_path / "tiled.tif", img, tile=(64, 64), compression="zlib")
     tifffile.imwrite(tmp_path / "strips.tif", img, rowsperstrip=1)
@@ -208,7 +109,7 @@ def test_bigtiff_tiled_and_rowsperstrip_1(tmp_path):
 
 
 def test_multipage(tmp_path):
-    pages = np.stack([_texture(30, 40, seed=s) for s in range(3)])
+    pages = np.stack([texture(30, 40, seed=s) for s in range(3)])
     tifffile.imwrite(tmp_path / "m.tif", pages, photometric="minisblack")
     with open_scan(tmp_path / "m.tif", page=2, databar_rows=0) as scan:
         assert scan.info.n_pages == 3 and scan.info.page == 2
@@ -228,7 +129,7 @@ def test_float32(tmp_path):
 
 
 def test_miniswhite(tmp_path):
-    img = _texture(20, 30)
+    img = texture(20, 30)
     tifffile.imwrite(tmp_path / "w.tif", img, photometric="miniswhite")
     np.testing.assert_allclose(_gray(tmp_path / "w.tif", databar_rows=0), 1.0 - img / 255.0, atol=1e-6)
 
@@ -263,7 +164,7 @@ def test_text_file(tmp_path):
 
 def test_truncated_file(tmp_path):
     path = tmp_path / "cut.tif"
-    tifffile.imwrite(path, _texture(100, 120))
+    tifffile.imwrite(path, texture(100, 120))
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(UnreadableImageError, match=r"cut\.tif.*truncated"):
@@ -283,33 +184,11 @@ def test_missing_file(tmp_path):
 
 
 # --------------------------------------------------------------------------
-# data bar and metadata
-
-
-def test_detect_synthetic_bar():
-    frame = _synthetic_frame(bar=30)
-    band = frame[-50:]
-    assert detect_databar(band) == 30
-    assert detect_databar(band.astype(np.float32) / 255) == 30
-    assert detect_databar(band.astype(np.uint16) * 257) == 30
-
-
-def test_detect_no_false_positives():
-    img = _texture(200, 300, seed=7)
-    assert detect_databar(img[-50:]) == 0
-    saturated = img.copy()
-    saturated[170:] = 0  # flat black region at the bottom is not a bar
-    assert detect_databar(saturated[-50:]) == 0
-    saturated[170:] = 255
-    assert detect_databar(saturated[-50:]) == 0
-    assert detect_databar(np.zeros((50, 300), np.uint8)) == 0
-    line = img.copy()
-    line[185] = 255  # a lone bright line over ordinary content is not a bar
-    assert detect_databar(line[-50:]) == 0
+# data bar option, laziness
 
 
 def test_open_synthetic_scan(tmp_path):
-    frame = _synthetic_frame(rows=200, cols=300, bar=30)
+    frame = synthetic_frame(rows=200, cols=300, bar=30)
     path = tmp_path / "syn.tif"
     tifffile.imwrite(path, frame, metadata={"pixel_size_m": 1e-07})
     with open_scan(path) as scan:
@@ -328,19 +207,8 @@ def test_open_synthetic_scan(tmp_path):
         open_scan(path, databar_rows=-1)
 
 
-def test_plain_file_has_no_metadata(tmp_path):
-    tifffile.imwrite(tmp_path / "plain.tif", _texture(64, 64))
-    with open_scan(tmp_path / "plain.tif") as scan:
-        assert scan.info.pixel_size_m is None and scan.info.pixel_size_source is None
-        assert scan.info.databar_rows == 0
-
-
-# --------------------------------------------------------------------------
-# laziness, files, hashing
-
-
 def test_gray_is_lazy(tmp_path):
-    img = _texture(300, 200)
+    img = texture(300, 200)
     tifffile.imwrite(tmp_path / "l.tif", img, rowsperstrip=16)
     scan = open_scan(tmp_path / "l.tif", databar_rows=0)
     assert isinstance(scan, Scan)
@@ -349,26 +217,3 @@ def test_gray_is_lazy(tmp_path):
         assert isinstance(g, da.Array)
         assert g.shape == (300, 200) and g.dtype == np.float32
         np.testing.assert_allclose(g[100:104, 10:20].compute(), img[100:104, 10:20] / 255.0, atol=1e-6)
-
-
-def test_find_scans(tmp_path):
-    (tmp_path / "a" / "b").mkdir(parents=True)
-    (tmp_path / "a" / "one.tif").write_bytes(b"x")
-    (tmp_path / "a" / "b" / "two.TIFF").write_bytes(b"x")
-    (tmp_path / "a" / "b" / "notes.txt").write_text("x")
-    (tmp_path / "a" / "b" / "img.png").write_bytes(b"x")
-    (tmp_path / "a" / "._one.tif").write_bytes(b"x")  # macOS resource fork
-    odd = tmp_path / "explicit.dat"
-    odd.write_bytes(b"x")
-    found = find_scans([tmp_path / "a", tmp_path / "a" / "one.tif", str(odd)])
-    assert {p.name for p in found} == {"one.tif", "two.TIFF", "explicit.dat"}
-    assert found == sorted(found) and all(p.is_absolute() for p in found)
-    assert ".tif" in TIFF_SUFFIXES
-    with pytest.raises(SemtileError, match="missing"):
-        find_scans([tmp_path / "missing"])
-
-
-def test_sha256_file(tmp_path):
-    data = np.random.default_rng(8).bytes(3 * 2**20 + 17)
-    (tmp_path / "blob").write_bytes(data)
-    assert sha256_file(tmp_path / "blob") == hashlib.sha256(data).hexdigest()

@@ -1,0 +1,174 @@
+"""The result-store interface every backend implements, and the naming rule they share.
+
+A result store holds one result per input image under a *name*. Its contract:
+
+* ``name_for(source)`` picks a safe name: the same input file gets the same
+  name on a rerun; another file with the same stem gets a numbered suffix.
+* ``write(name, result)`` is atomic: a reader sees the complete new result, the
+  complete previous one, or (at worst, briefly, while a name is replaced) none,
+  never a partial one. It replaces that name only. A failed write raises and
+  leaves the store as it was.
+* ``names()`` lists completed results only, never temporary or partial ones.
+* ``read(name)`` returns what was written; the arrays are read lazily.
+
+Names are reserved per store object: two objects (or processes) writing into one
+store must not call ``name_for`` for different files with the same stem.
+"""
+
+from __future__ import annotations
+
+import abc
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from semtile.errors import SemtileError
+
+__all__ = ["ImageResult", "StoredResult", "ResultStore", "RESULT_KEYS", "ARRAYS", "check_result", "pick_name",
+           "safe_stem", "source_key", "valid_name"]
+
+# Attributes the store itself records for every result; ``ImageResult.attrs`` may not use them.
+RESULT_KEYS = ("source_path", "labels", "label", "adhesive_ratio")
+# The arrays of every result.
+ARRAYS = ("mask", "binary_mask", "class_probs")
+# Names no result may take on any file system (Windows device names; compared case-insensitively).
+_DEVICE_NAMES = frozenset({"con", "prn", "aux", "nul", *(f"com{i}" for i in range(1, 10)),
+                           *(f"lpt{i}" for i in range(1, 10))})
+MAX_NAME = 240  # a stem is cut to this many characters; suffixes stay under 255
+
+
+@dataclass
+class ImageResult:
+    """Everything semtile writes about one image."""
+
+    source: Path
+    mask: np.ndarray  # (rows, cols) float32 adhesive probability over the valid area
+    binary_mask: np.ndarray  # (rows, cols) bool
+    class_probs: np.ndarray  # (n_labels,) float32
+    labels: list
+    label: object
+    adhesive_ratio: float
+    attrs: dict = field(default_factory=dict)
+
+
+@dataclass
+class StoredResult:
+    """One completed result read back from a store.
+
+    ``mask``, ``binary_mask`` and ``class_probs`` are opened on first use and
+    read lazily: array-likes with ``shape``, ``dtype``, ``[...]`` slicing to
+    numpy and ``np.asarray``. ``attrs`` is ``ImageResult.attrs`` as written
+    (JSON round trip: tuples come back as lists).
+    """
+
+    name: str
+    source: Path
+    labels: list
+    label: Any
+    adhesive_ratio: float
+    attrs: dict
+    open_array: Callable[[str], Any] = field(repr=False)
+
+    @property
+    def mask(self):
+        return self.open_array("mask")
+
+    @property
+    def binary_mask(self):
+        return self.open_array("binary_mask")
+
+    @property
+    def class_probs(self):
+        return self.open_array("class_probs")
+
+
+class ResultStore(abc.ABC):
+    """A place holding one result per input image; see the module docstring for the contract."""
+
+    path: Path
+    read_only: bool
+
+    @abc.abstractmethod
+    def name_for(self, source: str | Path) -> str:
+        """A safe, unique name for the result of input file ``source`` (reserved in this object)."""
+
+    @abc.abstractmethod
+    def write(self, name: str, result: ImageResult) -> None:
+        """Store ``result`` under ``name`` atomically, replacing only that name (SemtileError if read-only)."""
+
+    @abc.abstractmethod
+    def names(self) -> list[str]:
+        """The names of the completed results, sorted; never temporary or partial ones."""
+
+    @abc.abstractmethod
+    def read(self, name: str) -> StoredResult:
+        """The result stored under ``name``; SemtileError naming it when there is none."""
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.names()
+
+    def __repr__(self) -> str:
+        mode = "r" if self.read_only else "a"
+        return f"{type(self).__name__}({str(self.path)!r}, mode={mode!r})"
+
+
+def source_key(source: str | Path) -> str:
+    """How a store identifies an input file: its absolute, resolved path."""
+    return str(Path(source).resolve())
+
+
+def safe_stem(source: str | Path) -> str:
+    """The file's stem in ``[A-Za-z0-9._-]``, not starting or ending in ``._-``; "image" if nothing is left."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(source).stem).strip("._-")
+    name = name[:MAX_NAME].rstrip("._-")
+    return name or "image"
+
+
+def pick_name(source: str | Path, owners: Mapping[str, str], occupied: Iterable[str] = ()) -> str:
+    """The name for ``source`` given ``owners`` (result name -> source key) and other ``occupied`` names.
+
+    A name the file already owns is kept (the first in suffix order); otherwise
+    the stem, then ``stem-2``, ``stem-3``... up to the first name that is free
+    case-insensitively (macOS and Windows folders ignore case), is no device
+    name and is not ``occupied`` (the store's own metadata, stray entries).
+    """
+    key, base = source_key(source), safe_stem(source)
+    mine = [name for name, owner in owners.items() if owner == key]
+    if mine:
+        return min(mine, key=lambda name: (_suffix(name, base), name))
+    taken = {name.casefold() for name in (*owners, *occupied)} | _DEVICE_NAMES
+    candidate, k = base, 1
+    while candidate.casefold() in taken:
+        k += 1
+        candidate = f"{base}-{k}"
+    return candidate
+
+
+def _suffix(name: str, base: str) -> float:
+    if name == base:
+        return 1
+    match = re.fullmatch(re.escape(base) + r"-(\d+)", name)
+    return int(match.group(1)) if match else float("inf")
+
+
+def valid_name(name: object) -> bool:
+    """Whether ``name`` can be a result name: what ``safe_stem`` and ``pick_name`` produce."""
+    return (isinstance(name, str) and 0 < len(name) <= 255 and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name)
+            is not None and name.casefold() not in _DEVICE_NAMES)
+
+
+def check_result(name: str, result: ImageResult) -> None:
+    """SemtileError unless ``name`` is a valid name and ``result`` is writable as it stands."""
+    if not valid_name(name):
+        raise SemtileError(f"{name!r}: not a valid result name (use name_for)")
+    shape = np.shape(result.mask)
+    if len(shape) != 2 or np.shape(result.binary_mask) != shape:
+        raise SemtileError(f"{result.source}: mask {shape} and binary mask {np.shape(result.binary_mask)} "
+                           "must be the same 2-d shape")
+    clash = sorted(set(result.attrs) & set(RESULT_KEYS))
+    if clash:
+        raise SemtileError(f"{result.source}: attrs {clash} would shadow the result's own fields")
