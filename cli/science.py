@@ -1,0 +1,93 @@
+"""The science commands: ``hypotheses``, ``search``, ``evaluate``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from semtile.errors import SemtileError
+
+from semtile.cli.options import int_list, train_config, train_options
+
+
+@click.command()
+@click.argument("data", type=click.Path(exists=True, path_type=Path))
+@click.option("--candidates", default="linear,sqrt,log,learned", show_default=True, help="Comma-separated hypotheses.")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--g-range", "g_range", default="1,0", show_default=True, help="HI,LO: g at the first and the last label.")
+@click.option("--binary-weight", default=None, type=click.FloatRange(0),
+              help="Weight of the penalty on undecided pixels for the learned candidate (default 2).")
+@train_options(out=False, c=16, n=1, epochs=12, steps_per_epoch=50)
+def hypotheses(data: Path, candidates: str, out: Path, g_range: str, binary_weight: float | None, **kw) -> None:
+    """Rank hypotheses g(t) by the validation error of a segmenter trained on each."""
+    from semtile.science.hypotheses import parse_g_range
+    from semtile.science.ranking import rank_hypotheses
+
+    try:
+        arch, config, Architecture = train_config(kw)
+        ends = parse_g_range(g_range)
+        if ends is None:
+            raise SemtileError("--g-range free is not supported: pinned ends keep weak labels from collapsing")
+        rows = rank_hypotheses(data, [c.strip() for c in candidates.split(",") if c.strip()], out,
+                               arch=Architecture("segmenter", **arch), config=config, g_range=ends,
+                               binary_weight=binary_weight)
+    except SemtileError as exc:
+        raise click.UsageError(str(exc)) from exc
+    for r in rows:
+        click.echo(f"{r['rank']}. {r['hypothesis']:12s} val {r['val_error']:.5f}  test {r['test_error']:.5f}")
+
+
+@click.command()
+@click.argument("data", type=click.Path(exists=True, path_type=Path))
+@click.option("--c", "c_values", default="16,32", show_default=True, help="Channel widths to try.")
+@click.option("--d", "d_values", default="3,4", show_default=True, help="Pooling stages to try.")
+@click.option("--n", "n_values", default="1,2", show_default=True, help="Convolutions per block to try.")
+@click.option("--N", "N_values", default="1,2", show_default=True, help="Blocks per stage to try.")
+@click.option("--max-params", default=None, type=click.IntRange(1), help="Skip architectures with more parameters.")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--epochs", default=10, show_default=True, type=click.IntRange(1))
+@click.option("--steps-per-epoch", default=50, show_default=True, type=click.IntRange(1))
+@click.option("--batch-size", default=8, show_default=True, type=click.IntRange(1))
+@click.option("--crop", default=256, show_default=True, type=click.IntRange(16))
+@click.option("--lr", default=2e-3, show_default=True, type=float)
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--split", "split", default=None, help="Train,val,test shares per label (default 80,10,10).")
+@click.option("--threads", default=None, type=click.IntRange(1))
+def search(data, c_values, d_values, n_values, N_values, max_params, out, epochs, steps_per_epoch, batch_size,
+           crop, lr, seed, split, threads) -> None:
+    """Grid search over the classifier's (c, d, n, N): a leaderboard (CSV + markdown)."""
+    from semtile.io.dataset import parse_split
+    from semtile.science.search import search_classifiers
+    from semtile.science.training import TrainConfig
+
+    grid = {"c": int_list(c_values, "--c"), "d": int_list(d_values, "--d"),
+            "n": int_list(n_values, "--n"), "N": int_list(N_values, "--N")}
+    try:
+        config = TrainConfig(epochs=epochs, steps_per_epoch=steps_per_epoch, batch_size=batch_size, crop=crop,
+                             lr=lr, seed=seed, split=parse_split(split), threads=threads)
+        search_classifiers(data, out, grid=grid, config=config, max_params=max_params)
+    except SemtileError as exc:
+        raise click.UsageError(str(exc)) from exc
+    click.echo((out / "leaderboard.md").read_text(), nl=False)
+
+
+@click.command()
+@click.argument("results", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--labels", "labels_csv", required=True, type=click.Path(exists=True, path_type=Path), help="labels.csv (path,label) of the processed images.")
+@click.option("--expert", "expert_csv", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None, help="An expert's answers (path,label) to score beside the model.")
+@click.option("--split-from", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="A trained model (.pt or its .json card): score only the images of its --part split.")
+@click.option("--part", default="test", show_default=True, type=click.Choice(["train", "val", "test"]),
+              help="Which split of --split-from to score.")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path))
+def evaluate(results: Path, labels_csv: Path, expert_csv: Path | None, split_from: Path | None, part: str,
+             out: Path) -> None:
+    """Score RESULTS.zarr against labels (confusion matrix, accuracy, ±1, MAE in t, masks)."""
+    from semtile.science.evaluate import evaluate_store
+
+    try:
+        evaluate_store(results, labels_csv, out, expert_csv=expert_csv, split_from=split_from, part=part)
+    except SemtileError as exc:
+        raise click.UsageError(str(exc)) from exc
+    click.echo((out / "summary.md").read_text(), nl=False)
