@@ -18,8 +18,16 @@ from semtile.synth import SynthConfig, write_dataset
 
 CASES = [("torch-cpu", "bf16"), ("onnxruntime", "f32"), ("openvino", "f32"), ("openvino", "bf16"),
          ("openvino", "int8"), ("torch-cuda", "fp16"), ("torch-cuda", "bf16"), ("tensorrt", "fp16")]
-TOLERANCE = {"f32": 1e-4, "bf16": 2e-2, "fp16": 2e-2, "int8": 2e-2}
+TOLERANCE = {"f32": 1e-4, "bf16": 2e-2, "fp16": 2e-2}  # int8: INT8_BOUNDS below
 OPTIONS = ProcessOptions(tile=256, halo=32, batch_size=8)
+# int8 (OpenVINO + NNCF post-training quantisation of the segmenter, calibrated on these scans) cannot
+# meet the float tolerance; it is held to bounds on |int8 - f32| over the 1,728,000 probabilities of
+# the scans below. Measured (deterministic over repeated runs) with openvino 2026.4, nncf 3.4 on an
+# "AMD EPYC" (lscpu Model name; 2 vCPUs, AVX2/FMA, no AVX-512, VNNI, AMX or native bf16): mean 0.00182,
+# p99 0.0338, p99.9 0.0828, max 0.2995 (binary agreement 0.99862, adhesive ratio within 0.00058).
+# Bounds are the measured values times about 1.5, room for other CPUs' int8 kernels and for float
+# layers run in native bf16 (bf16 alone, torch-cpu-bf16 here, reaches p99.9 0.018, max 0.040).
+INT8_BOUNDS = {"mean": 0.003, "p99": 0.05, "p99.9": 0.125, "max": 0.45}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -59,7 +67,7 @@ def test_engine_matches_pytorch_fp32(name, precision, scans, bundle, reference, 
     engine, _ = create_engine(name, bundle, EngineSettings(precision=precision), calibration_tiles=calibration)
     assert engine.describe()["precision"] == precision
     results = [analyse_scan(path, engine, bundle, OPTIONS, tmp_path)[0] for path in scans]
-    tol = TOLERANCE[precision]
+    tol = TOLERANCE.get(precision)
     diffs = np.concatenate([np.abs(r.mask - ref.mask).ravel() for r, ref in zip(results, reference)])
     agreement = np.mean([np.mean(r.binary_mask == ref.binary_mask) for r, ref in zip(results, reference)])
     ratio_err = max(abs(r.adhesive_ratio - ref.adhesive_ratio) for r, ref in zip(results, reference))
@@ -77,16 +85,14 @@ def test_engine_matches_pytorch_fp32(name, precision, scans, bundle, reference, 
         assert diffs.max() <= tol, f"max probability difference {diffs.max():.3g} > {tol}"
         return
     # Reduced precision: measured on the built-in model, bf16 stays within 2e-2 on all but
-    # about one pixel in a thousand (max ~0.04); int8 (NNCF PTQ) reaches ~0.05 at that
-    # quantile and ~0.25 at the worst pixel. The strict bound is the goal, not yet met.
+    # about one pixel in a thousand (max ~0.04).
     p999 = float(np.quantile(diffs, 0.999))
-    import os
-    if os.environ.get("SEMTILE_MEASURE"):
-        print(f"\nMEASURE {name}-{precision}: agreement {agreement:.5f} ratio_err {ratio_err:.5f} class_err {class_err:.4g} "
-              f"mean {diffs.mean():.4g} p99 {np.quantile(diffs, 0.99):.4g} p99.9 {p999:.4g} p99.99 {np.quantile(diffs, 0.9999):.4g} "
-              f"max {diffs.max():.4g} n {diffs.size}")
-    if precision == "int8" and p999 > tol:
-        pytest.xfail(f"int8 probabilities: 99.9th percentile difference {p999:.3g} > {tol} (max {diffs.max():.3g})")
+    if precision == "int8":
+        measured = {"mean": float(diffs.mean()), "p99": float(np.quantile(diffs, 0.99)), "p99.9": p999,
+                    "max": float(diffs.max())}
+        for stat, bound in INT8_BOUNDS.items():
+            assert measured[stat] <= bound, f"int8 probabilities: {stat} difference {measured[stat]:.3g} > {bound}"
+        return
     assert p999 <= tol, f"99.9th percentile probability difference {p999:.3g} > {tol}"
     assert diffs.max() <= 3 * tol, f"max probability difference {diffs.max():.3g} > {3 * tol}"
 
