@@ -4,7 +4,7 @@ Usage::
 
     python benchmarks/stitch.py [--quick] [--repeat N] [--batch B] [--threads N] [--out FILE.json]
 
-Stitches random float32 tiles laid out by a :class:`semtile.tiling.TileGrid`
+Stitches random float32 tiles laid out by a :class:`semtile.inference.split.TileGrid`
 (tile 256, halo 32) into a 960x1280 image and, unless ``--quick``, an
 8192x8192 image. Two modes are timed for both implementations: ``whole``
 (all tiles in one call, then normalise) and ``batched`` (one accumulate call

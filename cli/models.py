@@ -30,12 +30,11 @@ def engines() -> None:
 @click.option("--halo", default=None, type=click.IntRange(0), help="Halo recorded in the bundle (default: tile/8).")
 def export(model: Path | None, out: Path, tile: int, halo: int | None) -> None:
     """Export MODEL (default: the built-in model) to a bundle with ONNX files and checksums."""
-    from semtile.inference.split import default_halo
     from semtile.models.export import export_bundle
     from semtile.models.io import load_bundle
 
     try:
-        folder = export_bundle(load_bundle(model), out, tile=tile, halo=default_halo(tile) if halo is None else halo)
+        folder = export_bundle(load_bundle(model), out, tile=tile, halo=halo)
     except SemtileError as exc:
         raise click.UsageError(str(exc)) from exc
     click.echo(f"wrote {folder}")

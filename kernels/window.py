@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["blend_profile", "blend_window"]
+__all__ = ["blend_profile", "blend_window", "default_halo"]
 
 
 def _check_tile_halo(tile: int, halo: int) -> None:
@@ -108,3 +108,22 @@ def blend_window(tile: int, halo: int) -> np.ndarray:
     _check_tile_halo(tile, halo)
     w = _profile(int(tile), int(halo))
     return np.ascontiguousarray(np.outer(w, w).astype(np.float32))
+
+
+def default_halo(tile: int) -> int:
+    """The halo semtile uses around a tile of side ``tile``: ``tile // 8``.
+
+    One rule for every tiled pass (``process``, the whole-image logits of
+    training and hypothesis ranking, ``search``), stated once rather than
+    derived from the network: neighbouring windows then overlap by a quarter
+    of the tile (MONAI's overlap 0.25), and every pixel is predicted at least
+    ``tile / 8`` pixels from the edge of a window that counts for it. The
+    paper's segmenter (d = 4) has a theoretical receptive field wider than
+    any affordable halo, but its effective one is far smaller. Measured with
+    the built-in model on 480x640 surfaces, 32 pixels in from the image
+    border, blended 256-pixel tiles against one whole-image pass: halo 32
+    differs by at most 0.031-0.042 in probability (3e-4 of binary pixels),
+    halo 16 by 0.15-0.36, halo 0 by 0.89 at the seams
+    (``tests/inference/test_seams.py`` holds this).
+    """
+    return int(tile) // 8

@@ -35,7 +35,7 @@ class EngineSettings:
     """What an engine needs besides the model: the tile shape and how to run."""
 
     tile: int = 256
-    halo: int = 32
+    halo: int | None = None  # None: the one rule, tile // 8
     batch_size: int = 8
     precision: str = "auto"
     threads: int | None = None

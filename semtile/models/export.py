@@ -19,6 +19,7 @@ import torch
 
 from semtile.io.discover import sha256_file
 from semtile.errors import ModelError
+from semtile.kernels.window import default_halo
 from semtile.models.io import ModelBundle, card_path
 
 __all__ = ["OPSET", "export_bundle", "read_bundle_manifest"]
@@ -66,7 +67,7 @@ def _export_one(module: torch.nn.Module, path: Path, tile: int, output: str) -> 
         raise ModelError(f"{path}: ONNX export differs from PyTorch (max {np.abs(got - expected).max():.3g})")
 
 
-def export_bundle(bundle: ModelBundle, out: str | Path, *, tile: int = 256, halo: int = 32) -> Path:
+def export_bundle(bundle: ModelBundle, out: str | Path, *, tile: int = 256, halo: int | None = None) -> Path:
     """Write weights, cards, ONNX files and ``bundle.json`` for ``bundle`` into ``out``."""
     out = Path(out)
     multiple = max(bundle.classifier.arch.multiple, bundle.segmenter.arch.multiple)
@@ -86,7 +87,7 @@ def export_bundle(bundle: ModelBundle, out: str | Path, *, tile: int = 256, halo
         "format": "semtile-bundle/1",
         "opset": OPSET,
         "tile": tile,
-        "halo": halo,
+        "halo": default_halo(tile) if halo is None else halo,
         "labels": bundle.labels,
         "hypothesis": training.get("hypothesis"),
         "architecture": {"classifier": bundle.classifier.arch.to_dict(), "segmenter": bundle.segmenter.arch.to_dict()},
@@ -119,7 +120,7 @@ def cache_root() -> Path:
     return Path(os.environ.get("SEMTILE_CACHE", Path.home() / ".cache" / "semtile"))
 
 
-def exported_bundle(bundle: ModelBundle, *, tile: int, halo: int = 32) -> Path:
+def exported_bundle(bundle: ModelBundle, *, tile: int, halo: int | None = None) -> Path:
     """The ONNX export of ``bundle`` for ``tile``, made once and cached by weight sha256."""
     key = f"{bundle.classifier.sha256[:16]}-{bundle.segmenter.sha256[:16]}-t{tile}-opset{OPSET}"
     folder = cache_root() / "bundles" / key

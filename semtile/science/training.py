@@ -207,7 +207,7 @@ def train_segmenter(
     binary); by default :data:`LEARNED_BINARY_WEIGHT` for a learned g and 0
     otherwise. A learned g is then read out of the segmenter with its decision
     threshold calibrated on the pinned ends
-    (:func:`semtile.calibration.read_out_curve`), the threshold folded into
+    (:func:`semtile.science.curve_calibration.read_out_curve`), the threshold folded into
     the output layer. Supervised (``masks``): per-pixel binary cross-entropy
     against the masks of the same names.
     """
