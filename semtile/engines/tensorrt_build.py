@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from semtile.errors import ModelError, SemtileError
+from semtile.io.discover import sha256_file
 from semtile.models.fp16 import FP16_CONVERTER_VERSION
 
 __all__ = ["NETWORKS", "TensorRTBuilds"]
@@ -33,14 +34,6 @@ def _trt_logger(trt):
     if _LOGGER is None:
         _LOGGER = trt.Logger(trt.Logger.WARNING)
     return _LOGGER
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _atomic_write(path: Path, data) -> None:
@@ -82,7 +75,7 @@ class TensorRTBuilds:
             if not {"QuantizeLinear", "DequantizeLinear"} <= ops:
                 raise SemtileError(f"{path}: no QuantizeLinear/DequantizeLinear nodes; an int8 model needs explicit "
                                    "Q/DQ quantisation")
-        return {net: (path, _sha256_file(path)) for net, path in paths.items()}
+        return {net: (path, sha256_file(path)) for net, path in paths.items()}
 
     def _cache_key(self, onnx_sha: str) -> str:
         trt = self._trt
