@@ -34,22 +34,25 @@ from semtile.cli.options import Progress
 @click.option("--databar-rows", default=None, type=click.IntRange(0), help="Data-bar rows at the bottom (default: from metadata or detected).")
 @click.option("--threads", default=None, type=click.IntRange(1), help="CPU threads for the engine.")
 @click.option("--scratch", type=click.Path(file_okay=False, path_type=Path), default=None, help="Folder for temporary tile stores.")
+@click.option("--force", is_flag=True, help="Redo images whose stored result is already up to date.")
 def process(inputs, out, csv_path, model, classifier, segmenter, engine_name, precision, tile, halo, batch_size,
-            threshold, page, databar_rows, threads, scratch) -> None:
+            threshold, page, databar_rows, threads, scratch, force) -> None:
     """Segment and classify every SEM scan in INPUTS (files or folders) into OUT.
 
-    Exit code 0 when every image succeeded, 1 when any failed (the others are
-    still written), 2 for usage errors.
+    A rerun skips every image whose stored result was made from the same
+    input, model, engine precision and parameters (--force redoes them).
+
+    Exit codes: 0 every image done or skipped, 1 some images failed (the
+    others are still written), 2 usage or setup error, 3 interrupted
+    (SIGTERM or SIGINT; finished results are kept, the rest left for a rerun).
     """
-    from semtile.engines import EngineSettings, check_options, create_engine
-    from semtile.logs import get_logger
-    from semtile.models.io import load_bundle
-    from semtile.execution.local import ProcessOptions, process_scans
+    from semtile.engines import EngineSettings, check_options
+    from semtile.execution.batch import run_process
+    from semtile.execution.local import ProcessOptions
     from semtile.inference.sampling import calibration_tiles
     from semtile.io.discover import find_scans
-    from semtile.store import default_csv_path
+    from semtile.models.io import load_bundle
 
-    log = get_logger("semtile.cli")
     try:
         check_options(engine_name, precision)  # a bad engine/precision pair fails before anything is read or built
         scans = find_scans(inputs)
@@ -58,22 +61,18 @@ def process(inputs, out, csv_path, model, classifier, segmenter, engine_name, pr
         bundle = load_bundle(model, classifier=classifier, segmenter=segmenter)
         options = ProcessOptions(tile=tile, halo=halo, batch_size=batch_size, threshold=threshold,
                                  page=page, databar_rows=databar_rows)
-        options.validate(max(bundle.classifier.arch.multiple, bundle.segmenter.arch.multiple))
-        calibration = calibration_tiles(scans, options) if precision == "int8" else None
-        engine, why = create_engine(engine_name, bundle, EngineSettings(tile=tile, halo=options.halo, batch_size=batch_size,
-                                                                        precision=precision, threads=threads),
-                                    calibration_tiles=calibration)
+        settings = EngineSettings(tile=tile, halo=options.halo, batch_size=batch_size, precision=precision,
+                                  threads=threads)
+        with Progress(len(scans), "images") as progress:
+            summary = run_process(scans, out, bundle=bundle, engine=engine_name, settings=settings, options=options,
+                                  csv_path=csv_path, scratch=scratch, force=force,
+                                  calibration=lambda todo: calibration_tiles(todo, options),
+                                  on_image=(lambda _: progress(1)) if progress else None)
     except SemtileError as exc:
         raise click.UsageError(str(exc)) from exc
-    log.info("run_start", images=len(scans), engine=engine.describe(), engine_reason=why,
-             model=bundle.source, out=str(out))
-    table = csv_path or default_csv_path(out)
-    with Progress(len(scans), "images") as progress:
-        summary = process_scans(scans, out, engine=engine, bundle=bundle, options=options, table=table,
-                                scratch=scratch, on_image=(lambda _: progress(1)) if progress else None)
-    failed = summary.failed
-    log.info("run_end", images=len(scans), ok=len(scans) - len(failed), failed=len(failed),
-             store=str(out), table=str(table))
-    for outcome in failed:
+    for outcome in summary.failed:
         click.echo(f"FAILED {outcome.path}: {outcome.error}", err=True)
-    sys.exit(1 if failed else 0)
+    done = len(summary.outcomes) - len(summary.failed)
+    click.echo(f"{done} done, {len(summary.skipped)} skipped (already complete), {len(summary.failed)} failed"
+               + (f"; interrupted by {summary.interrupted}" if summary.interrupted else ""), err=True)
+    sys.exit(summary.exit_code)

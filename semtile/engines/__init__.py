@@ -19,7 +19,8 @@ from semtile.engines.registry import (
     available_engines,
     check_options,
     create_engine,
+    resolve_engine,
 )
 
 __all__ = ["Engine", "EngineOutput", "EngineSettings", "ENGINE_NAMES", "AUTO_ORDER", "PRECISIONS",
-           "available_engines", "check_options", "create_engine"]
+           "available_engines", "check_options", "create_engine", "resolve_engine"]

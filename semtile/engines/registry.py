@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from semtile.models.io import ModelBundle
 
 __all__ = ["PRECISIONS", "EngineEntry", "EngineSettings", "REGISTRY", "ENGINES", "AUTO_ORDER", "ENGINE_NAMES",
-           "canonical_precision", "check_options", "available_engines", "create_engine"]
+           "canonical_precision", "check_options", "available_engines", "create_engine", "resolve_engine"]
 
 PRECISIONS = ("f32", "bf16", "fp16", "int8")  # canonical spellings
 _ALIASES = {"fp32": "f32", "float32": "f32", "float16": "fp16", "half": "fp16", "bfloat16": "bf16"}
@@ -242,8 +242,14 @@ def create_engine(
     The combination is checked against the table first, then the settings
     against the model, and only then is the machine probed.
     """
-    precision = check_options(name, settings.precision)
+    check_options(name, settings.precision)
     _check_settings(settings, max(bundle.classifier.arch.multiple, bundle.segmenter.arch.multiple))
+    entry, resolved, reason = _resolve(name, settings.precision)
+    return entry.build(bundle, replace(settings, precision=resolved), calibration_tiles), reason
+
+
+def _resolve(name: str, precision: str) -> tuple[EngineEntry, str, str]:
+    precision = check_options(name, precision)
     if name == "auto":
         entry, reason = _pick_auto(precision)
     else:
@@ -252,5 +258,10 @@ def create_engine(
         if not ok:
             raise SemtileError(f"engine {name} is not available here: {why}")
         reason = f"asked for ({why})"
-    resolved = entry.auto_precision() if precision == "auto" else precision
-    return entry.build(bundle, replace(settings, precision=resolved), calibration_tiles), reason
+    return entry, (entry.auto_precision() if precision == "auto" else precision), reason
+
+
+def resolve_engine(name: str, precision: str = "auto") -> tuple[str, str, str]:
+    """The engine and precision :func:`create_engine` would build here, and why, without building it."""
+    entry, resolved, reason = _resolve(name, precision)
+    return entry.name, resolved, reason

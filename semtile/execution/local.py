@@ -11,6 +11,8 @@ One bad image is reported and skipped; the rest go on.
 
 from __future__ import annotations
 
+import os
+import socket
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -20,6 +22,7 @@ from typing import Callable
 
 from semtile.engines import Engine
 from semtile.errors import ImageError, SemtileError
+from semtile.execution.resume import completion_record, output_key
 from semtile.inference.labels import class_probs, core_weights, decide_label
 from semtile.inference.run import MIN_SIDE, ProcessOptions, TileJob, stream_scans
 from semtile.io.discover import image_sha256
@@ -28,7 +31,8 @@ from semtile.models.io import ModelBundle
 from semtile.store import ImageResult, ResultStore, RunTable, open_store
 from semtile.store.provenance import provenance_record
 
-__all__ = ["ProcessOptions", "ImageOutcome", "RunSummary", "process_scans", "analyse_scan"]
+__all__ = ["ProcessOptions", "ImageOutcome", "RunSummary", "process_scans", "analyse_scan", "record_key",
+           "scratch_prefix"]
 
 log = get_logger("semtile.process")
 
@@ -57,8 +61,15 @@ class RunSummary:
         return [o for o in self.outcomes if o.status != "ok"]
 
 
-def _judge(job: TileJob, engine: Engine, bundle: ModelBundle, options: ProcessOptions) -> ImageResult:
-    """The merged mask and tile logits of a finished scan -> its result with provenance."""
+def record_key(engine: Engine, bundle: ModelBundle, options: ProcessOptions) -> dict:
+    """What besides the input decides a result of this engine, model and options (see :mod:`.resume`)."""
+    return output_key(model_sha256={"classifier": bundle.classifier.sha256, "segmenter": bundle.segmenter.sha256},
+                      engine=engine.describe(), parameters=asdict(options))
+
+
+def _judge(job: TileJob, engine: Engine, bundle: ModelBundle, options: ProcessOptions, key: dict,
+           run_id: str) -> ImageResult:
+    """The merged mask and tile logits of a finished scan -> its result with provenance and record."""
     t0 = time.perf_counter()
     info, grid = job.info, job.grid
     mask = job.maps.pop("mask")
@@ -67,6 +78,7 @@ def _judge(job: TileJob, engine: Engine, bundle: ModelBundle, options: ProcessOp
     label, label_rule = decide_label(probs, bundle.labels)
     ratio = float(binary.mean())
     job.timings["stitch"] += time.perf_counter() - t0
+    sha256 = image_sha256(job.path)
     attrs = {
         "label_rule": label_rule,
         "databar_rows": info.databar_rows,
@@ -77,7 +89,7 @@ def _judge(job: TileJob, engine: Engine, bundle: ModelBundle, options: ProcessOp
         "adhesive_ratio_soft": float(mask.mean()),
         "tiles": len(grid),
         "provenance": provenance_record(
-            inputs={"path": str(Path(job.path).resolve()), "sha256": image_sha256(job.path), "page": info.page,
+            inputs={"path": str(Path(job.path).resolve()), "sha256": sha256, "page": info.page,
                     "n_pages": info.n_pages, "dtype": info.dtype, "photometric": info.photometric,
                     "vendor": info.vendor},
             model=bundle.provenance(),
@@ -86,18 +98,22 @@ def _judge(job: TileJob, engine: Engine, bundle: ModelBundle, options: ProcessOp
         ),
     }
     return ImageResult(source=Path(job.path), mask=mask, binary_mask=binary, class_probs=probs,
-                       labels=bundle.labels, label=label, adhesive_ratio=ratio, attrs=attrs)
+                       labels=bundle.labels, label=label, adhesive_ratio=ratio, attrs=attrs, image=job.image,
+                       record={**completion_record(job.path, key, sha256), "run_id": run_id})
 
 
-def _results(paths: list[Path], engine: Engine, bundle: ModelBundle, options: ProcessOptions, scratch: Path):
+def _results(paths: list[Path], engine: Engine, bundle: ModelBundle, options: ProcessOptions, scratch: Path,
+             run_id: str = ""):
     """Each scan's job (in input order) with its result, or None when it failed."""
+    key = record_key(engine, bundle, options)
     for job in stream_scans(paths, engine, options, scratch, n_labels=len(bundle.labels)):
         result = None
         if job.error is None:
             try:
-                result = _judge(job, engine, bundle, options)
+                result = _judge(job, engine, bundle, options, key, run_id)
             except Exception as exc:  # noqa: BLE001
                 job.fail(exc)
+                job.release()
         yield job, result
 
 
@@ -107,50 +123,76 @@ def analyse_scan(path: Path, engine: Engine, bundle: ModelBundle, options: Proce
     for job, result in _results([Path(path)], engine, bundle, options, Path(scratch)):
         if result is None:
             raise ImageError(path, job.error)
+        result.image = None if job.image is None else job.image[...]  # in memory: the scratch goes now
+        job.release()
         return result, job.timings
     raise SemtileError(f"{path}: produced no result")
 
 
 def process_scans(
     scans: list[Path],
-    out: Path,
+    out: Path | ResultStore,
     *,
     engine: Engine,
     bundle: ModelBundle,
     options: ProcessOptions = ProcessOptions(),
-    table: Path,
+    table: Path | RunTable,
     scratch: Path | None = None,
     on_image: Callable[[ImageOutcome], None] | None = None,
+    run_id: str = "",
 ) -> RunSummary:
-    """Process ``scans`` into the store ``out``; never stops on one image's error."""
+    """Process ``scans`` into the store ``out`` (a path or an open store); never stops on one image's error.
+
+    ``table`` is a path (a table written afresh) or an open :class:`RunTable`.
+    Every given scan is processed; deciding what a rerun may skip is
+    :func:`semtile.execution.batch.run_process`'s job.
+    """
     options.validate(max(bundle.classifier.arch.multiple, bundle.segmenter.arch.multiple))
-    store = open_store(out)
-    with tempfile.TemporaryDirectory(prefix="semtile-scratch-", dir=scratch) as tmp, \
-            RunTable(table) as run_table, \
-            ThreadPoolExecutor(max_workers=1, thread_name_prefix="semtile-write") as writer:
-        pending = []
+    store = out if isinstance(out, ResultStore) else open_store(out)
+    own_table = not isinstance(table, RunTable)
+    run_table = RunTable(table) if own_table else table
+    writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="semtile-write")
+    pending = []
+    try:
+        with tempfile.TemporaryDirectory(prefix=scratch_prefix(), dir=scratch) as tmp:
+            def write(job: TileJob, result: ImageResult | None) -> ImageOutcome:
+                try:
+                    outcome = _store_one(job, result, store)
+                finally:
+                    job.release()
+                run_table.add(path=str(job.path), status=outcome.status, label=outcome.label,
+                              adhesive_ratio=None if outcome.adhesive_ratio is None else f"{outcome.adhesive_ratio:.6f}",
+                              pixel_size_m=outcome.pixel_size_m, databar_rows=outcome.databar_rows,
+                              error=outcome.error)
+                if on_image:
+                    on_image(outcome)
+                return outcome
 
-        def write(job: TileJob, result: ImageResult | None) -> ImageOutcome:
-            outcome = _store_one(job, result, store)
-            run_table.add(path=str(job.path), status=outcome.status, label=outcome.label,
-                          adhesive_ratio=None if outcome.adhesive_ratio is None else f"{outcome.adhesive_ratio:.6f}",
-                          pixel_size_m=outcome.pixel_size_m, databar_rows=outcome.databar_rows, error=outcome.error)
-            if on_image:
-                on_image(outcome)
-            return outcome
+            # Writing (compression, disk) overlaps inference of the next scans; one writer keeps input order.
+            for job, result in _results([Path(p) for p in scans], engine, bundle, options, Path(tmp), run_id):
+                pending.append(writer.submit(write, job, result))
+            outcomes = [f.result() for f in pending]
+            writer.shutdown()
+    except BaseException:
+        # Interrupted: results not yet being written are abandoned (a write under way completes, atomically).
+        writer.shutdown(wait=True, cancel_futures=True)
+        raise
+    finally:
+        if own_table:
+            run_table.close()
+    return RunSummary(outcomes=outcomes, store=store.path, table=run_table.path)
 
-        # Writing (compression, disk) overlaps inference of the next scans; one writer keeps input order.
-        for job, result in _results([Path(p) for p in scans], engine, bundle, options, Path(tmp)):
-            pending.append(writer.submit(write, job, result))
-        outcomes = [f.result() for f in pending]
-    return RunSummary(outcomes=outcomes, store=Path(out), table=Path(table))
+
+def scratch_prefix() -> str:
+    """Scratch folders name their host and process, so a later run can tell a dead run's leftovers."""
+    return f"semtile-scratch-{socket.gethostname()}-{os.getpid()}-"
 
 
 def _store_one(job: TileJob, result: ImageResult | None, store: ResultStore) -> ImageOutcome:
     if result is not None:
         try:
             t0 = time.perf_counter()
-            name = store.name_for(job.path)
+            name = store.claim(job.path)
             store.write(name, result)
             job.timings["write"] = time.perf_counter() - t0
         except Exception as exc:  # noqa: BLE001 - a failed write is this image's failure

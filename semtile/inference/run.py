@@ -91,6 +91,7 @@ class TileJob:
     merger: Merger | None = None
     logits: np.ndarray | None = None  # (tiles, labels), filled in tile order
     maps: dict[str, np.ndarray] = field(default_factory=dict)
+    image: zarr.Array | None = None  # the normalised valid area (scratch), until release()
     error: str | None = None
     error_kind: str = ""
     scratch: Path | None = None
@@ -103,6 +104,13 @@ class TileJob:
             self.error_kind = type(exc).__name__
             if not isinstance(exc, ImageError):  # unforeseen: keep the traceback in the log
                 log.error("image_error", path=str(self.path), error=self.error, exc_info=exc)
+
+    def release(self) -> None:
+        """Drop the scratch copy of the image (call once its result is written or abandoned)."""
+        self.image = None
+        if self.scratch is not None:
+            shutil.rmtree(self.scratch, ignore_errors=True)
+            self.scratch = None
 
 
 @dataclass
@@ -139,6 +147,7 @@ def _prepare(job: TileJob, options: ProcessOptions, scratch: Path, n_labels: int
         da.store(scan.valid().rechunk(normalised.chunks), normalised, lock=False,
                  scheduler="synchronous" if small else "threads")
     job.merger = make_merger(grid)
+    job.image = normalised
     # Preallocated: each batch fills its rows, so a scan of any number of tiles costs O(tiles).
     job.logits = np.empty((len(grid), n_labels), dtype=np.float32)
     job.timings["read"] += time.perf_counter() - t0
@@ -210,8 +219,8 @@ def _end(job: TileJob) -> TileJob:
             job.fail(exc)
         job.timings["stitch"] += time.perf_counter() - t0
     job.merger = None
-    if job.scratch is not None:
-        shutil.rmtree(job.scratch, ignore_errors=True)
+    if job.error is not None:
+        job.release()
     return job
 
 
@@ -219,8 +228,9 @@ def stream_scans(paths: list[Path], engine: Engine, options: ProcessOptions, scr
                  make_merger: Callable[[TileGrid], Merger] = BlendMerger) -> Iterator[TileJob]:
     """Run the prepare and infer stages; yield each job, in input order, when its last tile is merged.
 
-    A yielded job holds ``maps`` (``mask``: the blended adhesive probability)
-    and ``logits`` (one row per tile), or ``error``.
+    A yielded job holds ``maps`` (``mask``: the blended adhesive probability),
+    ``logits`` (one row per tile) and ``image`` (the normalised scan in scratch,
+    kept until the caller's ``job.release()``), or ``error``.
     """
     items: queue.Queue = queue.Queue(maxsize=QUEUE_DEPTH)
     stop = threading.Event()

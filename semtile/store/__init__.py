@@ -1,18 +1,32 @@
 """Where results go: the result-store interface, its backends, the run table, provenance."""
 
+import json
 from pathlib import Path
 
+from semtile.errors import SemtileError
 from semtile.store.base import ImageResult, ResultStore, StoredResult
+from semtile.store.ome_zarr import OmeZarrStore
 from semtile.store.table import RUN_COLUMNS, RunTable, default_csv_path
-from semtile.store.zarr_dir import ZarrDirectoryStore
+from semtile.store.zarr_dir import ROOT_KEY as _ZARR_DIR_KEY, ZarrDirectoryStore
 
-__all__ = ["ImageResult", "ResultStore", "StoredResult", "ZarrDirectoryStore", "RunTable", "RUN_COLUMNS",
-           "default_csv_path", "open_store"]
+__all__ = ["ImageResult", "ResultStore", "StoredResult", "OmeZarrStore", "ZarrDirectoryStore", "RunTable",
+           "RUN_COLUMNS", "default_csv_path", "open_store"]
 
 
 def open_store(path: str | Path, mode: str = "a") -> ResultStore:
     """The result store at ``path``: ``mode="a"`` opens or creates it, ``mode="r"`` only opens an existing one.
 
-    Raises SemtileError naming ``path`` when it is not (and, for "a", cannot become) a semtile store.
+    A new store (no folder, or an empty one) is OME-Zarr (:class:`OmeZarrStore`); an existing one is opened
+    with the backend that wrote it, told by its root attributes (:class:`ZarrDirectoryStore` for semtile's
+    earlier format). Raises SemtileError naming ``path`` when it is not (and, for "a", cannot become) a
+    semtile store.
     """
-    return ZarrDirectoryStore(path, mode=mode)
+    if mode not in ("r", "a"):
+        raise SemtileError(f"store mode {mode!r}: expected 'r' or 'a'")
+    try:
+        attrs = json.loads((Path(path) / "zarr.json").read_text(encoding="utf-8")).get("attributes") or {}
+    except (OSError, ValueError, AttributeError):
+        attrs = {}
+    if isinstance(attrs, dict) and _ZARR_DIR_KEY in attrs:
+        return ZarrDirectoryStore(path, mode=mode)
+    return OmeZarrStore(path, mode=mode)

@@ -2,22 +2,30 @@
 
 A result store holds one result per input image under a *name*. Its contract:
 
-* ``name_for(source)`` picks a safe name: the same input file gets the same
-  name on a rerun; another file with the same stem gets a numbered suffix.
+* ``claim(source)`` reserves a safe name for an input file, atomically across
+  processes and runs: the same file always gets back its own name; another
+  file with the same stem gets a numbered suffix, even when two processes
+  claim at the same moment. ``name_for`` is an alias of ``claim``.
 * ``write(name, result)`` is atomic: a reader sees the complete new result, the
   complete previous one, or (at worst, briefly, while a name is replaced) none,
   never a partial one. It replaces that name only. A failed write raises and
-  leaves the store as it was.
+  leaves the store as it was. Two writers of one name end with one complete
+  result; writers of different names never disturb each other.
 * ``names()`` lists completed results only, never temporary or partial ones.
-* ``read(name)`` returns what was written; the arrays are read lazily.
-
-Names are reserved per store object: two objects (or processes) writing into one
-store must not call ``name_for`` for different files with the same stem.
+* ``read(name)`` returns what was written; the arrays are read lazily, from the
+  result's place: arrays read after the name was replaced (a rerun writing it
+  again) are the new result's.
+* ``find(source)`` is the name of the completed result of an input file (or
+  None); ``record(name)`` the completion record written with it
+  (``ImageResult.record``, or None).
+* ``clean_stale()`` removes the temporaries of writers that died and returns
+  how many; those of live writers stay.
 """
 
 from __future__ import annotations
 
 import abc
+import json
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -28,8 +36,8 @@ import numpy as np
 
 from semtile.errors import SemtileError
 
-__all__ = ["ImageResult", "StoredResult", "ResultStore", "RESULT_KEYS", "ARRAYS", "check_result", "pick_name",
-           "safe_stem", "source_key", "valid_name"]
+__all__ = ["ImageResult", "StoredResult", "ResultStore", "RESULT_KEYS", "ARRAYS", "RESERVED_NAMES", "check_result",
+           "jsonable", "pick_name", "safe_stem", "source_key", "valid_name"]
 
 # Attributes the store itself records for every result; ``ImageResult.attrs`` may not use them.
 RESULT_KEYS = ("source_path", "labels", "label", "adhesive_ratio")
@@ -38,6 +46,8 @@ ARRAYS = ("mask", "binary_mask", "class_probs")
 # Names no result may take on any file system (Windows device names; compared case-insensitively).
 _DEVICE_NAMES = frozenset({"con", "prn", "aux", "nul", *(f"com{i}" for i in range(1, 10)),
                            *(f"lpt{i}" for i in range(1, 10))})
+# Names of Zarr and OME-NGFF metadata and structure that no result may take (compared case-insensitively).
+RESERVED_NAMES = frozenset({"zarr.json", ".zgroup", ".zattrs", ".zarray", ".zmetadata", "labels", "ome"})
 MAX_NAME = 240  # a stem is cut to this many characters; suffixes stay under 255
 
 
@@ -53,6 +63,11 @@ class ImageResult:
     label: object
     adhesive_ratio: float
     attrs: dict = field(default_factory=dict)
+    # The normalised image the mask was computed on: 2-d float32 in [0, 1], the mask's shape, numpy or any
+    # array-like (a zarr array is read once). Stores that keep the image (OME-Zarr) refuse a result without it.
+    image: Any = None
+    # The completion record (JSON-able), written atomically with the result; ``ResultStore.record`` returns it.
+    record: dict | None = None
 
 
 @dataclass
@@ -72,6 +87,7 @@ class StoredResult:
     adhesive_ratio: float
     attrs: dict
     open_array: Callable[[str], Any] = field(repr=False)
+    record: dict | None = None
 
     @property
     def mask(self):
@@ -85,6 +101,11 @@ class StoredResult:
     def class_probs(self):
         return self.open_array("class_probs")
 
+    @property
+    def image(self):
+        """The stored image as float32 in [0, 1] (SemtileError where the store keeps no image)."""
+        return self.open_array("image")
+
 
 class ResultStore(abc.ABC):
     """A place holding one result per input image; see the module docstring for the contract."""
@@ -93,8 +114,27 @@ class ResultStore(abc.ABC):
     read_only: bool
 
     @abc.abstractmethod
+    def claim(self, source: str | Path) -> str:
+        """Reserve a safe, unique name for input file ``source``, atomically across processes and runs.
+
+        The same file always gets back its own name (SemtileError if read-only).
+        """
+
     def name_for(self, source: str | Path) -> str:
-        """A safe, unique name for the result of input file ``source`` (reserved in this object)."""
+        """The old name of :meth:`claim`."""
+        return self.claim(source)
+
+    @abc.abstractmethod
+    def find(self, source: str | Path) -> str | None:
+        """The name of the completed result of input file ``source``, or None."""
+
+    @abc.abstractmethod
+    def record(self, name: str) -> dict | None:
+        """The completion record written with the result ``name``; None when it has none or there is no such result."""
+
+    @abc.abstractmethod
+    def clean_stale(self) -> int:
+        """Remove the temporaries of writers that died; return how many. A live writer's stay."""
 
     @abc.abstractmethod
     def write(self, name: str, result: ImageResult) -> None:
@@ -134,13 +174,13 @@ def pick_name(source: str | Path, owners: Mapping[str, str], occupied: Iterable[
     A name the file already owns is kept (the first in suffix order); otherwise
     the stem, then ``stem-2``, ``stem-3``... up to the first name that is free
     case-insensitively (macOS and Windows folders ignore case), is no device
-    name and is not ``occupied`` (the store's own metadata, stray entries).
+    or metadata name (``RESERVED_NAMES``) and is not ``occupied`` (the store's own metadata, stray entries).
     """
     key, base = source_key(source), safe_stem(source)
-    mine = [name for name, owner in owners.items() if owner == key]
+    mine = [name for name, owner in owners.items() if owner == key and name.casefold() not in RESERVED_NAMES]
     if mine:
         return min(mine, key=lambda name: (_suffix(name, base), name))
-    taken = {name.casefold() for name in (*owners, *occupied)} | _DEVICE_NAMES
+    taken = {name.casefold() for name in (*owners, *occupied)} | _DEVICE_NAMES | RESERVED_NAMES
     candidate, k = base, 1
     while candidate.casefold() in taken:
         k += 1
@@ -164,7 +204,9 @@ def valid_name(name: object) -> bool:
 def check_result(name: str, result: ImageResult) -> None:
     """SemtileError unless ``name`` is a valid name and ``result`` is writable as it stands."""
     if not valid_name(name):
-        raise SemtileError(f"{name!r}: not a valid result name (use name_for)")
+        raise SemtileError(f"{name!r}: not a valid result name (use claim)")
+    if name.casefold() in RESERVED_NAMES:
+        raise SemtileError(f"{name!r}: the name of Zarr or OME-NGFF metadata, not a valid result name")
     shape = np.shape(result.mask)
     if len(shape) != 2 or np.shape(result.binary_mask) != shape:
         raise SemtileError(f"{result.source}: mask {shape} and binary mask {np.shape(result.binary_mask)} "
@@ -172,3 +214,25 @@ def check_result(name: str, result: ImageResult) -> None:
     clash = sorted(set(result.attrs) & set(RESULT_KEYS))
     if clash:
         raise SemtileError(f"{result.source}: attrs {clash} would shadow the result's own fields")
+    if result.record is not None and not isinstance(result.record, dict):
+        raise SemtileError(f"{result.source}: record must be a dict, not {type(result.record).__name__}")
+    for what, value in (("attrs", result.attrs), ("record", result.record), ("label", result.label),
+                        ("labels", list(result.labels))):
+        try:
+            json.dumps(jsonable(value), allow_nan=True)
+        except (TypeError, ValueError) as exc:
+            raise SemtileError(f"{result.source}: {what} is not JSON-able ({exc})") from None
+
+
+def jsonable(value: Any) -> Any:
+    """``value`` with numpy scalars and arrays turned into Python numbers and lists, tuples into lists.
+
+    What stores write into Zarr attributes, which take JSON types only.
+    """
+    if isinstance(value, dict):
+        return {key: jsonable(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(item) for item in value]
+    if isinstance(value, (np.generic, np.ndarray)):
+        return value.tolist()
+    return value

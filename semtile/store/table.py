@@ -1,13 +1,25 @@
-"""The per-run CSV table: one row per image, written as each image finishes."""
+"""Run tables: one CSV per run (append-only, one row per image) and the current table of the store.
+
+Each run writes its own table, ``<csv stem>.runs/<run id>.csv``, row by row
+as images finish, so concurrent runs never share a file. At the end of a run
+the current table (``results.csv``) is regenerated from the store: one row per
+completed result, plus, for inputs with no result, the latest failure any run
+recorded. It is written to a temporary file and renamed into place, so a
+reader never sees half a table.
+"""
 
 from __future__ import annotations
 
 import csv
+import os
+import socket
+import uuid
+from datetime import datetime, timezone
 from pathlib import Path
 
-__all__ = ["RunTable", "RUN_COLUMNS", "default_csv_path"]
+__all__ = ["RunTable", "RUN_COLUMNS", "default_csv_path", "runs_folder", "new_run_id", "write_current_table"]
 
-RUN_COLUMNS = ("path", "status", "label", "adhesive_ratio", "pixel_size_m", "databar_rows", "error")
+RUN_COLUMNS = ("path", "status", "label", "adhesive_ratio", "pixel_size_m", "databar_rows", "error", "run_id")
 
 
 def default_csv_path(store: Path) -> Path:
@@ -16,19 +28,36 @@ def default_csv_path(store: Path) -> Path:
     return store.with_name(store.stem + ".csv") if store.suffix else store.with_name(store.name + ".csv")
 
 
-class RunTable:
-    """Per-run CSV, one row per image, flushed as each image finishes."""
+def runs_folder(csv_path: Path) -> Path:
+    """Where the per-run tables of a current table live: ``r.csv`` -> ``r.runs/``."""
+    csv_path = Path(csv_path)
+    return csv_path.with_name(csv_path.stem + ".runs")
 
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
+
+def new_run_id() -> str:
+    """Sortable by start time, unique across hosts and processes."""
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+    return f"{stamp}-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+def _cells(row: dict) -> dict:
+    return {k: ("" if row.get(k) is None else row.get(k)) for k in RUN_COLUMNS}
+
+
+class RunTable:
+    """One run's CSV, one row per image (``status``: ok, error or skipped), flushed as each image finishes."""
+
+    def __init__(self, path: str | Path, run_id: str = ""):
+        self.path, self.run_id = Path(path), run_id
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._handle = self.path.open("w", newline="")
+        self._handle = self.path.open("x" if run_id else "w", newline="")
         self._writer = csv.DictWriter(self._handle, fieldnames=RUN_COLUMNS)
         self._writer.writeheader()
         self._handle.flush()
+        os.fsync(self._handle.fileno())  # a full disk shows here, before any work
 
     def add(self, **row) -> None:
-        self._writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in RUN_COLUMNS})
+        self._writer.writerow(_cells({"run_id": self.run_id, **row}))
         self._handle.flush()
 
     def close(self) -> None:
@@ -39,3 +68,37 @@ class RunTable:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def write_current_table(csv_path: Path, store) -> int:
+    """Regenerate ``csv_path`` from ``store`` and the per-run tables beside it; return its row count."""
+    csv_path = Path(csv_path)
+    rows: dict[str, dict] = {}
+    for name in store.names():
+        result = store.read(name)
+        attrs = result.attrs
+        rows[str(result.source)] = {
+            "path": str(result.source), "status": "ok", "label": result.label,
+            "adhesive_ratio": f"{result.adhesive_ratio:.6f}", "pixel_size_m": attrs.get("pixel_size_m"),
+            "databar_rows": attrs.get("databar_rows"), "run_id": (store.record(name) or {}).get("run_id")}
+    failures: dict[str, dict] = {}
+    runs = runs_folder(csv_path)
+    for table in sorted(runs.glob("*.csv")) if runs.is_dir() else []:
+        with table.open(newline="") as handle:
+            for row in csv.DictReader(handle):
+                if row.get("status") == "error":
+                    failures[str(Path(row["path"]).resolve())] = row
+                elif row.get("status") in ("ok", "skipped"):
+                    failures.pop(str(Path(row["path"]).resolve()), None)
+    for path, row in failures.items():
+        rows.setdefault(path, row)
+    tmp = csv_path.with_name(f".{csv_path.name}.{os.getpid()}-{uuid.uuid4().hex[:6]}.tmp")
+    try:
+        with tmp.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=RUN_COLUMNS)
+            writer.writeheader()
+            writer.writerows(_cells(rows[k]) for k in sorted(rows))
+        os.replace(tmp, csv_path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return len(rows)

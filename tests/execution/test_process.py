@@ -17,6 +17,7 @@ from semtile.engines import AUTO_ORDER, EngineSettings, create_engine
 from semtile.models.io import load_bundle
 from semtile.execution.local import ProcessOptions, process_scans
 from semtile.io.discover import find_scans
+from semtile.store import open_store
 
 OPTIONS = ["--tile", "64", "--halo", "8", "--batch-size", "3", "--engine", "torch-cpu"]
 
@@ -57,9 +58,8 @@ def test_bad_files_are_reported_and_good_ones_written(mixed_folder, tiny_bundle,
         assert name in result.stderr  # the failure list names each bad file
     good = [name for name, row in table.items() if row["status"] == "ok"]
     assert len(good) == 3
-    root = zarr.open_group(str(out), mode="r")
-    assert sorted(root.group_keys()) == sorted(Path(n).stem for n in good)
-    assert not [p for p in out.iterdir() if p.name.startswith(".partial")]
+    assert sorted(open_store(out, mode="r").names()) == sorted(Path(n).stem for n in good)
+    assert sorted(zarr.open_group(str(out), mode="r").group_keys()) == sorted(Path(n).stem for n in good)
 
 
 def test_results_hold_masks_labels_ratio_and_provenance(tiny_dataset, tiny_bundle, tmp_path):
@@ -67,21 +67,23 @@ def test_results_hold_masks_labels_ratio_and_provenance(tiny_dataset, tiny_bundl
     out = tmp_path / "r.zarr"
     result = run_cli("process", image, "--out", out, "--model", tiny_bundle, *OPTIONS)
     assert result.exit_code == 0, result.stderr
-    group = zarr.open_group(str(out), mode="r")[image.stem]
-    attrs = dict(group.attrs)
+    stored = open_store(out, mode="r").read(image.stem)
+    attrs = stored.attrs
     frame = tifffile.imread(image)
     bar = attrs["databar_rows"]
     assert bar == 24  # the synthetic bar: a white rule set off from the image
-    mask, binary = group["mask"][:], group["binary_mask"][:]
+    mask, binary = np.asarray(stored.mask[...]), np.asarray(stored.binary_mask[...])
     assert mask.shape == binary.shape == (frame.shape[0] - bar, frame.shape[1])
     assert mask.dtype == np.float32 and 0.0 <= mask.min() and mask.max() <= 1.0
     np.testing.assert_array_equal(binary, mask >= 0.5)
-    assert attrs["adhesive_ratio"] == pytest.approx(float(binary.mean()))
-    probs = group["class_probs"][:]
+    assert stored.adhesive_ratio == pytest.approx(float(binary.mean()))
+    # The normalised scan is stored too (the OME-Zarr image the masks lie over).
+    np.testing.assert_allclose(np.asarray(stored.image[...]), frame[: frame.shape[0] - bar] / 255.0, atol=1e-4)
+    probs = np.asarray(stored.class_probs[...])
     assert probs.shape == (4,) and probs.sum() == pytest.approx(1.0, abs=1e-5)
     # Ordered (integer) labels: the median of the image's class distribution.
     assert attrs["label_rule"] == "median"
-    assert attrs["label"] == attrs["labels"][int(np.searchsorted(np.cumsum(probs), 0.5))]
+    assert stored.label == stored.labels[int(np.searchsorted(np.cumsum(probs), 0.5))]
     assert attrs["pixel_size_m"] == pytest.approx(1e-7)
     prov = attrs["provenance"]
     import hashlib
@@ -91,7 +93,7 @@ def test_results_hold_masks_labels_ratio_and_provenance(tiny_dataset, tiny_bundl
     assert prov["parameters"]["tile"] == 64 and prov["parameters"]["halo"] == 8
     assert {"torch", "numpy", "zarr", "dask", "tifffile", "semtile"} <= set(prov["versions"])
     row = read_table(tmp_path / "r.csv")[image.name]
-    assert row["status"] == "ok" and float(row["adhesive_ratio"]) == pytest.approx(attrs["adhesive_ratio"], abs=1e-6)
+    assert row["status"] == "ok" and float(row["adhesive_ratio"]) == pytest.approx(stored.adhesive_ratio, abs=1e-6)
     assert int(row["databar_rows"]) == bar
 
 
@@ -103,15 +105,15 @@ def test_rerun_keeps_other_results_and_names_are_unique(tiny_dataset, tiny_bundl
     shutil.copy(images[1], b / "scan one.tif")  # same file name, another scan
     out = tmp_path / "r.zarr"
     assert run_cli("process", a, b, "--out", out, "--model", tiny_bundle, *OPTIONS).exit_code == 0
-    root = zarr.open_group(str(out), mode="r")
-    assert sorted(root.group_keys()) == ["scan_one", "scan_one-2"]
-    first = root["scan_one"]["mask"][:]
-    # A second run on one of them replaces only its own group.
-    assert run_cli("process", b, "--out", out, "--model", tiny_bundle, *OPTIONS).exit_code == 0
-    root = zarr.open_group(str(out), mode="r")
-    assert sorted(root.group_keys()) == ["scan_one", "scan_one-2"]
-    np.testing.assert_array_equal(root["scan_one"]["mask"][:], first)
-    assert root["scan_one-2"].attrs["source_path"] == str((b / "scan one.tif").resolve())
+    store = open_store(out, mode="r")
+    assert store.names() == ["scan_one", "scan_one-2"]
+    first = store.read("scan_one").mask[...]
+    # A second run on one of them (forced: it is up to date) replaces only its own group.
+    assert run_cli("process", b, "--out", out, "--model", tiny_bundle, *OPTIONS, "--force").exit_code == 0
+    store = open_store(out, mode="r")
+    assert store.names() == ["scan_one", "scan_one-2"]
+    np.testing.assert_array_equal(store.read("scan_one").mask[...], first)
+    assert store.read("scan_one-2").source == (b / "scan one.tif").resolve()
 
 
 @pytest.mark.parametrize("kind", ["uint16", "palette", "rgb", "small", "constant"])
@@ -135,9 +137,9 @@ def test_other_layouts_are_processed(kind, tiny_bundle, tmp_path):
     summary = process_scans(find_scans([path]), tmp_path / "r.zarr", engine=engine, bundle=bundle,
                             options=ProcessOptions(tile=64, halo=8, batch_size=4), table=tmp_path / "r.csv")
     assert summary.outcomes[0].status == "ok", summary.outcomes[0].error
-    group = zarr.open_group(str(tmp_path / "r.zarr"), mode="r")[kind]
+    stored = open_store(tmp_path / "r.zarr", mode="r").read(kind)
     expected = {"small": (20, 30), "constant": (70, 70)}.get(kind, (100, 90))
-    assert group["mask"].shape == expected
+    assert stored.mask.shape == expected
 
 
 def test_gray_conversions_give_the_same_mask(tiny_bundle, tmp_path):
@@ -150,10 +152,10 @@ def test_gray_conversions_give_the_same_mask(tiny_bundle, tmp_path):
                      colormap=np.tile(np.arange(256, dtype=np.uint16) * 257, (3, 1)))
     out = tmp_path / "r.zarr"
     assert run_cli("process", tmp_path, "--out", out, "--model", tiny_bundle, "--databar-rows", "0", *OPTIONS).exit_code == 0
-    root = zarr.open_group(str(out), mode="r")
-    ref = root["a8"]["mask"][:]
+    store = open_store(out, mode="r")
+    ref = store.read("a8").mask[...]
     for name in ("b16", "c_pal"):
-        np.testing.assert_allclose(root[name]["mask"][:], ref, atol=1e-5)
+        np.testing.assert_allclose(store.read(name).mask[...], ref, atol=1e-5)
 
 
 def test_usage_errors_exit_2(tmp_path, tiny_bundle):
@@ -186,7 +188,7 @@ def test_scratch_preparation_paths_agree(tiny_dataset, tiny_bundle, tmp_path, mo
         monkeypatch.setattr(pipeline, "SCRATCH_BAND_COLS", band)
         out = tmp_path / f"{name}.zarr"
         process_scans(scans, out, engine=engine, bundle=bundle, options=options, table=tmp_path / f"{name}.csv")
-        root = zarr.open_group(str(out), mode="r")
-        masks.append([root[p.stem]["mask"][:] for p in scans])
+        store = open_store(out, mode="r")
+        masks.append([store.read(p.stem).mask[...] for p in scans])
     for a, b in zip(*masks):
         np.testing.assert_array_equal(a, b)

@@ -103,7 +103,8 @@ def _small_dataset(tmp_path, n=4):
             mask = np.full((8, 8), 0.75 if i % 2 else 0.25, np.float32)
             store.write(store.name_for(path), ImageResult(
                 source=path, mask=mask, binary_mask=mask >= 0.5, class_probs=np.array([0.5, 0.5], np.float32),
-                labels=[0, 1], label=i % 2, adhesive_ratio=float((mask >= 0.5).mean())))
+                labels=[0, 1], label=i % 2, adhesive_ratio=float((mask >= 0.5).mean()),
+                image=np.zeros((8, 8), np.float32)))
     return tmp_path / "r.zarr", tmp_path / "ds" / "labels.csv"
 
 

@@ -1,17 +1,23 @@
 """What every result-store backend must do. A new backend adds itself to BACKENDS.
 
-Each backend gives: ``open(path, mode)``, and ``interrupt(monkeypatch, hook,
+Each backend gives: ``open(path, mode)``; ``interrupt(monkeypatch, hook,
 at)``, which makes ``hook()`` run inside ``write`` (to look at the store
 mid-write, or to make the write fail) at two points: ``"first_array"``, once
 the first array of a result is stored, and ``"publish"``, once all of it is
-stored, just before it becomes visible.
+stored, just before it becomes visible; and ``temporary(store, pid, host,
+age_s)``, which leaves in ``store`` what a writer of that process, host and
+age would have left mid-write.
 The suite assumes one folder per store with the result of ``name`` under
 ``path/name``; everything else in the store folder must be left byte-identical.
+Claims, completion records and temporaries are tested in
+``test_store_conformance_claims.py``, over the same BACKENDS.
 """
 
 from __future__ import annotations
 
+import os
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +27,9 @@ import pytest
 import zarr
 
 from semtile.errors import SemtileError
-from semtile.store import ImageResult, ResultStore, ZarrDirectoryStore
+from semtile.store import ImageResult, OmeZarrStore, ResultStore, ZarrDirectoryStore
+from semtile.store.base import RESERVED_NAMES
+from semtile.store.directory import HIDDEN, DirectoryStore, temporary_name
 
 
 @dataclass(frozen=True)
@@ -29,33 +37,49 @@ class Backend:
     id: str
     open: Callable[[Path, str], ResultStore]
     interrupt: Callable[[pytest.MonkeyPatch, Callable[[], None], str], None]
+    temporary: Callable[[ResultStore, int, str | None, float], Path]
 
 
-def _zarr_interrupt(monkeypatch, hook, at):
+def _directory_interrupt(monkeypatch, hook, at):
     if at == "publish":
-        swap_in = ZarrDirectoryStore._swap_in
+        publish = DirectoryStore._publish
 
         def publishing(self, *args):
             hook()
-            return swap_in(self, *args)
+            return publish(self, *args)
 
-        monkeypatch.setattr(ZarrDirectoryStore, "_swap_in", publishing)
+        monkeypatch.setattr(DirectoryStore, "_publish", publishing)
         return
-    real, groups = zarr.Group.create_array, set()
+    real, stores = zarr.Group.create_array, set()
 
     def create_array(self, *args, **kwargs):
         array = real(self, *args, **kwargs)
-        if self.path not in groups:  # the first array of this group
-            groups.add(self.path)
+        root = str(getattr(self.store_path.store, "root", id(self.store_path.store)))
+        if root not in stores:  # the first array of this result (a result is written as one Zarr store)
+            stores.add(root)
             hook()
         return array
 
     monkeypatch.setattr(zarr.Group, "create_array", create_array)
 
 
+def _directory_temporary(store, pid, host=None, age_s=0.0):
+    """A result half written by process ``pid`` of ``host``, ``age_s`` seconds ago."""
+    path = store.path / HIDDEN / "tmp" / temporary_name("partial", host=host, pid=pid)
+    group = zarr.open_group(str(path), mode="w-", zarr_format=3)
+    group.create_array("mask", data=np.zeros((4, 4), np.float32))
+    then = time.time() - age_s
+    os.utime(path, (then, then))
+    return path
+
+
 BACKENDS = [
-    Backend("zarr-directory", lambda path, mode="a": ZarrDirectoryStore(path, mode=mode), _zarr_interrupt),
+    Backend("zarr-directory", lambda path, mode="a": ZarrDirectoryStore(path, mode=mode), _directory_interrupt,
+            _directory_temporary),
+    Backend("ome-zarr", lambda path, mode="a": OmeZarrStore(path, mode=mode), _directory_interrupt,
+            _directory_temporary),
 ]
+BY_ID = {b.id: b for b in BACKENDS}
 
 
 @pytest.fixture(params=BACKENDS, ids=lambda b: b.id)
@@ -72,9 +96,12 @@ def make_result(source: Path, seed: int = 0, shape=(37, 53), labels=(0, 1, 2, 3)
     rng = np.random.default_rng(seed)
     mask = rng.random(shape, dtype=np.float32)
     probs = rng.random(len(labels)).astype(np.float32)
+    image = (rng.integers(0, 256, shape) / 255).astype(np.float32)  # an 8-bit scan in [0, 1]
     return ImageResult(source=Path(source), mask=mask, binary_mask=mask >= 0.5, class_probs=probs / probs.sum(),
                        labels=list(labels), label=labels[seed % len(labels)],
-                       adhesive_ratio=float((mask >= 0.5).mean()),
+                       adhesive_ratio=float((mask >= 0.5).mean()), image=image,
+                       record={"format": "test/1", "seed": seed,
+                               "input": {"size": np.int64(10 + seed), "sha256": "cd" * 32}},  # numpy too
                        attrs={"tiles": 6 + seed, "pixel_size_m": 1.5e-9, "frame_shape": [40, 53], "note": "ü ok",
                               "provenance": {"input": {"path": str(source), "sha256": "ab" * 32},
                                              "parameters": {"tile": 64, "halo": 8, "threshold": 0.5, "x": None},
@@ -91,6 +118,13 @@ def assert_same(stored, result: ImageResult):
     assert stored.adhesive_ratio == result.adhesive_ratio
     assert stored.attrs == result.attrs
     assert stored.source == Path(result.source).resolve()
+    assert stored.record == result.record
+    try:
+        image = stored.image
+    except SemtileError:  # a format that keeps no image
+        return
+    assert image.shape == result.mask.shape and np.asarray(image).dtype == np.float32
+    np.testing.assert_allclose(np.asarray(image[...]), result.image, rtol=0, atol=1e-5)
 
 
 def snapshot(root: Path, skip: str | None = None) -> dict[str, bytes]:
@@ -100,7 +134,7 @@ def snapshot(root: Path, skip: str | None = None) -> dict[str, bytes]:
 
 
 def put(store: ResultStore, source: Path, seed: int = 0) -> tuple[str, ImageResult]:
-    name, result = store.name_for(source), make_result(source, seed)
+    name, result = store.claim(source), make_result(source, seed)
     store.write(name, result)
     return name, result
 
@@ -115,6 +149,20 @@ def test_write_then_read_back(store, tmp_path, labels):
     assert store.read(name).mask.shape == result.mask.shape  # lazily: shape without reading
 
 
+def test_numpy_numbers_in_attrs_and_record_come_back_as_python_numbers(store, tmp_path):
+    result = make_result(tmp_path / "np.tif", labels=(0, 1))
+    result.attrs.update(databar_rows=np.int64(24), pixel_size_m=np.float32(2e-9), shape=(np.int32(3), 4),
+                        flags=np.array([True, False]))
+    result.label = np.int64(1)
+    store.write(store.claim(result.source), result)
+    stored = store.read("np")
+    assert stored.label == 1 and type(stored.label) is int
+    assert stored.attrs["databar_rows"] == 24 and type(stored.attrs["databar_rows"]) is int
+    assert stored.attrs["shape"] == [3, 4] and stored.attrs["flags"] == [True, False]
+    assert stored.attrs["pixel_size_m"] == pytest.approx(2e-9)
+    assert store.record("np") == result.record and type(store.record("np")["input"]["size"]) is int
+
+
 def test_large_masks_round_trip(store, tmp_path):
     result = make_result(tmp_path / "big.tif", shape=(1030, 700))
     store.write(store.name_for(result.source), result)
@@ -123,7 +171,8 @@ def test_large_masks_round_trip(store, tmp_path):
 
 ODD = ["scan one.tif", "日本語.tif", "中文.tif", "a.b.c.tif", "zarr.json.tif", "ZARR.JSON.tif", "zarr.json",
        ".zattrs", ".zattrs.tif", ".zgroup.tif", ".tif", "..tif", "-.tif", "__init__.tif", "con.tif", "image.tif",
-       "Scan One.tif", "x" * 250 + ".tif", "tab\there.tif", "semi;colon $&.tif"]
+       "Scan One.tif", "x" * 250 + ".tif", "tab\there.tif", "semi;colon $&.tif", "labels.tif", "OME.tif", "ome",
+       ".semtile.tif", "0.tif"]
 
 
 def test_odd_file_names_get_safe_distinct_names(backend, tmp_path):
@@ -135,6 +184,7 @@ def test_odd_file_names_get_safe_distinct_names(backend, tmp_path):
         (folder / file_name).write_bytes(b"")
         name, result = put(store, folder / file_name, seed=i)
         assert re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name) and len(name) <= 255, name
+        assert name.casefold() not in RESERVED_NAMES, name
         written[name] = result
     assert len({n.casefold() for n in written}) == len(ODD)  # distinct even where case is ignored
     reopened = backend.open(tmp_path / "results", "r")  # the store's own metadata survived every name
@@ -172,6 +222,7 @@ def test_rewriting_a_name_replaces_only_it(store, tmp_path):
 @pytest.mark.parametrize("at", ["first_array", "publish"])
 def test_a_failed_write_leaves_the_store_as_it_was(backend, store, tmp_path, monkeypatch, at):
     name, old = put(store, tmp_path / "a.tif", seed=1)
+    new = store.claim(tmp_path / "b.tif")  # the claim stays, whether or not its result is ever written
     before = snapshot(store.path)
 
     def fail():
@@ -180,7 +231,6 @@ def test_a_failed_write_leaves_the_store_as_it_was(backend, store, tmp_path, mon
     backend.interrupt(monkeypatch, fail, at)
     with pytest.raises(OSError, match="injected"):
         store.write(name, make_result(tmp_path / "a.tif", seed=2))  # replacing
-    new = store.name_for(tmp_path / "b.tif")
     with pytest.raises(OSError, match="injected"):
         store.write(new, make_result(tmp_path / "b.tif", seed=3))  # a new name
     monkeypatch.undo()
@@ -188,6 +238,8 @@ def test_a_failed_write_leaves_the_store_as_it_was(backend, store, tmp_path, mon
     assert store.names() == [name] and new not in store
     assert_same(store.read(name), old)
     assert backend.open(store.path, "r").names() == [name]
+    assert store.find(tmp_path / "b.tif") is None and store.find(tmp_path / "a.tif") == name
+    assert store.clean_stale() == 0  # a failed write leaves no temporary behind
 
 
 @pytest.mark.parametrize("at", ["first_array", "publish"])
@@ -226,7 +278,8 @@ def test_reopening_sees_the_same_results(backend, tmp_path):
             assert_same(again.read(name), result)
 
 
-@pytest.mark.parametrize("missing", ["nope", "", ".", "..", "../results", "a/mask", ".partial-a", "zarr.json"])
+@pytest.mark.parametrize("missing", ["nope", "", ".", "..", "../results", "a/mask", ".partial-a", "zarr.json",
+                                     "labels", HIDDEN, f"{HIDDEN}/tmp", "0"])
 def test_reading_a_missing_name_raises_naming_it(store, tmp_path, missing):
     put(store, tmp_path / "a.tif")
     with pytest.raises(SemtileError) as info:
@@ -271,7 +324,7 @@ def test_a_read_only_store_refuses_writes(backend, tmp_path):
 def test_writes_that_would_corrupt_the_store_are_refused(store, tmp_path):
     put(store, tmp_path / "a.tif")
     before = snapshot(store.path)
-    for bad in ("", "../x", "a/b", ".hidden", "zarr.json"):
+    for bad in ("", "../x", "a/b", ".hidden", "zarr.json", "labels", "OME", HIDDEN):
         with pytest.raises(SemtileError):
             store.write(bad, make_result(tmp_path / "b.tif"))
     shadowing = make_result(tmp_path / "b.tif")
@@ -282,4 +335,9 @@ def test_writes_that_would_corrupt_the_store_are_refused(store, tmp_path):
     mismatched.binary_mask = mismatched.binary_mask[:-1]
     with pytest.raises(SemtileError, match="shape"):
         store.write("b", mismatched)
+    unjsonable = make_result(tmp_path / "b.tif")
+    unjsonable.record = {"when": object()}
+    with pytest.raises(SemtileError, match="record"):
+        store.write("b", unjsonable)
     assert snapshot(store.path) == before
+

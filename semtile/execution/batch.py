@@ -1,0 +1,196 @@
+"""A whole ``semtile process`` run, as a nightly job needs it.
+
+In order:
+
+1. **Checks before any work**: the store opens for writing (or the run stops
+   with a SemtileError naming it), the run's own table is created and synced
+   (an unwritable folder or a full disk shows here), the scratch folder is
+   created. Leftovers of dead runs go: the store's stale temporaries and
+   scratch folders whose process is gone.
+2. **The plan**: each input whose stored completion record matches what this
+   run would write is skipped (:mod:`semtile.execution.resume`); ``force``
+   redoes everything. Nothing is loaded or compiled when nothing is to do.
+3. **The work**, through :func:`semtile.execution.local.process_scans`.
+4. **The tables**: the run's table holds a row per input (ok, error or
+   skipped); the current table beside the store is regenerated from the store.
+
+SIGTERM (what schedulers send at walltime) and SIGINT stop the run cleanly:
+results being computed are abandoned without a trace in the store, scratch
+is removed, and the summary says the run was interrupted (exit code 3).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from semtile.engines import EngineSettings, create_engine, resolve_engine
+from semtile.errors import SemtileError
+from semtile.execution.local import ImageOutcome, ProcessOptions, process_scans, scratch_prefix
+from semtile.execution.resume import output_key, plan_run
+from semtile.logs import get_logger
+from semtile.models.io import ModelBundle
+from semtile.store import RunTable, default_csv_path, open_store
+from semtile.store.table import new_run_id, runs_folder, write_current_table
+
+__all__ = ["Interrupted", "BatchSummary", "run_process", "clean_stale_scratch", "EXIT_OK", "EXIT_FAILED",
+           "EXIT_USAGE", "EXIT_INTERRUPTED"]
+
+log = get_logger("semtile.process")
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 3
+#: Scratch of another host (or of an unnamed old run) is left alone until it is this old.
+STALE_SECONDS = 24 * 3600
+
+
+class Interrupted(BaseException):
+    """SIGTERM or SIGINT: not an Exception, so no per-image handler mistakes it for an image's failure."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@dataclass
+class BatchSummary:
+    run_id: str
+    outcomes: list[ImageOutcome] = field(default_factory=list)
+    skipped: list[Path] = field(default_factory=list)
+    interrupted: str | None = None
+    run_table: Path | None = None
+    table: Path | None = None
+    seconds: float = 0.0
+
+    @property
+    def failed(self) -> list[ImageOutcome]:
+        return [o for o in self.outcomes if o.status != "ok"]
+
+    @property
+    def exit_code(self) -> int:
+        if self.interrupted:
+            return EXIT_INTERRUPTED
+        return EXIT_FAILED if self.failed else EXIT_OK
+
+
+@contextmanager
+def _stop_on_signals():
+    def stop(signum, frame):
+        for s in previous:  # one stop is enough: a second signal must not break the cleanup
+            signal.signal(s, signal.SIG_IGN)
+        raise Interrupted(signum)
+
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean_stale_scratch(root: Path) -> int:
+    """Remove scratch folders of dead semtile runs under ``root``; return how many."""
+    removed, host = 0, socket.gethostname()
+    for folder in Path(root).glob("semtile-scratch-*"):
+        parts = folder.name[len("semtile-scratch-"):].rsplit("-", 2)
+        owner_host, pid = (parts[0], parts[1]) if len(parts) == 3 and parts[1].isdigit() else (None, None)
+        try:
+            age = time.time() - folder.stat().st_mtime
+        except OSError:
+            continue
+        if owner_host == host and int(pid) != os.getpid() and not _alive(int(pid)):
+            stale = True
+        else:
+            stale = owner_host != host and age > STALE_SECONDS
+        if stale:
+            shutil.rmtree(folder, ignore_errors=True)
+            removed += not folder.exists()
+    return removed
+
+
+def run_process(
+    scans: list[Path],
+    out: Path,
+    *,
+    bundle: ModelBundle,
+    engine: str = "auto",
+    settings: EngineSettings = EngineSettings(),
+    options: ProcessOptions = ProcessOptions(),
+    csv_path: Path | None = None,
+    scratch: Path | None = None,
+    force: bool = False,
+    calibration: Callable[[list[Path]], object] | None = None,
+    on_image: Callable[[ImageOutcome], None] | None = None,
+) -> BatchSummary:
+    """Run ``semtile process`` over ``scans`` into the store ``out``; see the module docstring.
+
+    ``calibration`` gives int8 calibration tiles from the scans to do. Raises
+    SemtileError for setup problems, before any image is processed.
+    """
+    started = time.perf_counter()
+    summary = BatchSummary(run_id=new_run_id())
+    options.validate(max(bundle.classifier.arch.multiple, bundle.segmenter.arch.multiple))
+    store = open_store(out)
+    table = Path(csv_path) if csv_path else default_csv_path(out)
+    summary.table, summary.run_table = table, runs_folder(table) / f"{summary.run_id}.csv"
+    scratch_root = Path(scratch) if scratch else Path(tempfile.gettempdir())
+    try:
+        run_table = RunTable(summary.run_table, run_id=summary.run_id)
+        scratch_root.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryDirectory(prefix=scratch_prefix(), dir=scratch_root).cleanup()
+        probe = table.with_name(f".{table.name}.probe-{os.getpid()}")
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise SemtileError(f"{exc.filename or table}: cannot write here ({exc.strerror or exc})") from None
+    stale = store.clean_stale(), clean_stale_scratch(scratch_root)
+    engine_name, precision, why = resolve_engine(engine, settings.precision)
+    key = output_key(model_sha256={"classifier": bundle.classifier.sha256, "segmenter": bundle.segmenter.sha256},
+                     engine={"name": engine_name, "precision": precision}, parameters=options.__dict__)
+    plan = plan_run(scans, store, key, force=force)
+    summary.skipped = [path for path, _ in plan.skipped]
+    log.info("run_start", run_id=summary.run_id, images=len(scans), to_do=len(plan.todo), skipped=len(plan.skipped),
+             stale_temporaries_removed=stale[0], stale_scratch_removed=stale[1], store=str(out), model=bundle.source,
+             engine=engine_name, precision=precision, engine_reason=why)
+    def seen(outcome: ImageOutcome) -> None:  # collected as they come: an interrupted run keeps what it did
+        summary.outcomes.append(outcome)
+        if on_image:
+            on_image(outcome)
+
+    with run_table, _stop_on_signals():
+        try:
+            for path, name in plan.skipped:
+                run_table.add(path=str(path), status="skipped")
+            if plan.todo:
+                tiles = calibration(plan.todo) if calibration and precision == "int8" else None
+                built, _ = create_engine(engine_name, bundle, EngineSettings(**{**settings.__dict__,
+                                                                                "precision": precision}),
+                                         calibration_tiles=tiles)
+                process_scans(plan.todo, store, engine=built, bundle=bundle, options=options, table=run_table,
+                              scratch=scratch_root, on_image=seen, run_id=summary.run_id)
+        except Interrupted as stop:
+            summary.interrupted = str(stop)
+            log.warning("run_interrupted", run_id=summary.run_id, signal=str(stop))
+    write_current_table(table, store)
+    summary.seconds = time.perf_counter() - started
+    log.info("run_end", run_id=summary.run_id, images=len(scans), done=len(summary.outcomes) - len(summary.failed),
+             failed=len(summary.failed), skipped=len(summary.skipped), interrupted=summary.interrupted,
+             seconds=round(summary.seconds, 2), store=str(out), table=str(table), run_table=str(summary.run_table))
+    return summary

@@ -1,0 +1,380 @@
+"""What the directory stores share: claims, temporaries, publishing and clean-up.
+
+A store is a folder holding the root group's ``zarr.json``, one child group per
+result and the hidden folder ``.semtile``, which has no Zarr metadata: Zarr
+never lists anything inside it (``zarr.open_group(store).members()`` passes it
+over with a ``ZarrUserWarning``), and the store lists its results itself.
+
+``.semtile/claims/<name in lower case>``
+    ``{"name", "source"}``: the name is taken, by that input file. Named in lower
+    case, so two names that differ in case only can never both be claimed.
+``.semtile/sources/<sha256 of the source key>``
+    ``{"name", "source"}``: the name of that input file.
+``.semtile/tmp/<kind>~<host>~<pid>~<start>~<token>``
+    A writer's temporaries: ``partial`` (a result being written), ``retired``
+    (a result being replaced), ``claim`` (a claim file being written), ``dead``
+    (being deleted by ``clean_stale``). ``start`` is the writer's process start
+    time (Linux, from ``/proc``; 0 elsewhere), so a pid used again later does
+    not keep a dead writer's temporary alive.
+
+A claim or source file is written beside and hard-linked into place; the link
+fails when the name exists (atomic on local disks and on NFS; where a file
+system refuses hard links, ``O_EXCL`` creation does the same). Whoever created
+the file owns the name. A result is written whole as a Zarr group under
+``.semtile/tmp`` and renamed to ``<name>``; an existing ``<name>`` is first
+renamed aside (``retired``) and deleted once the new one is in. Renames are
+atomic, so a reader sees a complete result or none.
+"""
+
+from __future__ import annotations
+
+import abc
+import errno
+import hashlib
+import json
+import os
+import re
+import shutil
+import socket
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import zarr
+
+from semtile.errors import SemtileError
+from semtile.store.base import (RESERVED_NAMES, ImageResult, ResultStore, StoredResult, check_result, safe_stem,
+                                source_key, valid_name)
+
+__all__ = ["DirectoryStore", "HIDDEN", "STALE_AFTER_S", "temporary_name", "process_start"]
+
+HIDDEN = ".semtile"
+STALE_AFTER_S = 24 * 3600  # another host's temporaries (or any whose writer cannot be checked) after this
+_TEMP = re.compile(r"(?P<kind>[a-z]+)~(?P<host>[A-Za-z0-9._-]+)~(?P<pid>\d+)~(?P<start>\d+)~[0-9a-f]+")
+_LEGACY_TEMP = (".partial-", ".retired-")  # what the Zarr directory store left in the root before claims
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9.-]", "_", socket.gethostname())[:64] or "host"
+
+
+def process_start(pid: int) -> int:
+    """The process's start time in clock ticks since boot (Linux); 0 where it cannot be read."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return int(stat[stat.rindex(")") + 2:].split()[19])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def temporary_name(kind: str, host: str | None = None, pid: int | None = None, start: int | None = None) -> str:
+    """The name of a temporary of this process (or of the writer given)."""
+    pid = os.getpid() if pid is None else pid
+    start = process_start(pid) if start is None else start
+    return f"{kind}~{host or _host()}~{pid}~{start}~{uuid.uuid4().hex[:12]}"
+
+
+def _alive(pid: int, start: int) -> bool | None:
+    """Whether process ``pid`` (started at ``start``) of this host runs; None where that cannot be told."""
+    if os.name != "posix":
+        return None
+    if pid != os.getpid():
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            pass  # another user's process
+        except OSError:
+            return None
+    now = process_start(pid)
+    return not (start and now and now != start)
+
+
+def _digest(key: str) -> str:
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()[:40]
+
+
+def _read_claim(path: Path) -> dict | None:
+    """A claim or source file's ``{"name", "source"}``; None when absent or unreadable."""
+    for attempt in range(3):
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):  # written by O_EXCL and not yet complete, or damaged
+            time.sleep(0.01 * (attempt + 1))
+            continue
+        if isinstance(data, dict) and valid_name(data.get("name")) and isinstance(data.get("source"), str):
+            return data
+        return None
+    return None
+
+
+class DirectoryStore(ResultStore):
+    """A store in a local folder; subclasses give the format of the root and of each result group.
+
+    ``mode="a"`` opens or creates the store (refusing a file, or a non-empty
+    folder that is no Zarr store); ``mode="r"`` opens an existing store
+    read-only and creates nothing. Either raises SemtileError naming the path.
+    """
+
+    def __init__(self, path: str | Path, mode: str = "a"):
+        if mode not in ("r", "a"):
+            raise SemtileError(f"store mode {mode!r}: expected 'r' or 'a'")
+        self.path, self.read_only = Path(path), mode == "r"
+        if self.path.exists() and not self.path.is_dir():
+            raise SemtileError(f"{self.path}: exists and is not a result store (a Zarr directory)")
+        if self.read_only and not self.path.is_dir():
+            raise SemtileError(f"{self.path}: result store not found")
+        if not self.read_only and self.path.is_dir() and not (self.path / "zarr.json").is_file() \
+                and any(self.path.iterdir()):
+            raise SemtileError(f"{self.path}: a folder that is not a Zarr store; refusing to write results into it")
+        try:
+            self.root = zarr.open_group(str(self.path), mode=mode, zarr_format=3)
+        except Exception as exc:  # noqa: BLE001 - whatever zarr says, this is no store of ours
+            raise SemtileError(f"{self.path}: not a semtile result store ({type(exc).__name__}: {exc})") from None
+        self._adopt_root(dict(self.root.attrs))
+        self._hidden = self.path / HIDDEN
+        self._owners: dict[str, str] | None = None  # results when first needed (and this object's writes)
+        self._occupied: set[str] = set()  # the root's entries then, case-folded
+
+    # -- what a format gives --------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def _adopt_root(self, attrs: dict) -> None:
+        """Check the root's attributes (SemtileError unless this format's or, for "a", new) and mark it."""
+
+    @abc.abstractmethod
+    def _source_of(self, attrs: dict) -> str | None:
+        """The source key of a result group with these attributes; None if it is no result."""
+
+    @abc.abstractmethod
+    def _record_of(self, attrs: dict) -> dict | None:
+        """The completion record in a result group's attributes."""
+
+    @abc.abstractmethod
+    def _check(self, result: ImageResult) -> None:
+        """SemtileError if this format cannot store ``result``; called before anything is written."""
+
+    @abc.abstractmethod
+    def _write_group(self, staged: Path, result: ImageResult) -> None:
+        """Write ``result`` as a complete Zarr v3 group in the new folder ``staged``."""
+
+    @abc.abstractmethod
+    def _open_result(self, name: str, attrs: dict) -> StoredResult:
+        """The StoredResult of the result group ``name`` with attributes ``attrs``."""
+
+    # -- results --------------------------------------------------------------------------------------
+
+    def _attrs(self, name: str) -> dict | None:
+        """The attributes of the group ``path/name``, read from its ``zarr.json``; None if it is no group."""
+        if not isinstance(name, str) or not name or name.startswith(".") or "/" in name or "\\" in name:
+            return None
+        try:
+            meta = json.loads((self.path / name / "zarr.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        if not isinstance(meta, dict) or meta.get("node_type") != "group":
+            return None
+        attrs = meta.get("attributes", {})
+        return attrs if isinstance(attrs, dict) else None
+
+    def _results(self) -> Iterator[tuple[str, str]]:
+        """(name, source key) of every completed result, in no order."""
+        try:
+            entries = list(os.scandir(self.path))
+        except FileNotFoundError:
+            return
+        for entry in entries:
+            if not entry.name.startswith(".") and entry.is_dir(follow_symlinks=False):
+                attrs = self._attrs(entry.name)
+                source = None if attrs is None else self._source_of(attrs)
+                if source is not None:
+                    yield entry.name, source
+
+    def names(self) -> list[str]:
+        return sorted(name for name, _ in self._results())
+
+    def read(self, name: str) -> StoredResult:
+        attrs = self._attrs(name)
+        if attrs is None or self._source_of(attrs) is None:
+            raise SemtileError(f"{self.path}: no result named {name!r}")
+        return self._open_result(name, attrs)
+
+    def record(self, name: str) -> dict | None:
+        attrs = self._attrs(name)
+        if attrs is None or self._source_of(attrs) is None:
+            return None
+        return self._record_of(attrs)
+
+    def write(self, name: str, result: ImageResult) -> None:
+        if self.read_only:
+            raise SemtileError(f"{self.path}: opened read-only, cannot write {name!r}")
+        check_result(name, result)
+        self._check(result)
+        staged = self._temp("partial")
+        try:
+            self._write_group(staged, result)
+            self._publish(staged, self.path / name)
+        except BaseException:
+            shutil.rmtree(staged, ignore_errors=True)
+            raise
+        if self._owners is not None:
+            self._owners[name] = source_key(result.source)
+
+    def _temp(self, kind: str) -> Path:
+        folder = self._hidden / "tmp"
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder / temporary_name(kind)
+
+    def _publish(self, staged: Path, final: Path) -> None:
+        """Rename ``staged`` to ``final``; an old ``final`` is moved aside first, and back if that fails."""
+        for _ in range(16):
+            try:
+                os.replace(staged, final)
+                return
+            except OSError as exc:
+                if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST) and not final.exists():
+                    raise  # not because the name is taken: a real failure
+            retired = self._temp("retired")
+            try:
+                os.replace(final, retired)
+            except FileNotFoundError:
+                continue  # another writer moved it first
+            try:
+                os.replace(staged, final)
+            except OSError:
+                if final.exists():  # another writer's result came in between: ours goes in over it
+                    shutil.rmtree(retired, ignore_errors=True)
+                    continue
+                os.replace(retired, final)
+                raise
+            except BaseException:
+                os.replace(retired, final)
+                raise
+            shutil.rmtree(retired, ignore_errors=True)
+            return
+        raise SemtileError(f"{final}: other writers kept replacing it; gave up")
+
+    # -- claims ---------------------------------------------------------------------------------------
+
+    def _known(self) -> dict[str, str]:
+        """name -> source key of the results when first asked, and of this object's writes since."""
+        if self._owners is None:
+            self._owners = dict(self._results())
+            self._occupied = {entry.casefold() for entry in os.listdir(self.path)} if self.path.is_dir() else set()
+        return self._owners
+
+    def _create(self, path: Path, content: dict) -> bool:
+        """Create the file ``path`` holding ``content`` unless it exists; True if this call created it."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        data = json.dumps(content).encode("utf-8")
+        temp = self._temp("claim")
+        temp.write_bytes(data)
+        try:
+            os.link(temp, path)
+            return True
+        except FileExistsError:
+            return False
+        except (OSError, NotImplementedError):  # no hard links on this file system
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                return False
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+            return True
+        finally:
+            temp.unlink(missing_ok=True)
+
+    def _candidates(self, source: str | Path, key: str) -> Iterator[str]:
+        known = self._known()
+        mine = sorted((n for n, s in known.items() if s == key and n.casefold() not in RESERVED_NAMES),
+                      key=lambda n: (len(n), n))
+        yield from mine[:1]  # a result written before claims existed keeps its name
+        base, k = safe_stem(source), 1
+        while True:
+            candidate = base if k == 1 else f"{base}-{k}"
+            k += 1
+            if not valid_name(candidate) or candidate.casefold() in RESERVED_NAMES \
+                    or (candidate.casefold() in self._occupied and known.get(candidate) != key):
+                continue
+            yield candidate
+
+    def claim(self, source: str | Path) -> str:
+        if self.read_only:
+            raise SemtileError(f"{self.path}: opened read-only, cannot claim a name for {source}")
+        key = source_key(source)
+        entry = self._hidden / "sources" / _digest(key)
+        mine = _read_claim(entry)
+        if mine is not None and mine["source"] == key:
+            return mine["name"]
+        for candidate in self._candidates(source, key):
+            final = self.path / candidate
+            if (final.exists() or final.is_symlink()) and self._source_of(self._attrs(candidate) or {}) != key:
+                continue  # appeared since this object looked: someone else's
+            claim_file = self._hidden / "claims" / candidate.lower()
+            created = self._create(claim_file, {"name": candidate, "source": key})
+            if not created:
+                other = _read_claim(claim_file)
+                if other is None or other["source"] != key or other["name"] != candidate:
+                    continue
+            if self._create(entry, {"name": candidate, "source": key}):
+                return candidate
+            theirs = _read_claim(entry)  # another process claimed the same file at the same moment
+            if theirs is None or theirs["source"] != key:
+                return candidate
+            if created and theirs["name"] != candidate:
+                claim_file.unlink(missing_ok=True)
+            return theirs["name"]
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def find(self, source: str | Path) -> str | None:
+        key = source_key(source)
+        mine = _read_claim(self._hidden / "sources" / _digest(key))
+        if mine is not None and mine["source"] == key:
+            return mine["name"] if self._source_of(self._attrs(mine["name"]) or {}) == key else None
+        # Never claimed: a result written before claims existed (or under a name not claimed).
+        found = sorted((n for n, s in self._known().items() if s == key), key=lambda n: (len(n), n))
+        for name in found:
+            if self._source_of(self._attrs(name) or {}) == key:
+                return name
+        return None
+
+    # -- clean-up -------------------------------------------------------------------------------------
+
+    def clean_stale(self) -> int:
+        if self.read_only:
+            raise SemtileError(f"{self.path}: opened read-only, cannot clean it")
+        removed, now, host = 0, time.time(), _host()
+        folder = self._hidden / "tmp"
+        entries = list(os.scandir(folder)) if folder.is_dir() else []
+        legacy = [e for e in os.scandir(self.path) if e.name.startswith(_LEGACY_TEMP)] if self.path.is_dir() else []
+        for entry in entries + legacy:
+            try:
+                age = now - entry.stat(follow_symlinks=False).st_mtime
+            except FileNotFoundError:
+                continue
+            match = _TEMP.fullmatch(entry.name)
+            alive = None
+            if match and match["host"] == host:
+                alive = _alive(int(match["pid"]), int(match["start"]))
+            if alive or (alive is None and age <= STALE_AFTER_S):
+                continue
+            removed += self._discard(Path(entry.path))
+        return removed
+
+    def _discard(self, path: Path) -> int:
+        """Delete ``path``: renamed first, so that two cleaners never both count it; 1 if this call took it."""
+        doomed = self._temp("dead")
+        try:
+            os.replace(path, doomed)
+        except FileNotFoundError:
+            return 0
+        if doomed.is_dir() and not doomed.is_symlink():
+            shutil.rmtree(doomed, ignore_errors=True)
+        else:
+            doomed.unlink(missing_ok=True)
+        return 1
