@@ -27,7 +27,8 @@ def semtile(*args: str) -> tuple[float, str]:
                           text=True)
     if done.returncode != 0:
         raise SystemExit(f"semtile {' '.join(args)} failed ({done.returncode}):\n{done.stderr[-2000:]}")
-    return time.perf_counter() - t0, done.stderr.strip().splitlines()[-1]
+    lines = done.stderr.strip().splitlines()
+    return time.perf_counter() - t0, lines[-1] if lines else ""
 
 
 def main() -> None:

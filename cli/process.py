@@ -48,8 +48,7 @@ def process(inputs, out, csv_path, model, classifier, segmenter, engine_name, pr
     """
     from semtile.engines import EngineSettings, check_options
     from semtile.execution.batch import run_process
-    from semtile.execution.local import ProcessOptions
-    from semtile.inference.sampling import calibration_tiles
+    from semtile.inference.options import ProcessOptions
     from semtile.io.discover import find_scans
     from semtile.models.io import load_bundle
 
@@ -66,7 +65,7 @@ def process(inputs, out, csv_path, model, classifier, segmenter, engine_name, pr
         with Progress(len(scans), "images") as progress:
             summary = run_process(scans, out, bundle=bundle, engine=engine_name, settings=settings, options=options,
                                   csv_path=csv_path, scratch=scratch, force=force,
-                                  calibration=lambda todo: calibration_tiles(todo, options),
+                                  calibration=lambda todo: _calibration_tiles(todo, options),
                                   on_image=(lambda _: progress(1)) if progress else None)
     except SemtileError as exc:
         raise click.UsageError(str(exc)) from exc
@@ -76,3 +75,9 @@ def process(inputs, out, csv_path, model, classifier, segmenter, engine_name, pr
     click.echo(f"{done} done, {len(summary.skipped)} skipped (already complete), {len(summary.failed)} failed"
                + (f"; interrupted by {summary.interrupted}" if summary.interrupted else ""), err=True)
     sys.exit(summary.exit_code)
+
+
+def _calibration_tiles(scans, options):
+    from semtile.inference.sampling import calibration_tiles  # only for int8, only when there is work
+
+    return calibration_tiles(scans, options)

@@ -32,13 +32,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from typing import TYPE_CHECKING
+
 from semtile.engines import EngineSettings, create_engine, resolve_engine
 from semtile.errors import SemtileError
-from semtile.execution.local import ImageOutcome, ProcessOptions, process_scans, scratch_prefix
 from semtile.execution.resume import output_key, plan_run
+from semtile.inference.options import ProcessOptions
 from semtile.logs import get_logger
-from semtile.models.io import ModelBundle
 from semtile.store import RunTable, default_csv_path, open_store
+
+if TYPE_CHECKING:  # the runner (dask, numba) is imported only when there is work: a rerun that skips all is quick
+    from semtile.execution.local import ImageOutcome
+    from semtile.models.io import ModelBundle
 from semtile.store.table import new_run_id, runs_folder, write_current_table
 
 __all__ = ["Interrupted", "BatchSummary", "run_process", "clean_stale_scratch", "EXIT_OK", "EXIT_FAILED",
@@ -147,6 +152,7 @@ def run_process(
     started = time.perf_counter()
     summary = BatchSummary(run_id=new_run_id())
     options.validate(max(bundle.classifier.arch.multiple, bundle.segmenter.arch.multiple))
+    engine_name, precision, why = resolve_engine(engine, settings.precision)  # refused here: nothing written yet
     store = open_store(out)
     table = Path(csv_path) if csv_path else default_csv_path(out)
     summary.table, summary.run_table = table, runs_folder(table) / f"{summary.run_id}.csv"
@@ -154,14 +160,13 @@ def run_process(
     try:
         run_table = RunTable(summary.run_table, run_id=summary.run_id)
         scratch_root.mkdir(parents=True, exist_ok=True)
-        tempfile.TemporaryDirectory(prefix=scratch_prefix(), dir=scratch_root).cleanup()
+        tempfile.TemporaryDirectory(prefix="semtile-probe-", dir=scratch_root).cleanup()
         probe = table.with_name(f".{table.name}.probe-{os.getpid()}")
         probe.write_text("")
         probe.unlink()
     except OSError as exc:
         raise SemtileError(f"{exc.filename or table}: cannot write here ({exc.strerror or exc})") from None
     stale = store.clean_stale(), clean_stale_scratch(scratch_root)
-    engine_name, precision, why = resolve_engine(engine, settings.precision)
     key = output_key(model_sha256={"classifier": bundle.classifier.sha256, "segmenter": bundle.segmenter.sha256},
                      engine={"name": engine_name, "precision": precision}, parameters=options.__dict__)
     plan = plan_run(scans, store, key, force=force)
@@ -169,7 +174,7 @@ def run_process(
     log.info("run_start", run_id=summary.run_id, images=len(scans), to_do=len(plan.todo), skipped=len(plan.skipped),
              stale_temporaries_removed=stale[0], stale_scratch_removed=stale[1], store=str(out), model=bundle.source,
              engine=engine_name, precision=precision, engine_reason=why)
-    def seen(outcome: ImageOutcome) -> None:  # collected as they come: an interrupted run keeps what it did
+    def seen(outcome: "ImageOutcome") -> None:  # collected as they come: an interrupted run keeps what it did
         summary.outcomes.append(outcome)
         if on_image:
             on_image(outcome)
@@ -179,6 +184,8 @@ def run_process(
             for path, name in plan.skipped:
                 run_table.add(path=str(path), status="skipped")
             if plan.todo:
+                from semtile.execution.local import process_scans
+
                 tiles = calibration(plan.todo) if calibration and precision == "int8" else None
                 built, _ = create_engine(engine_name, bundle, EngineSettings(**{**settings.__dict__,
                                                                                 "precision": precision}),

@@ -24,7 +24,8 @@ from semtile.engines import Engine
 from semtile.errors import ImageError, SemtileError
 from semtile.execution.resume import completion_record, output_key
 from semtile.inference.labels import class_probs, core_weights, decide_label
-from semtile.inference.run import MIN_SIDE, ProcessOptions, TileJob, stream_scans
+from semtile.inference.options import MIN_SIDE, ProcessOptions
+from semtile.inference.run import TileJob, stream_scans
 from semtile.io.discover import image_sha256
 from semtile.logs import get_logger
 from semtile.models.io import ModelBundle

@@ -35,7 +35,8 @@ import zarr
 from semtile.engines import Engine
 from semtile.errors import ImageError, ImageTooSmallError, SemtileError
 from semtile.inference.merge import BlendMerger, Merger
-from semtile.inference.split import TileGrid, default_halo, read_windows
+from semtile.inference.options import MIN_SIDE, ProcessOptions
+from semtile.inference.split import TileGrid, read_windows
 from semtile.io.tiff import ScanInfo, open_scan
 from semtile.logs import get_logger
 
@@ -43,8 +44,6 @@ __all__ = ["MIN_SIDE", "ProcessOptions", "TileJob", "stream_scans", "run_array"]
 
 log = get_logger("semtile.process")
 
-#: Smallest valid area (either side) semtile will analyse; smaller ones are reported.
-MIN_SIDE = 16
 #: Batches of tiles prepared ahead of the engine.
 QUEUE_DEPTH = 4
 #: Columns of one chunk of the scratch array (its rows are one tile core): a row of
@@ -52,32 +51,6 @@ QUEUE_DEPTH = 4
 SCRATCH_BAND_COLS = 4096
 #: Scans up to this many pixels are prepared without Dask's thread pool.
 SYNCHRONOUS_PREPARE_PIXELS = 16 * 2**20
-
-
-@dataclass(frozen=True)
-class ProcessOptions:
-    """How scans are tiled and judged; ``halo=None`` takes :func:`default_halo` of the tile."""
-
-    tile: int = 256
-    halo: int | None = None
-    batch_size: int = 8
-    threshold: float = 0.5
-    page: int = 0
-    databar_rows: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.halo is None:
-            object.__setattr__(self, "halo", default_halo(self.tile))
-
-    def validate(self, multiple: int) -> None:
-        if self.tile % multiple:
-            raise SemtileError(f"--tile {self.tile} must be a multiple of {multiple} (2**d of the model)")
-        if self.halo < 0 or 4 * self.halo > self.tile:
-            raise SemtileError(f"--halo {self.halo} must be between 0 and tile/4 = {self.tile // 4}")
-        if self.batch_size < 1:
-            raise SemtileError("--batch-size must be at least 1")
-        if not 0.0 < self.threshold < 1.0:
-            raise SemtileError("--threshold must lie strictly between 0 and 1")
 
 
 @dataclass(eq=False)

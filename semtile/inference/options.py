@@ -1,0 +1,39 @@
+"""How scans are tiled and judged: the options of ``semtile process`` (light: no dask, torch or numba)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from semtile.errors import SemtileError
+from semtile.kernels.window import default_halo
+
+__all__ = ["MIN_SIDE", "ProcessOptions"]
+
+#: Smallest valid area (either side) semtile will analyse; smaller ones are reported.
+MIN_SIDE = 16
+
+
+@dataclass(frozen=True)
+class ProcessOptions:
+    """How scans are tiled and judged; ``halo=None`` takes :func:`default_halo` of the tile."""
+
+    tile: int = 256
+    halo: int | None = None
+    batch_size: int = 8
+    threshold: float = 0.5
+    page: int = 0
+    databar_rows: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.halo is None:
+            object.__setattr__(self, "halo", default_halo(self.tile))
+
+    def validate(self, multiple: int) -> None:
+        if self.tile % multiple:
+            raise SemtileError(f"--tile {self.tile} must be a multiple of {multiple} (2**d of the model)")
+        if self.halo < 0 or 4 * self.halo > self.tile:
+            raise SemtileError(f"--halo {self.halo} must be between 0 and tile/4 = {self.tile // 4}")
+        if self.batch_size < 1:
+            raise SemtileError("--batch-size must be at least 1")
+        if not 0.0 < self.threshold < 1.0:
+            raise SemtileError("--threshold must lie strictly between 0 and 1")
