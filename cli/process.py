@@ -35,8 +35,10 @@ from semtile.cli.options import Progress
 @click.option("--threads", default=None, type=click.IntRange(1), help="CPU threads for the engine.")
 @click.option("--scratch", type=click.Path(file_okay=False, path_type=Path), default=None, help="Folder for temporary tile stores.")
 @click.option("--force", is_flag=True, help="Redo images whose stored result is already up to date.")
+@click.option("--max-pixels", default=None, type=click.IntRange(1),
+              help="Refuse a scan whose header claims more pixels (default 2**32: a guard against lying headers).")
 def process(inputs, out, csv_path, model, classifier, segmenter, engine_name, precision, tile, halo, batch_size,
-            threshold, page, databar_rows, threads, scratch, force) -> None:
+            threshold, page, databar_rows, threads, scratch, force, max_pixels) -> None:
     """Segment and classify every SEM scan in INPUTS (files or folders) into OUT.
 
     A rerun skips every image whose stored result was made from the same
@@ -49,22 +51,24 @@ def process(inputs, out, csv_path, model, classifier, segmenter, engine_name, pr
     from semtile.engines import EngineSettings, check_options
     from semtile.execution.batch import run_process
     from semtile.inference.options import ProcessOptions
-    from semtile.io.discover import find_scans
+    from semtile.io.discover import discover_scans
     from semtile.models.io import load_bundle
 
     try:
         check_options(engine_name, precision)  # a bad engine/precision pair fails before anything is read or built
-        scans = find_scans(inputs)
+        found = discover_scans(inputs)
+        scans = found.scans
         if not scans:
-            raise SemtileError(f"no .tif or .tiff files found in {', '.join(map(str, inputs))}")
+            why = "".join(f"; {path}: {reason}" for path, reason in found.problems)
+            raise SemtileError(f"no .tif or .tiff files found in {', '.join(map(str, inputs))}{why}")
         bundle = load_bundle(model, classifier=classifier, segmenter=segmenter)
         options = ProcessOptions(tile=tile, halo=halo, batch_size=batch_size, threshold=threshold,
-                                 page=page, databar_rows=databar_rows)
+                                 page=page, databar_rows=databar_rows, max_pixels=max_pixels)
         settings = EngineSettings(tile=tile, halo=options.halo, batch_size=batch_size, precision=precision,
                                   threads=threads)
         with Progress(len(scans), "images") as progress:
             summary = run_process(scans, out, bundle=bundle, engine=engine_name, settings=settings, options=options,
-                                  csv_path=csv_path, scratch=scratch, force=force,
+                                  csv_path=csv_path, scratch=scratch, force=force, problems=found.problems,
                                   calibration=lambda todo: _calibration_tiles(todo, options),
                                   on_image=(lambda _: progress(1)) if progress else None)
     except SemtileError as exc:

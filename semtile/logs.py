@@ -1,17 +1,33 @@
-"""Structured logs: JSON lines when stderr is not a terminal, readable text when it is."""
+"""Structured logs: JSON lines when stderr is not a terminal, readable text when it is.
+
+Everything that semtile's process writes to the log goes through structlog,
+so that in JSON mode every stderr line is one JSON object: semtile's own
+events, records of the standard :mod:`logging` module (tifffile, zarr, numba
+and the other libraries log there; also ``semtile.*`` modules that use it)
+and Python warnings (:func:`warnings.warn`).
+"""
 
 from __future__ import annotations
 
 import logging
 import sys
+import warnings
 
 import structlog
 
 __all__ = ["configure_logging", "get_logger"]
 
+#: Libraries' records below this level are dropped, as Python itself drops them
+#: when no logging is configured; semtile's own follow ``configure_logging(level=)``.
+THIRD_PARTY_LEVEL = logging.WARNING
+
 
 def configure_logging(json: bool | None = None, level: int = logging.INFO) -> None:
-    """Send structlog events to stderr; ``json=None`` picks JSON unless stderr is a TTY."""
+    """Send structlog events, stdlib log records and warnings to stderr.
+
+    ``json=None`` picks JSON unless stderr is a TTY. May be called again: the
+    last call wins, and nothing is installed twice.
+    """
     if json is None:
         json = not sys.stderr.isatty()
     if json:
@@ -30,6 +46,51 @@ def configure_logging(json: bool | None = None, level: int = logging.INFO) -> No
         wrapper_class=structlog.make_filtering_bound_logger(level),
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=False,
+    )
+    _route_stdlib_logging(level)
+    warnings.showwarning = _show_warning
+
+
+def _route_stdlib_logging(level: int) -> None:
+    """One handler on the root logger hands every record to structlog (and its one writer)."""
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if isinstance(h, _ToStructlog)]:
+        root.removeHandler(handler)
+    root.addHandler(_ToStructlog())
+    root.setLevel(max(THIRD_PARTY_LEVEL, level))
+    logging.getLogger("semtile").setLevel(level)
+    logging.captureWarnings(False)  # warnings come to _show_warning directly, with their fields
+
+
+class _ToStructlog(logging.Handler):
+    """A stdlib logging handler that re-emits each record as a structlog event."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            fields = {"logger": record.name}
+            if record.exc_info and record.exc_info[0] is not None:
+                fields["exc_info"] = record.exc_info
+            method = next((name for floor, name in _METHODS if record.levelno >= floor), "debug")
+            getattr(structlog.get_logger(record.name), method)(record.getMessage(), **fields)
+        except Exception:  # noqa: BLE001 - logging must never raise, nor print a raw traceback
+            try:
+                structlog.get_logger(record.name).error(
+                    "unformattable log record", logger=record.name, msg=repr(record.msg), args=repr(record.args))
+            except Exception:  # noqa: BLE001
+                pass
+
+
+_METHODS = ((logging.CRITICAL, "critical"), (logging.ERROR, "error"), (logging.WARNING, "warning"),
+            (logging.INFO, "info"))
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """:func:`warnings.showwarning` replacement: a warning is one structlog event."""
+    if file is not None and file not in (sys.stderr, sys.__stderr__):
+        warnings._showwarning_orig(message, category, filename, lineno, file, line)  # type: ignore[attr-defined]
+        return
+    structlog.get_logger("py.warnings").warning(
+        str(message), logger="py.warnings", category=category.__name__, filename=str(filename), lineno=lineno
     )
 
 

@@ -41,8 +41,9 @@ from semtile.inference.options import ProcessOptions
 from semtile.logs import get_logger
 from semtile.store import RunTable, default_csv_path, open_store
 
+from semtile.execution.outcome import ImageOutcome
+
 if TYPE_CHECKING:  # the runner (dask, numba) is imported only when there is work: a rerun that skips all is quick
-    from semtile.execution.local import ImageOutcome
     from semtile.models.io import ModelBundle
 from semtile.store.table import new_run_id, runs_folder, write_current_table
 
@@ -141,12 +142,15 @@ def run_process(
     csv_path: Path | None = None,
     scratch: Path | None = None,
     force: bool = False,
+    problems: list[tuple[Path, str]] = (),
     calibration: Callable[[list[Path]], object] | None = None,
     on_image: Callable[[ImageOutcome], None] | None = None,
 ) -> BatchSummary:
     """Run ``semtile process`` over ``scans`` into the store ``out``; see the module docstring.
 
-    ``calibration`` gives int8 calibration tiles from the scans to do. Raises
+    ``problems`` are inputs that discovery could not list (a symlink loop, an
+    unreadable folder): each is reported as a failed input, and the run goes
+    on. ``calibration`` gives int8 calibration tiles from the scans to do. Raises
     SemtileError for setup problems, before any image is processed.
     """
     started = time.perf_counter()
@@ -174,7 +178,7 @@ def run_process(
     log.info("run_start", run_id=summary.run_id, images=len(scans), to_do=len(plan.todo), skipped=len(plan.skipped),
              stale_temporaries_removed=stale[0], stale_scratch_removed=stale[1], store=str(out), model=bundle.source,
              engine=engine_name, precision=precision, engine_reason=why)
-    def seen(outcome: "ImageOutcome") -> None:  # collected as they come: an interrupted run keeps what it did
+    def seen(outcome: ImageOutcome) -> None:  # collected as they come: an interrupted run keeps what it did
         summary.outcomes.append(outcome)
         if on_image:
             on_image(outcome)
@@ -183,6 +187,10 @@ def run_process(
         try:
             for path, name in plan.skipped:
                 run_table.add(path=str(path), status="skipped")
+            for path, reason in problems:
+                log.warning("image_failed", path=str(path), error=reason, kind="discovery")
+                run_table.add(path=str(path), status="error", error=reason)
+                seen(ImageOutcome(path=Path(path), status="error", error=reason))
             if plan.todo:
                 from semtile.execution.local import process_scans
 

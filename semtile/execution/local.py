@@ -16,12 +16,13 @@ import socket
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
 from semtile.engines import Engine
 from semtile.errors import ImageError, SemtileError
+from semtile.execution.outcome import ImageOutcome
 from semtile.execution.resume import completion_record, output_key
 from semtile.inference.labels import class_probs, core_weights, decide_label
 from semtile.inference.options import MIN_SIDE, ProcessOptions
@@ -36,19 +37,6 @@ __all__ = ["ProcessOptions", "ImageOutcome", "RunSummary", "process_scans", "ana
            "scratch_prefix"]
 
 log = get_logger("semtile.process")
-
-
-@dataclass
-class ImageOutcome:
-    path: Path
-    status: str  # "ok" or "error"
-    group: str | None = None
-    label: object = None
-    adhesive_ratio: float | None = None
-    pixel_size_m: float | None = None
-    databar_rows: int | None = None
-    error: str | None = None
-    timings: dict = field(default_factory=dict)
 
 
 @dataclass

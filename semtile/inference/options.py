@@ -23,6 +23,7 @@ class ProcessOptions:
     threshold: float = 0.5
     page: int = 0
     databar_rows: int | None = None
+    max_pixels: int | None = None  # pixel budget per scan, from its header (None: the reader's default)
 
     def __post_init__(self) -> None:
         if self.halo is None:
@@ -37,3 +38,5 @@ class ProcessOptions:
             raise SemtileError("--batch-size must be at least 1")
         if not 0.0 < self.threshold < 1.0:
             raise SemtileError("--threshold must lie strictly between 0 and 1")
+        if self.max_pixels is not None and self.max_pixels < 1:
+            raise SemtileError("--max-pixels must be at least 1")

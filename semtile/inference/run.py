@@ -101,7 +101,8 @@ def _prepare(job: TileJob, options: ProcessOptions, scratch: Path, n_labels: int
              make_merger: Callable[[TileGrid], Merger]) -> zarr.Array:
     """Open the scan and write its normalised valid area to a scratch Zarr array."""
     t0 = time.perf_counter()
-    with open_scan(job.path, page=options.page, databar_rows=options.databar_rows) as scan:
+    with open_scan(job.path, page=options.page, databar_rows=options.databar_rows,
+                   max_pixels=options.max_pixels) as scan:
         job.info = info = scan.info
         rows, cols = info.valid_shape
         if rows < MIN_SIDE or cols < MIN_SIDE:

@@ -26,7 +26,8 @@ def calibration_tiles(scans: list[Path], options: ProcessOptions, count: int = 6
     tiles = []
     for path in chosen:
         try:
-            with open_scan(path, page=options.page, databar_rows=options.databar_rows) as scan:
+            with open_scan(path, page=options.page, databar_rows=options.databar_rows,
+                   max_pixels=options.max_pixels) as scan:
                 rows, cols = scan.info.valid_shape
                 if min(rows, cols) < MIN_SIDE:
                     continue

@@ -1,18 +1,27 @@
 """Detecting the burned-in data bar at the bottom of an SEM frame, from its pixels alone.
 
 :func:`detect_databar` works on a plain array and knows nothing about files;
-:mod:`semtile.io.tiff` calls it on the bottom band of a scan when neither the
-caller nor the vendor metadata gives the bar's height.
+:mod:`semtile.io.tiff` calls :func:`detect_databar_blocks` on the bottom band of
+a scan, block by block from the bottom up, when neither the caller nor the
+vendor metadata gives the bar's height. Memory is that of one block plus a few
+numbers per row, whatever the size of the band.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import numpy as np
 
-__all__ = ["DATABAR_SEARCH_FRACTION", "detect_databar"]
+__all__ = ["DATABAR_SEARCH_FRACTION", "detect_databar", "detect_databar_blocks"]
 
 #: Fraction of the frame's rows, at the bottom, searched for a data bar.
 DATABAR_SEARCH_FRACTION = 0.25
+
+#: Blocks are cut into pieces of at most this many values and rows (the row
+#: histograms cost 256 numbers a row), so any band is searched in bounded memory.
+_PIECE_VALUES = 2**22
+_PIECE_ROWS = 2**12
 
 
 def detect_databar(
@@ -64,39 +73,98 @@ def detect_databar(
     band = np.asarray(frame_bottom)
     if band.ndim != 2:
         raise ValueError(f"detect_databar needs a 2-D array, got shape {band.shape}")
+    if band.shape[1] == 0:
+        return 0
+    return detect_databar_blocks([band], band.shape[0], uniform_fraction=uniform_fraction, tolerance=tolerance,
+                                 min_contrast=min_contrast, min_body_fraction=min_body_fraction,
+                                 min_rows=min_rows)
+
+
+def detect_databar_blocks(
+    blocks: Iterable[np.ndarray],
+    n_rows: int,
+    *,
+    uniform_fraction: float = 0.97,
+    tolerance: float = 0.01,
+    min_contrast: float = 0.25,
+    min_body_fraction: float = 0.5,
+    min_rows: int = 3,
+) -> int:
+    """:func:`detect_databar` of a band given as blocks of whole rows, the bottom block first.
+
+    ``blocks`` stacked top to bottom (the reverse of their order) make the
+    band of ``n_rows`` rows; only one block is held at a time. Nothing is
+    read from ``blocks`` when the band is too short to hold a bar. The
+    parameters and the result are those of :func:`detect_databar`.
+    """
+    if n_rows < min_rows + 1:
+        return 0
+    tol_bins = max(1, int(round(tolerance * 255)))
+    bins = np.arange(256)
+    below = np.zeros(256, dtype=np.int64)  # histogram of the rows under the current block
+    pending = None  # (row, level, body histogram) of a uniform row whose upper neighbour is not read yet
+    found = 0
+    end = n_rows
+    for piece in _pieces(blocks):
+        band = _unit_range(piece)
+        k = band.shape[0]
+        start = end - k
+        if start < 0:
+            raise ValueError(f"the blocks hold more than n_rows={n_rows} rows")
+        level = np.median(band, axis=1)
+        uniform = np.mean(np.abs(band - level[:, None]) <= tolerance, axis=1) >= uniform_fraction
+        q = np.rint(band * 255).astype(np.intp)
+        q += np.arange(k, dtype=np.intp)[:, None] * 256
+        hist = np.bincount(q.ravel(), minlength=k * 256).reshape(k, 256)
+        # suffix[i]: histogram of the band's rows start + i .. n_rows - 1
+        suffix = np.cumsum(hist[::-1], axis=0)[::-1] + below
+
+        def qualifies(r: int, line: float, above_level: float, above_uniform: bool, body: np.ndarray) -> bool:
+            if not 1 <= r <= n_rows - min_rows:
+                return False
+            if above_uniform and abs(above_level - line) < min_contrast:
+                return False  # the row above is no image content
+            total = body.sum()
+            if total == 0:
+                return False
+            peak = int(np.argmax(body))
+            near = np.abs(bins - peak) <= tol_bins
+            return body[near].sum() / total >= min_body_fraction and abs(peak / 255 - line) >= min_contrast
+
+        if pending is not None:  # its upper neighbour is this block's last row
+            r, line, body = pending
+            if qualifies(r, line, level[-1], bool(uniform[-1]), body):
+                found = n_rows - r
+            pending = None
+        # rows of this block, bottom up, so that the top-most qualifying row is found last
+        for i in np.flatnonzero(uniform[1:])[::-1] + 1:
+            body = suffix[i + 1] if i + 1 < k else below
+            if qualifies(start + i, level[i], level[i - 1], bool(uniform[i - 1]), body):
+                found = n_rows - (start + i)
+        if uniform[0] and start >= 1:
+            pending = (start, level[0], suffix[1] if k > 1 else below.copy())
+        below = suffix[0]
+        end = start
+    return found
+
+
+def _pieces(blocks: Iterable[np.ndarray]):
+    """The blocks cut into pieces of bounded size, the bottom piece first."""
+    for block in blocks:
+        block = np.asarray(block)
+        if block.ndim != 2:
+            raise ValueError(f"detect_databar_blocks needs 2-D blocks of rows, got shape {block.shape}")
+        step = max(1, min(_PIECE_ROWS, _PIECE_VALUES // max(1, block.shape[1])))
+        for stop in range(block.shape[0], 0, -step):
+            yield block[max(0, stop - step): stop]
+
+
+def _unit_range(band: np.ndarray) -> np.ndarray:
+    """Samples as float32 in [0, 1] (integers by their type's maximum, NaN as 0)."""
     if band.dtype.kind == "b":
         band = band.astype(np.float32)
     elif band.dtype.kind in "ui":
         band = band.astype(np.float32) / np.float32(np.iinfo(band.dtype).max)
     else:
         band = band.astype(np.float32, copy=False)
-    n_rows = band.shape[0]
-    if n_rows < min_rows + 1 or band.shape[1] == 0:
-        return 0
-    band = np.clip(np.nan_to_num(band, nan=0.0), 0.0, 1.0)
-
-    level = np.median(band, axis=1)
-    uniform = np.mean(np.abs(band - level[:, None]) <= tolerance, axis=1) >= uniform_fraction
-
-    # Per-row histograms (256 levels) summed from the bottom: the histogram of
-    # rows r+1..end is suffix[r + 1].
-    q = np.rint(band * 255).astype(np.intp)
-    q += np.arange(n_rows, dtype=np.intp)[:, None] * 256
-    hist = np.bincount(q.ravel(), minlength=n_rows * 256).reshape(n_rows, 256)
-    suffix = np.cumsum(hist[::-1], axis=0)[::-1]
-    bins = np.arange(256)
-    tol_bins = max(1, int(round(tolerance * 255)))
-
-    for r in range(1, n_rows - min_rows + 1):
-        if not uniform[r]:
-            continue
-        above_is_content = not uniform[r - 1] or abs(level[r - 1] - level[r]) >= min_contrast
-        if not above_is_content:
-            continue
-        body = suffix[r + 1]
-        peak = int(np.argmax(body))
-        near = np.abs(bins - peak) <= tol_bins
-        body_fraction = body[near].sum() / body.sum()
-        if body_fraction >= min_body_fraction and abs(peak / 255 - level[r]) >= min_contrast:
-            return n_rows - r
-    return 0
+    return np.clip(np.nan_to_num(band, nan=0.0), 0.0, 1.0)

@@ -1,5 +1,10 @@
 """Finding scans on disk, and telling files apart by their SHA-256.
 
+:func:`discover_scans` searches files and folders and reports every path it
+could not search (missing, unreadable, a symbolic-link loop) without ever
+stopping; :func:`find_scans` is its strict form for callers that want an
+exception on a bad input.
+
 :func:`sha256_file` is the one implementation of plain file hashing in
 semtile (model files, bundles and scans all use it); :func:`image_sha256` is
 its variant for input scans, whose failures are image errors naming the file.
@@ -7,20 +12,41 @@ its variant for input scans, whose failures are image errors naming the file.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
+import stat
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from semtile.errors import SemtileError, UnreadableImageError
 
-__all__ = ["TIFF_SUFFIXES", "find_scans", "sha256_file", "image_sha256"]
+__all__ = ["TIFF_SUFFIXES", "Discovery", "discover_scans", "find_scans", "sha256_file", "image_sha256"]
 
 TIFF_SUFFIXES: tuple[str, ...] = (".tif", ".tiff")
 
 
-def find_scans(inputs: Sequence[str | Path] | str | Path) -> list[Path]:
-    """List the TIFF scans named by files and folders.
+@dataclass
+class Discovery:
+    """What :func:`discover_scans` found.
+
+    Attributes
+    ----------
+    scans
+        Resolved paths of the scans, sorted, each listed once.
+    problems
+        ``(path, reason)`` for every input or entry that could not be
+        searched: ``"not found"``, ``"symlink loop"``, ``"permission denied:
+        cannot list folder"``, ... in the order they were met.
+    """
+
+    scans: list[Path] = field(default_factory=list)
+    problems: list[tuple[Path, str]] = field(default_factory=list)
+
+
+def discover_scans(inputs: Sequence[str | Path] | str | Path) -> Discovery:
+    """Find the TIFF scans named by files and folders; never raises for a bad path.
 
     Parameters
     ----------
@@ -28,13 +54,42 @@ def find_scans(inputs: Sequence[str | Path] | str | Path) -> list[Path]:
         Files and folders. A file is taken as it is, whatever its suffix.
         A folder is searched recursively for files ending in ``.tif`` or
         ``.tiff`` (any case); hidden files and folders (names starting with
-        ``.``, e.g. macOS ``._x.tif`` resource forks) are skipped. A single
-        path may be given instead of a sequence.
+        ``.``, e.g. macOS ``._x.tif`` resource forks) are skipped. Symbolic
+        links to files and folders are followed; a folder reached twice (by a
+        link, or another input) is searched once. A single path may be given
+        instead of a sequence.
 
     Returns
     -------
-    list of Path
-        Resolved paths, sorted, each listed once.
+    Discovery
+        The scans, and a problem for each path that could not be searched: a
+        missing input, a broken link, a symbolic-link loop (a link to itself,
+        or to a folder that contains the link), a folder that cannot be
+        listed. The search goes on past every one of them.
+    """
+    if isinstance(inputs, (str, os.PathLike)):
+        inputs = [inputs]
+    found: set[Path] = set()
+    problems: list[tuple[Path, str]] = []
+    searched: set[tuple[int, int]] = set()  # (device, inode) of every folder searched
+    for item in inputs:
+        path = Path(item)
+        try:
+            st = path.stat()
+        except OSError as exc:
+            problems.append((path, _reason(path, exc)))
+            continue
+        if stat.S_ISREG(st.st_mode):
+            _add(path, found, problems)
+        elif stat.S_ISDIR(st.st_mode):
+            _search(path, st, found, problems, searched)
+        else:
+            problems.append((path, "neither a file nor a folder"))  # a fifo, a socket, a device
+    return Discovery(scans=sorted(found), problems=problems)
+
+
+def find_scans(inputs: Sequence[str | Path] | str | Path) -> list[Path]:
+    """The scans of :func:`discover_scans`; raises for a bad input, skips bad entries inside folders.
 
     Raises
     ------
@@ -43,24 +98,80 @@ def find_scans(inputs: Sequence[str | Path] | str | Path) -> list[Path]:
     """
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
-    found: set[Path] = set()
-    for item in inputs:
-        path = Path(item)
-        if not path.exists():
-            raise SemtileError(f"input path does not exist: {path}")
-        if path.is_file():
-            found.add(path.resolve())
-        elif path.is_dir():
-            for root, dirs, files in os.walk(path):
-                dirs[:] = [d for d in dirs if not d.startswith(".")]
-                for name in files:
-                    if name.startswith("."):
-                        continue
-                    if os.path.splitext(name)[1].lower() in TIFF_SUFFIXES:
-                        found.add((Path(root) / name).resolve())
-        else:
-            raise SemtileError(f"input path is neither a file nor a folder: {path}")
-    return sorted(found)
+    tops = {Path(item) for item in inputs}
+    discovery = discover_scans(inputs)
+    for path, reason in discovery.problems:
+        if path in tops:
+            raise SemtileError(
+                f"input path does not exist: {path}" if reason == "not found" else f"input path {path}: {reason}"
+            )
+    return discovery.scans
+
+
+def _search(top: Path, top_stat: os.stat_result, found: set[Path], problems: list, searched: set) -> None:
+    """Search one folder tree, depth first, without recursion (trees may be deep)."""
+    stack: list[tuple[Path, os.stat_result]] = [(top, top_stat)]
+    while stack:
+        folder, st = stack.pop()
+        if (st.st_dev, st.st_ino) in searched:
+            continue  # reached before, through a link or another input
+        searched.add((st.st_dev, st.st_ino))
+        try:
+            with os.scandir(folder) as listing:
+                entries = sorted(listing, key=lambda e: e.name)
+        except OSError as exc:
+            problems.append((folder, _reason(folder, exc, "cannot list folder")))
+            continue
+        below = []
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            path = Path(entry.path)
+            tiff_name = os.path.splitext(entry.name)[1].lower() in TIFF_SUFFIXES
+            try:
+                if not entry.is_symlink():
+                    if entry.is_dir(follow_symlinks=False):
+                        below.append((path, entry.stat(follow_symlinks=False)))
+                    elif tiff_name and entry.is_file(follow_symlinks=False):
+                        _add(path, found, problems)
+                    elif tiff_name:
+                        problems.append((path, "not a regular file"))  # a fifo would block its reader
+                    continue
+                target = os.stat(path)  # through the link
+            except OSError as exc:
+                problems.append((path, _reason(path, exc)))
+                continue
+            if stat.S_ISDIR(target.st_mode):
+                real, here = os.path.realpath(path), os.path.realpath(folder)
+                if here == real or here.startswith(real.rstrip(os.sep) + os.sep):
+                    problems.append((path, f"symlink loop: links to {real}, a folder that contains it"))
+                else:
+                    below.append((path, target))
+            elif tiff_name and stat.S_ISREG(target.st_mode):
+                _add(path, found, problems)
+            elif tiff_name:
+                problems.append((path, "not a regular file"))
+        stack.extend(reversed(below))
+
+
+def _add(path: Path, found: set[Path], problems: list) -> None:
+    try:
+        found.add(path.resolve(strict=True))
+    except RuntimeError:  # a loop, on Python < 3.13
+        problems.append((path, "symlink loop"))
+    except OSError as exc:
+        problems.append((path, _reason(path, exc)))
+
+
+def _reason(path: Path, exc: OSError, action: str = "cannot access") -> str:
+    """Why ``path`` could not be used, from the error of stat or scandir."""
+    if exc.errno == errno.ELOOP:
+        return "symlink loop"
+    if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+        return "broken symlink: target not found" if path.is_symlink() else "not found"
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return f"permission denied: {action}"
+    return f"{exc.strerror or exc}: {action}"
 
 
 def sha256_file(path) -> str:

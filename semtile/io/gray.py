@@ -9,6 +9,7 @@ bands of whole rows. :mod:`semtile.io.tiff` puts the three together.
 from __future__ import annotations
 
 import math
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -46,9 +47,17 @@ def choose_conversion(
 
     if photometric == "PALETTE":
         cmap = page.colormap
-        if cmap is None or dtype.kind != "u":
+        if dtype.kind != "u" or dtype.itemsize > 2:
+            raise UnsupportedImageError(
+                path, f"palette image with {dtype.name} indices: only unsigned integers of 8 or 16 bits are supported"
+            )
+        try:
+            with np.errstate(all="ignore"):  # a map of a malformed type: NaN and infinities become 0
+                cmap = None if cmap is None else np.nan_to_num(np.asarray(cmap, np.float64), posinf=0.0, neginf=0.0)
+        except (TypeError, ValueError):  # text, say
+            cmap = None
+        if cmap is None or cmap.ndim != 2 or cmap.shape[0] < 3 or cmap.shape[1] == 0:
             raise UnsupportedImageError(path, "palette image without a usable colour map")
-        cmap = np.asarray(cmap, dtype=np.float64)
         cmax = 255.0 if cmap.max() < 256 else 65535.0  # some writers store 8-bit maps
         lut = (LUMA @ cmap[:3]) / cmax
         n = 2 ** (8 * dtype.itemsize)
@@ -71,7 +80,7 @@ def choose_conversion(
 
 
 def to_dask(z: Any, axes: str) -> da.Array:
-    """Wrap the zarr array in dask bands of whole rows, samples last."""
+    """Wrap the page (a :class:`~semtile.io.guards.DecodedPage`) in dask bands of whole rows, samples last."""
     shape = tuple(int(s) for s in z.shape)
     zchunks = tuple(int(c) for c in z.chunks)
     y = axes.index("Y")
@@ -81,7 +90,8 @@ def to_dask(z: Any, axes: str) -> da.Array:
     step = zchunks[y]  # RowsPerStrip or tile length: whole stored chunks per band
     band = min(rows, max(step, math.ceil(target / step) * step))
     chunks = tuple(band if i == y else -1 for i in range(len(shape)))
-    arr = da.from_zarr(z, chunks=chunks)
+    arr = da.from_array(z, chunks=chunks, name=f"semtile-page-{uuid.uuid4().hex}", lock=False,
+                        asarray=True, fancy=False, meta=np.empty((0,) * len(shape), dtype=z.dtype))
     if axes == "SYX":
         arr = arr.transpose(1, 2, 0)
     return arr
@@ -100,12 +110,12 @@ def gray_block(
     if mode == "palette":
         assert lut is not None
         return lut[block]
+    x = block
+    if x.ndim == 3:  # samples last: RGB(A), of any sample type
+        x = x[..., :3].astype(np.float64) @ LUMA
     if mode == "bool":
-        out = block.astype(np.float32)
+        out = x.astype(np.float32)
     else:
-        x = block
-        if x.ndim == 3:  # samples last: RGB(A)
-            x = x[..., :3].astype(np.float64) @ LUMA
         x = x.astype(np.float32)
         if mode == "float":
             x = np.where(np.isfinite(x), x, np.float32(offset))

@@ -11,7 +11,9 @@ data bar at the bottom of the frame, from the caller, from the FEI metadata,
 or detected in the pixels (:func:`semtile.io.databar.detect_databar`).
 
 Every problem with one file raises an :class:`~semtile.errors.ImageError`
-whose message names the file and the reason.
+whose message names the file and the reason, at open or whenever the pixels
+are computed. A page whose header claims more pixels than a budget is refused
+from the header alone, before anything is decoded.
 """
 
 from __future__ import annotations
@@ -27,19 +29,15 @@ import numpy as np
 import tifffile
 import zarr
 
-from semtile.errors import ImageTooSmallError, SemtileError, UnreadableImageError, UnsupportedImageError
-from semtile.io.databar import DATABAR_SEARCH_FRACTION, detect_databar
+from semtile.errors import ImageError, ImageTooSmallError, SemtileError, UnreadableImageError, UnsupportedImageError
+from semtile.io.databar import DATABAR_SEARCH_FRACTION, detect_databar_blocks
 from semtile.io.gray import LUMA, choose_conversion, gray_block, to_dask
+from semtile.io.guards import (
+    DEFAULT_MAX_PIXELS, DecodedPage, ImageTooLargeError, check_budget, check_file, check_last_rows, describe,
+)
 from semtile.io.vendor import fei_databar, fei_metadata, read_pixel_size
 
-__all__ = ["ScanInfo", "Scan", "open_scan"]
-
-#: The last chunk row is decoded at open (to surface decode errors early)
-#: only when it is at most this many bytes.
-_CHECK_READ_LIMIT = 64 * 2**20
-
-_TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
-
+__all__ = ["DEFAULT_MAX_PIXELS", "ImageTooLargeError", "ScanInfo", "Scan", "open_scan"]
 
 # --------------------------------------------------------------------------
 # scan description
@@ -202,7 +200,9 @@ class Scan:
 # opening
 
 
-def open_scan(path: str | Path, *, page: int = 0, databar_rows: int | None = None) -> Scan:
+def open_scan(
+    path: str | Path, *, page: int = 0, databar_rows: int | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS
+) -> Scan:
     """Open one page of a TIFF scan lazily.
 
     Parameters
@@ -214,6 +214,9 @@ def open_scan(path: str | Path, *, page: int = 0, databar_rows: int | None = Non
     databar_rows
         Height of the data bar in rows, overriding metadata and detection.
         Use 0 for a scan without a bar.
+    max_pixels
+        Most pixels (rows x columns) the page header may claim; a larger page
+        is refused from its header alone. None means :data:`DEFAULT_MAX_PIXELS`.
 
     Returns
     -------
@@ -228,62 +231,42 @@ def open_scan(path: str | Path, *, page: int = 0, databar_rows: int | None = Non
     UnsupportedImageError
         If the page does not exist or is not a 2-D gray, palette or RGB(A)
         image.
+    ImageTooLargeError
+        If the page header claims more than ``max_pixels`` pixels.
     ImageTooSmallError
         If ``databar_rows`` leaves no image rows.
     SemtileError
-        If ``databar_rows`` is not a non-negative integer.
+        If ``databar_rows`` is not a non-negative integer or ``max_pixels``
+        not a positive one.
     """
     path = Path(path)
+    if max_pixels is None:
+        max_pixels = DEFAULT_MAX_PIXELS
+    if isinstance(max_pixels, bool) or not isinstance(max_pixels, (int, np.integer)) or max_pixels < 1:
+        raise SemtileError(f"max_pixels must be a positive integer, got {max_pixels!r}")
     if databar_rows is not None and (
         isinstance(databar_rows, bool) or not isinstance(databar_rows, (int, np.integer)) or databar_rows < 0
     ):
         raise SemtileError(f"databar_rows must be a non-negative integer, got {databar_rows!r}")
-    size = _check_file(path)
+    size = check_file(path)
     try:
         tif = tifffile.TiffFile(path)
     except Exception as exc:  # tifffile raises many kinds
-        raise UnreadableImageError(path, f"cannot parse TIFF: {_describe(exc)}") from exc
+        raise UnreadableImageError(path, f"cannot parse TIFF: {describe(exc)}") from exc
     try:
-        return _open(tif, path, size, page, databar_rows)
+        return _open(tif, path, size, page, databar_rows, int(max_pixels))
     except BaseException:
         tif.close()
         raise
 
 
-def _check_file(path: Path) -> int:
-    """Cheap checks before parsing; returns the file size."""
-    try:
-        st = path.stat()
-    except FileNotFoundError:
-        raise UnreadableImageError(path, "file not found") from None
-    except OSError as exc:
-        raise UnreadableImageError(path, f"cannot access file: {exc.strerror or exc}") from exc
-    if path.is_dir():
-        raise UnreadableImageError(path, "is a folder, not a file")
-    if st.st_size == 0:
-        raise UnreadableImageError(path, "empty file (0 bytes)")
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(4)
-    except OSError as exc:
-        raise UnreadableImageError(path, f"cannot read file: {exc.strerror or exc}") from exc
-    if head not in _TIFF_MAGIC:
-        raise UnreadableImageError(
-            path, f"not a TIFF file: it starts with {head!r}, not a TIFF header (b'II*\\x00' or b'MM\\x00*')"
-        )
-    return st.st_size
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-def _open(tif: tifffile.TiffFile, path: Path, size: int, page_index: int, databar_rows: int | None) -> Scan:
+def _open(
+    tif: tifffile.TiffFile, path: Path, size: int, page_index: int, databar_rows: int | None, max_pixels: int
+) -> Scan:
     try:
         n_pages = len(tif.pages)
     except Exception as exc:
-        raise UnreadableImageError(path, f"cannot read the page list: {_describe(exc)}") from exc
+        raise UnreadableImageError(path, f"cannot read the page list: {describe(exc)}") from exc
     if n_pages == 0:
         raise UnreadableImageError(path, "the TIFF has no image pages")
     if not isinstance(page_index, (int, np.integer)) or isinstance(page_index, bool):
@@ -296,16 +279,22 @@ def _open(tif: tifffile.TiffFile, path: Path, size: int, page_index: int, databa
         page = tif.pages[int(page_index)]
         if not isinstance(page, tifffile.TiffPage):  # a TiffFrame
             page = page.aspage()
+        # from the header alone, before anything else looks at the page
+        check_budget(path, int(page.imagelength), int(page.imagewidth), int(page.imagedepth), max_pixels)
         axes = page.axes
         shape = tuple(int(s) for s in page.shape)
         photometric = tifffile.PHOTOMETRIC(page.photometric).name
         dtype = np.dtype(page.dtype) if page.dtype is not None else None
         offsets = tuple(page.dataoffsets)
         counts = tuple(page.databytecounts)
+    except ImageError:
+        raise
     except Exception as exc:
-        raise UnreadableImageError(path, f"cannot read page {page_index}: {_describe(exc)}") from exc
+        raise UnreadableImageError(path, f"cannot read page {page_index}: {describe(exc)}") from exc
 
     # truncated files: every strip/tile must lie inside the file
+    if not all(isinstance(v, (int, np.integer)) and v >= 0 for v in offsets + counts):
+        raise UnreadableImageError(path, f"page {page_index} has malformed strip or tile offsets or byte counts")
     if not offsets or not any(counts):
         raise UnreadableImageError(path, f"page {page_index} has no image data")
     data_end = max((o + c for o, c in zip(offsets, counts) if c), default=0)
@@ -321,13 +310,15 @@ def _open(tif: tifffile.TiffFile, path: Path, size: int, page_index: int, databa
     # lazy pixels
     try:
         store = tif.aszarr(key=int(page_index))
-        z = zarr.open(store, mode="r")
+        z = DecodedPage(zarr.open(store, mode="r"), path)
+        if min(z.chunks, default=0) < 1 or z.ndim != len(raw_axes):
+            raise ValueError(f"stored chunks {z.chunks} of an array of shape {z.shape}")
+        raw = to_dask(z, raw_axes)
     except Exception as exc:
-        raise UnreadableImageError(path, f"cannot open image data: {_describe(exc)}") from exc
-    raw = to_dask(z, raw_axes)
+        raise UnreadableImageError(path, f"cannot open image data: {describe(exc)}") from exc
     rows, cols = int(raw.shape[0]), int(raw.shape[1])
 
-    _check_last_rows(path, z, raw_axes)
+    check_last_rows(z, raw_axes)
 
     vendor, pixel_size, pixel_source = read_pixel_size(tif, page)
     scan = Scan(
@@ -361,27 +352,19 @@ def _open(tif: tifffile.TiffFile, path: Path, size: int, page_index: int, databa
         if fei_bar is not None:
             bar, source = fei_bar, "fei"
         else:
-            band_rows = min(rows, max(8, math.ceil(rows * DATABAR_SEARCH_FRACTION)))
-            try:
-                band = scan.gray()[rows - band_rows :].compute()
-            except Exception as exc:
-                raise UnreadableImageError(path, f"cannot decode image data: {_describe(exc)}") from exc
-            bar, source = detect_databar(band), "detected"
+            bar, source = _detect_databar(scan, path, rows), "detected"
     scan.info = dataclasses.replace(scan.info, databar_rows=bar, databar_source=source)
     return scan
 
 
-def _check_last_rows(path: Path, z: Any, axes: str) -> None:
-    """Decode the last stored chunk row, if cheap, to surface decode errors at open."""
-    y = axes.index("Y")
-    step = int(z.chunks[y])
-    nbytes = step * int(np.prod([s for i, s in enumerate(z.shape) if i != y])) * z.dtype.itemsize
-    if nbytes > _CHECK_READ_LIMIT:
-        return
-    index = tuple(slice(-1, None) if i == y else slice(None) for i in range(z.ndim))
+def _detect_databar(scan: Scan, path: Path, rows: int) -> int:
+    """Search the bottom band for a data bar, one decoded block at a time, bottom block first."""
+    band_rows = min(rows, max(8, math.ceil(rows * DATABAR_SEARCH_FRACTION)))
     try:
-        z[index]
+        band = scan.gray()[rows - band_rows :]
+        blocks = (band.blocks[i].compute(scheduler="synchronous") for i in reversed(range(band.numblocks[0])))
+        return detect_databar_blocks(blocks, band_rows)
+    except ImageError:
+        raise
     except Exception as exc:
-        raise UnreadableImageError(path, f"cannot decode image data: {_describe(exc)}") from exc
-
-
+        raise UnreadableImageError(path, f"cannot decode image data: {describe(exc)}") from exc

@@ -113,13 +113,13 @@ def fei_databar(meta: dict[str, Any], rows: int) -> int | None:
     try:
         if height is not None and 0 <= int(height) < rows:
             return int(height)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: "inf"
         pass
     # no usable DatabarHeight: the bar is what lies below the image's own rows
     image = meta.get("Image")
     try:
         res_y = int(image["ResolutionY"])  # type: ignore[index]
-    except (KeyError, TypeError, ValueError):
+    except (KeyError, TypeError, ValueError, OverflowError):
         return None
     if 0 < res_y < rows:
         return rows - res_y

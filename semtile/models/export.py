@@ -9,8 +9,12 @@ file. Each export is checked with ``onnx.checker`` and against PyTorch.
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import json
+import os
 import shutil
+import uuid
 import warnings
 from pathlib import Path
 
@@ -115,23 +119,69 @@ def read_bundle_manifest(folder: str | Path, *, verify: bool = True) -> dict:
 
 def cache_root() -> Path:
     """Where semtile caches exports and compiled engines (``$SEMTILE_CACHE`` or ``~/.cache/semtile``)."""
-    import os
-
     return Path(os.environ.get("SEMTILE_CACHE", Path.home() / ".cache" / "semtile"))
 
 
 def exported_bundle(bundle: ModelBundle, *, tile: int, halo: int | None = None) -> Path:
-    """The ONNX export of ``bundle`` for ``tile``, made once and cached by weight sha256."""
+    """The ONNX export of ``bundle`` for ``tile``, made once and cached by weight sha256.
+
+    Safe when several processes ask for the same entry at once (two runs on a
+    cold cache): they take turns on a lock file beside the entry, each stages
+    into a folder of its own and renames it into place, and whoever comes
+    second finds the first one's verified entry and uses it.
+    """
     key = f"{bundle.classifier.sha256[:16]}-{bundle.segmenter.sha256[:16]}-t{tile}-opset{OPSET}"
     folder = cache_root() / "bundles" / key
+    if _verified(folder):
+        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with _locked(folder.with_name(key + ".lock")) as exclusive:
+        if _verified(folder):  # made by another process while this one waited
+            return folder
+        if exclusive:  # nobody else is staging this entry: leftovers of interrupted runs can go
+            for pattern in (".partial*", ".stale-*"):
+                for stale in folder.parent.glob(glob.escape(key) + pattern):
+                    shutil.rmtree(stale, ignore_errors=True)
+        staging = folder.with_name(f"{key}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        try:
+            export_bundle(bundle, staging, tile=tile, halo=halo)
+            try:
+                staging.rename(folder)  # atomic; fails if the entry exists
+            except OSError:
+                if _verified(folder):  # another process won the race (no lock on this file system)
+                    return folder
+                old = folder.with_name(f"{key}.stale-{uuid.uuid4().hex[:8]}")
+                folder.rename(old)  # a broken entry: set it aside, then take its place
+                staging.rename(folder)
+                shutil.rmtree(old, ignore_errors=True)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return folder
+
+
+def _verified(folder: Path) -> bool:
     try:
         read_bundle_manifest(folder)
-        return folder
-    except (ModelError, KeyError, ValueError):
-        pass
-    staging = folder.with_name(folder.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    export_bundle(bundle, staging, tile=tile, halo=halo)
-    shutil.rmtree(folder, ignore_errors=True)
-    staging.rename(folder)
-    return folder
+        return True
+    except (ModelError, KeyError, ValueError, OSError):
+        return False
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    """Hold an exclusive ``flock`` on ``path``; yields False where the platform or file system has none."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: the rename is still atomic
+        yield False
+        return
+    with open(path, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        except OSError:  # e.g. some network file systems: go on, the rename is still atomic
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

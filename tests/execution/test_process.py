@@ -192,3 +192,40 @@ def test_scratch_preparation_paths_agree(tiny_dataset, tiny_bundle, tmp_path, mo
         masks.append([store.read(p.stem).mask[...] for p in scans])
     for a, b in zip(*masks):
         np.testing.assert_array_equal(a, b)
+
+
+def test_hostile_inputs_beside_good_scans(tiny_dataset, tiny_bundle, tmp_path):
+    """A header bomb, a symlink loop and a bad budget never stop the batch; the good scans are written."""
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    good = sorted((tiny_dataset / "images").glob("*.tif"))[:2]
+    for path in good:
+        shutil.copy(path, folder / path.name)
+    tifffile.imwrite(folder / "bomb.tif", np.zeros((100, 100), np.uint8))
+    _claim_dimensions(folder / "bomb.tif", 100000, 100000)
+    (folder / "loop").symlink_to(folder, target_is_directory=True)
+    out = tmp_path / "r.zarr"
+    result = run_cli("process", folder, "--out", out, "--model", tiny_bundle, *OPTIONS)
+    assert result.exit_code == 1, result.stderr
+    rows = read_table(tmp_path / "r.csv")
+    assert rows["bomb.tif"]["status"] == "error" and "gigapixels" in rows["bomb.tif"]["error"]
+    assert rows["loop"]["status"] == "error" and "symlink loop" in rows["loop"]["error"]
+    assert sorted(open_store(out, mode="r").names()) == sorted(p.stem for p in good)
+    # A budget below the good scans' size refuses them too, from the header, with the option named.
+    small = run_cli("process", good[0], "--out", tmp_path / "s.zarr", "--model", tiny_bundle, *OPTIONS,
+                    "--max-pixels", "1000")
+    assert small.exit_code == 1 and "--max-pixels" in small.stderr
+
+
+def _claim_dimensions(path, rows: int, cols: int) -> None:
+    """Rewrite ImageLength/ImageWidth in the first IFD of a little-endian classic TIFF."""
+    import struct
+
+    data = bytearray(path.read_bytes())
+    ifd = struct.unpack_from("<I", data, 4)[0]
+    for i in range(struct.unpack_from("<H", data, ifd)[0]):
+        entry = ifd + 2 + 12 * i
+        tag, kind = struct.unpack_from("<HH", data, entry)
+        if tag in (256, 257):
+            struct.pack_into("<HHII", data, entry, tag, 4, 1, cols if tag == 256 else rows)
+    path.write_bytes(bytes(data))

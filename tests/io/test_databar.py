@@ -7,7 +7,7 @@ import csv
 import numpy as np
 
 from scan_samples import LUNG, need, synthetic_frame, texture
-from semtile.io.databar import detect_databar
+from semtile.io.databar import detect_databar, detect_databar_blocks
 from semtile.io.tiff import open_scan
 
 
@@ -40,3 +40,28 @@ def test_lungcells_bar_is_also_detected_in_pixels():
     with open_scan(LUNG / first["file"]) as scan:
         band = scan.gray()[-276:].compute()
     assert detect_databar(band) == 79
+
+
+def test_blocks_bottom_up_give_the_same_answer():
+    """detect_databar_blocks (what open_scan streams through) agrees with the whole-band search."""
+    import semtile.io.databar as databar
+
+    rng = np.random.default_rng(5)
+    for trial in range(300):
+        rows, cols = int(rng.integers(4, 50)), int(rng.integers(1, 30))
+        band = np.full((rows, cols), rng.integers(0, 256), np.uint8)
+        for r in range(rows):  # uniform rows of a few levels between rows of content
+            pick = rng.random()
+            band[r] = rng.integers(0, 256, cols) if pick < 0.3 else (255 if pick < 0.5 else 0 if pick < 0.7 else band[r])
+        whole = detect_databar(band)
+        cuts = sorted({0, rows, *rng.integers(1, rows, 3).tolist()})
+        blocks = [band[a:b] for a, b in zip(cuts, cuts[1:])][::-1]
+        assert detect_databar_blocks(blocks, rows) == whole, trial
+    frame = synthetic_frame(200, 300, bar=30)[-50:]
+    old_rows = databar._PIECE_ROWS
+    try:
+        databar._PIECE_ROWS = 3  # pieces smaller than the bar itself
+        assert detect_databar_blocks([frame[40:], frame[:40]], 50) == detect_databar(frame) == 30
+    finally:
+        databar._PIECE_ROWS = old_rows
+    assert detect_databar_blocks(iter(()), 3) == 0  # too short for a bar: nothing is read

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import multiprocessing
+import os
+import queue
+
 import pytest
 
 import semtile.models.export as export
@@ -82,3 +87,57 @@ def test_a_leftover_partial_folder_does_not_break_it(bundle, counted, tmp_path):
     staging.mkdir()
     (staging / "junk").write_text("x")
     assert export.exported_bundle(bundle, tile=TILE, halo=8) == folder and len(counted) == 2
+
+
+# -- two runs on a cold cache at once ----------------------------------------------------------
+
+
+def _export_in_child(cache: str, use_lock: bool, barrier, results) -> None:
+    """One "run": load the bundle, wait for the other, then ask the cache for the export."""
+    os.environ["SEMTILE_CACHE"] = cache
+    try:
+        bundle = load_bundle()
+        exports = []
+        real = export.export_bundle
+
+        def counting(b, out, **kw):
+            exports.append(str(out))
+            return real(b, out, **kw)
+
+        export.export_bundle = counting
+        if not use_lock:  # as on a file system without flock: only the atomic rename protects
+            export._locked = lambda path: contextlib.nullcontext(False)
+        barrier.wait(timeout=300)
+        folder = export.exported_bundle(bundle, tile=TILE, halo=8)
+        results.put(("ok", str(folder), exports))
+    except BaseException as exc:  # noqa: BLE001 - reported to the parent
+        results.put(("error", f"{type(exc).__name__}: {exc}", []))
+
+
+@pytest.mark.parametrize("use_lock", [True, False], ids=["flock", "rename-only"])
+def test_two_processes_on_a_cold_cache_share_one_verified_export(tmp_path, use_lock):
+    ctx = multiprocessing.get_context("spawn")
+    barrier, results = ctx.Barrier(2), ctx.Queue()
+    children = [ctx.Process(target=_export_in_child, args=(str(tmp_path), use_lock, barrier, results))
+                for _ in range(2)]
+    for child in children:
+        child.start()
+    try:
+        got = [results.get(timeout=600) for _ in children]
+    except queue.Empty:
+        pytest.fail("a child process neither finished nor failed in time")
+    finally:
+        for child in children:
+            child.join(timeout=60)
+            if child.is_alive():
+                child.kill()
+    assert [status for status, _, _ in got] == ["ok", "ok"], got
+    folders = {folder for _, folder, _ in got}
+    assert len(folders) == 1
+    folder = export.Path(folders.pop())
+    assert folder.parent == tmp_path / "bundles"
+    assert export.read_bundle_manifest(folder)["tile"] == TILE  # every sha256 checked
+    n_exports = sum(len(exports) for _, _, exports in got)
+    assert n_exports == 1 if use_lock else 1 <= n_exports <= 2  # with the lock, the second waits and reuses
+    # no staging folder is left behind, whoever won
+    assert sorted(p.name for p in folder.parent.iterdir() if p.is_dir()) == [folder.name]
