@@ -75,6 +75,8 @@ def process(inputs, out, csv_path, model, classifier, segmenter, engine_name, pr
         raise click.UsageError(str(exc)) from exc
     for outcome in summary.failed:
         click.echo(f"FAILED {outcome.path}: {outcome.error}", err=True)
+    if summary.table_error:
+        click.echo(f"WARNING {summary.table_error}", err=True)
     done = len(summary.outcomes) - len(summary.failed)
     click.echo(f"{done} done, {len(summary.skipped)} skipped (already complete), {len(summary.failed)} failed"
                + (f"; interrupted by {summary.interrupted}" if summary.interrupted else ""), err=True)

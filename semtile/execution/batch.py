@@ -71,6 +71,7 @@ class BatchSummary:
     outcomes: list[ImageOutcome] = field(default_factory=list)
     skipped: list[Path] = field(default_factory=list)
     interrupted: str | None = None
+    table_error: str | None = None
     run_table: Path | None = None
     table: Path | None = None
     seconds: float = 0.0
@@ -83,7 +84,7 @@ class BatchSummary:
     def exit_code(self) -> int:
         if self.interrupted:
             return EXIT_INTERRUPTED
-        return EXIT_FAILED if self.failed else EXIT_OK
+        return EXIT_FAILED if self.failed or self.table_error else EXIT_OK
 
 
 @contextmanager
@@ -203,7 +204,11 @@ def run_process(
         except Interrupted as stop:
             summary.interrupted = str(stop)
             log.warning("run_interrupted", run_id=summary.run_id, signal=str(stop))
-    write_current_table(table, store)
+    try:
+        write_current_table(table, store)
+    except OSError as exc:  # e.g. a full disk: the results are in the store, the table can be made again
+        summary.table_error = f"{table}: not regenerated ({exc.strerror or exc}); rerun to write it"
+        log.error("table_not_written", table=str(table), error=str(exc))
     summary.seconds = time.perf_counter() - started
     log.info("run_end", run_id=summary.run_id, images=len(scans), done=len(summary.outcomes) - len(summary.failed),
              failed=len(summary.failed), skipped=len(summary.skipped), interrupted=summary.interrupted,

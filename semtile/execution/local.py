@@ -149,10 +149,15 @@ def process_scans(
                     outcome = _store_one(job, result, store)
                 finally:
                     job.release()
-                run_table.add(path=str(job.path), status=outcome.status, label=outcome.label,
-                              adhesive_ratio=None if outcome.adhesive_ratio is None else f"{outcome.adhesive_ratio:.6f}",
-                              pixel_size_m=outcome.pixel_size_m, databar_rows=outcome.databar_rows,
-                              error=outcome.error)
+                try:  # the result is in the store already; a full disk must not lose it or stop the run
+                    run_table.add(path=str(job.path), status=outcome.status, label=outcome.label,
+                                  adhesive_ratio=None if outcome.adhesive_ratio is None
+                                  else f"{outcome.adhesive_ratio:.6f}",
+                                  pixel_size_m=outcome.pixel_size_m, databar_rows=outcome.databar_rows,
+                                  error=outcome.error)
+                except OSError as exc:
+                    log.error("run_table_row_not_written", path=str(job.path), table=str(run_table.path),
+                              error=str(exc))
                 if on_image:
                     on_image(outcome)
                 return outcome

@@ -83,10 +83,12 @@ def _halve(a: np.ndarray, reduce: str) -> np.ndarray:
     rows, cols = a.shape
     if rows % 2 or cols % 2:
         a = np.pad(a, ((0, rows % 2), (0, cols % 2)), mode="edge")
-    blocks = a.reshape(a.shape[0] // 2, 2, a.shape[1] // 2, 2)
+    # The four corners of every block as strided views: elementwise ops, several times faster
+    # than a reduction over reshaped axes (this runs in the writer, beside the engine).
+    a00, a01, a10, a11 = a[0::2, 0::2], a[0::2, 1::2], a[1::2, 0::2], a[1::2, 1::2]
     if reduce == "max":
-        return blocks.max(axis=(1, 3))
-    return blocks.mean(axis=(1, 3), dtype=np.float32)
+        return np.maximum(np.maximum(a00, a01), np.maximum(a10, a11))
+    return ((a00.astype(np.float32) + a01) + (a10 + a11)) * np.float32(0.25)
 
 
 def _quantise(v: np.ndarray) -> np.ndarray:

@@ -186,3 +186,22 @@ def test_setup_errors_come_before_any_work(scans, tiny_bundle, tmp_path):
     result = run_cli("process", scans, "--out", tmp_path / "s.zarr", "--scratch", blocker / "scratch",
                      "--model", tiny_bundle, *OPTIONS)
     assert result.exit_code == 2 and "cannot write here" in result.stderr
+
+
+def test_a_full_disk_at_the_table_keeps_the_results(scans, tiny_bundle, tmp_path, monkeypatch):
+    import errno
+
+    import semtile.execution.batch as batch
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(batch, "write_current_table", full)
+    out = tmp_path / "r.zarr"
+    result = run_cli("process", scans, "--out", out, "--model", tiny_bundle, *OPTIONS)
+    assert result.exit_code == 1 and "No space left on device" in result.stderr
+    assert "Traceback" not in result.stderr and len(open_store(out, mode="r").names()) == 8
+    monkeypatch.undo()  # space again: the rerun skips everything and writes the table
+    again = run_cli("process", scans, "--out", out, "--model", tiny_bundle, *OPTIONS)
+    assert again.exit_code == 0 and "0 done, 8 skipped" in again.stderr
+    assert len(table(tmp_path / "r.csv")) == 8
