@@ -24,7 +24,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import tempfile
 import time
 from contextlib import contextmanager
@@ -40,6 +39,7 @@ from semtile.execution.resume import output_key, plan_run
 from semtile.inference.options import ProcessOptions
 from semtile.logs import get_logger
 from semtile.store import RunTable, default_csv_path, open_store
+from semtile.store.directory import host_name, process_alive
 
 from semtile.execution.outcome import ImageOutcome
 
@@ -102,19 +102,9 @@ def _stop_on_signals():
             signal.signal(s, handler)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def clean_stale_scratch(root: Path) -> int:
     """Remove scratch folders of dead semtile runs under ``root``; return how many."""
-    removed, host = 0, socket.gethostname()
+    removed, host = 0, host_name()
     for folder in Path(root).glob("semtile-scratch-*"):
         parts = folder.name[len("semtile-scratch-"):].rsplit("-", 2)
         owner_host, pid = (parts[0], parts[1]) if len(parts) == 3 and parts[1].isdigit() else (None, None)
@@ -122,7 +112,7 @@ def clean_stale_scratch(root: Path) -> int:
             age = time.time() - folder.stat().st_mtime
         except OSError:
             continue
-        if owner_host == host and int(pid) != os.getpid() and not _alive(int(pid)):
+        if owner_host == host and int(pid) != os.getpid() and process_alive(int(pid)) is False:
             stale = True
         else:
             stale = owner_host != host and age > STALE_SECONDS
@@ -172,8 +162,7 @@ def run_process(
     except OSError as exc:
         raise SemtileError(f"{exc.filename or table}: cannot write here ({exc.strerror or exc})") from None
     stale = store.clean_stale(), clean_stale_scratch(scratch_root)
-    key = output_key(model_sha256={"classifier": bundle.classifier.sha256, "segmenter": bundle.segmenter.sha256},
-                     engine={"name": engine_name, "precision": precision}, parameters=options.__dict__)
+    key = output_key(bundle, engine_name, precision, options)
     plan = plan_run(scans, store, key, force=force)
     summary.skipped = [path for path, _ in plan.skipped]
     log.info("run_start", run_id=summary.run_id, images=len(scans), to_do=len(plan.todo), skipped=len(plan.skipped),

@@ -12,7 +12,6 @@ One bad image is reported and skipped; the rest go on.
 from __future__ import annotations
 
 import os
-import socket
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -31,6 +30,7 @@ from semtile.io.discover import image_sha256
 from semtile.logs import get_logger
 from semtile.models.io import ModelBundle
 from semtile.store import ImageResult, ResultStore, RunTable, open_store
+from semtile.store.directory import host_name
 from semtile.store.provenance import provenance_record
 
 __all__ = ["ProcessOptions", "ImageOutcome", "RunSummary", "process_scans", "analyse_scan", "record_key",
@@ -52,8 +52,8 @@ class RunSummary:
 
 def record_key(engine: Engine, bundle: ModelBundle, options: ProcessOptions) -> dict:
     """What besides the input decides a result of this engine, model and options (see :mod:`.resume`)."""
-    return output_key(model_sha256={"classifier": bundle.classifier.sha256, "segmenter": bundle.segmenter.sha256},
-                      engine=engine.describe(), parameters=asdict(options))
+    engine_facts = engine.describe()
+    return output_key(bundle, engine_facts["name"], engine_facts["precision"], options)
 
 
 def _judge(job: TileJob, engine: Engine, bundle: ModelBundle, options: ProcessOptions, key: dict,
@@ -179,7 +179,7 @@ def process_scans(
 
 def scratch_prefix() -> str:
     """Scratch folders name their host and process, so a later run can tell a dead run's leftovers."""
-    return f"semtile-scratch-{socket.gethostname()}-{os.getpid()}-"
+    return f"semtile-scratch-{host_name()}-{os.getpid()}-"
 
 
 def _store_one(job: TileJob, result: ImageResult | None, store: ResultStore) -> ImageOutcome:

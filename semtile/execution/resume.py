@@ -27,11 +27,16 @@ RECORD_FORMAT = "semtile-completion/1"
 OUTPUT_PARAMETERS = ("tile", "halo", "threshold", "page", "databar_rows")
 
 
-def output_key(*, model_sha256: dict, engine: dict, parameters: dict) -> dict:
-    """Everything besides the input that decides a result, as stored in its record."""
-    return {"format": RECORD_FORMAT, "model_sha256": dict(model_sha256),
-            "engine": {"name": engine["name"], "precision": engine["precision"]},
-            "parameters": {k: parameters[k] for k in OUTPUT_PARAMETERS}}
+def output_key(bundle, engine_name: str, precision: str, options) -> dict:
+    """Everything besides the input that decides a result, as stored in its record.
+
+    The one place the key is made: the plan of a rerun (before any engine is
+    built) and the record written with each result must agree exactly.
+    """
+    return {"format": RECORD_FORMAT,
+            "model_sha256": {"classifier": bundle.classifier.sha256, "segmenter": bundle.segmenter.sha256},
+            "engine": {"name": engine_name, "precision": precision},
+            "parameters": {k: getattr(options, k) for k in OUTPUT_PARAMETERS}}
 
 
 def input_identity(path: Path, sha256: str | None = None) -> dict:

@@ -47,7 +47,8 @@ from semtile.errors import SemtileError
 from semtile.store.base import (RESERVED_NAMES, ImageResult, ResultStore, StoredResult, check_result, safe_stem,
                                 source_key, valid_name)
 
-__all__ = ["DirectoryStore", "HIDDEN", "STALE_AFTER_S", "temporary_name", "process_start"]
+__all__ = ["DirectoryStore", "HIDDEN", "STALE_AFTER_S", "temporary_name", "process_start", "host_name",
+           "process_alive"]
 
 HIDDEN = ".semtile"
 STALE_AFTER_S = 24 * 3600  # another host's temporaries (or any whose writer cannot be checked) after this
@@ -55,7 +56,8 @@ _TEMP = re.compile(r"(?P<kind>[a-z]+)~(?P<host>[A-Za-z0-9._-]+)~(?P<pid>\d+)~(?P
 _LEGACY_TEMP = (".partial-", ".retired-")  # what the Zarr directory store left in the root before claims
 
 
-def _host() -> str:
+def host_name() -> str:
+    """This host's name, safe inside file names."""
     return re.sub(r"[^A-Za-z0-9.-]", "_", socket.gethostname())[:64] or "host"
 
 
@@ -72,11 +74,11 @@ def temporary_name(kind: str, host: str | None = None, pid: int | None = None, s
     """The name of a temporary of this process (or of the writer given)."""
     pid = os.getpid() if pid is None else pid
     start = process_start(pid) if start is None else start
-    return f"{kind}~{host or _host()}~{pid}~{start}~{uuid.uuid4().hex[:12]}"
+    return f"{kind}~{host or host_name()}~{pid}~{start}~{uuid.uuid4().hex[:12]}"
 
 
-def _alive(pid: int, start: int) -> bool | None:
-    """Whether process ``pid`` (started at ``start``) of this host runs; None where that cannot be told."""
+def process_alive(pid: int, start: int = 0) -> bool | None:
+    """Whether process ``pid`` (started at ``start``, 0: unknown) of this host runs; None where that cannot be told."""
     if os.name != "posix":
         return None
     if pid != os.getpid():
@@ -348,7 +350,7 @@ class DirectoryStore(ResultStore):
     def clean_stale(self) -> int:
         if self.read_only:
             raise SemtileError(f"{self.path}: opened read-only, cannot clean it")
-        removed, now, host = 0, time.time(), _host()
+        removed, now, host = 0, time.time(), host_name()
         folder = self._hidden / "tmp"
         entries = list(os.scandir(folder)) if folder.is_dir() else []
         legacy = [e for e in os.scandir(self.path) if e.name.startswith(_LEGACY_TEMP)] if self.path.is_dir() else []
@@ -360,7 +362,7 @@ class DirectoryStore(ResultStore):
             match = _TEMP.fullmatch(entry.name)
             alive = None
             if match and match["host"] == host:
-                alive = _alive(int(match["pid"]), int(match["start"]))
+                alive = process_alive(int(match["pid"]), int(match["start"]))
             if alive or (alive is None and age <= STALE_AFTER_S):
                 continue
             removed += self._discard(Path(entry.path))

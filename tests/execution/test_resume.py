@@ -42,8 +42,8 @@ def table(path: Path) -> dict[str, dict]:
 def snapshot(out: Path) -> dict:
     """Every completed result: (source name) -> mask, label, ratio."""
     store = open_store(out, mode="r")
-    return {store.read(n).source.name: (np.asarray(store.read(n).mask[...]), store.read(n).label,
-                                        store.read(n).adhesive_ratio) for n in store.names()}
+    results = [store.read(n) for n in store.names()]
+    return {r.source.name: (np.asarray(r.mask[...]), r.label, r.adhesive_ratio) for r in results}
 
 
 def assert_same_results(a: dict, b: dict) -> None:
