@@ -61,6 +61,58 @@ def train_options(**defaults):
     return decorate
 
 
+def cluster_options(func):
+    """Where ``semtile process`` runs: this process (default), a Dask cluster started here, or a running one."""
+    options = [
+        click.option("--cluster", type=click.Choice(["local", "slurm"]), default=None,
+                     help="Run on a Dask cluster started here: local worker processes, or SLURM jobs (dask-jobqueue). "
+                          "Default: in this process (the fastest on one machine)."),
+        click.option("--workers", type=click.IntRange(1), default=None,
+                     help="--cluster local: worker processes (default: one per 2 cores)."),
+        click.option("--scheduler-address", default=None, help="Join a running Dask scheduler, tcp://HOST:PORT."),
+        click.option("--scheduler-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                     help="Join the Dask scheduler that wrote this file (dask scheduler --scheduler-file)."),
+        click.option("--jobs", type=click.IntRange(1), default=1, show_default=True, help="--cluster slurm: jobs (one worker each)."),
+        click.option("--cores", type=click.IntRange(1), default=4, show_default=True, help="--cluster slurm: CPUs per job (the engine's threads)."),
+        click.option("--memory", default="8GB", show_default=True, help="--cluster slurm: memory per job."),
+        click.option("--walltime", default="04:00:00", show_default=True, help="--cluster slurm: walltime per job."),
+        click.option("--queue", default=None, help="--cluster slurm: partition."),
+        click.option("--account", default=None, help="--cluster slurm: account."),
+        click.option("--gpus", type=click.IntRange(0), default=0, show_default=True,
+                     help="--cluster slurm: GPUs per job (--gres=gpu:N; the worker gets the GPU resource)."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def cluster_spec(kw: dict):
+    """The ClusterSpec the cluster options ask for (None: in this process); pops them from ``kw``."""
+    from semtile.errors import SemtileError
+    from semtile.execution.distributed import ClusterSpec
+
+    cluster, workers = kw.pop("cluster"), kw.pop("workers")
+    address, scheduler_file = kw.pop("scheduler_address"), kw.pop("scheduler_file")
+    slurm = {k: kw.pop(k) for k in ("jobs", "cores", "memory", "walltime", "queue", "account", "gpus")}
+    chosen = [name for name, given in (("--cluster", cluster), ("--scheduler-address", address),
+                                       ("--scheduler-file", scheduler_file)) if given]
+    if len(chosen) > 1:
+        raise SemtileError(f"{' and '.join(chosen)}: choose one place to run")
+    if workers and cluster != "local":
+        raise SemtileError("--workers goes with --cluster local")
+    if address:
+        return ClusterSpec(kind="address", address=address)
+    if scheduler_file:
+        if not Path(scheduler_file).is_file():
+            raise SemtileError(f"{scheduler_file}: scheduler file not found")
+        return ClusterSpec(kind="file", scheduler_file=str(scheduler_file))
+    if cluster == "local":
+        return ClusterSpec(kind="local", workers=workers)
+    if cluster == "slurm":
+        return ClusterSpec(kind="slurm", **slurm)
+    return None
+
+
 def train_config(kw: dict):
     from semtile.io.dataset import parse_split
     from semtile.models.networks import Architecture

@@ -10,7 +10,7 @@ import click
 from semtile.errors import SemtileError
 from semtile.engines import ENGINE_NAMES
 
-from semtile.cli.options import Progress
+from semtile.cli.options import Progress, cluster_options, cluster_spec
 
 
 @click.command()
@@ -37,12 +37,21 @@ from semtile.cli.options import Progress
 @click.option("--force", is_flag=True, help="Redo images whose stored result is already up to date.")
 @click.option("--max-pixels", default=None, type=click.IntRange(1),
               help="Refuse a scan whose header claims more pixels (default 2**32: a guard against lying headers).")
+@click.option("--region-pixels", default=None, type=click.IntRange(0),
+              help="Scans with more valid pixels are blended region by region, in bounded memory "
+                   "(default 16 MP; 0: every scan).")
+@cluster_options
 def process(inputs, out, csv_path, model, classifier, segmenter, engine_name, precision, tile, halo, batch_size,
-            threshold, page, databar_rows, threads, scratch, force, max_pixels) -> None:
+            threshold, page, databar_rows, threads, scratch, force, max_pixels, region_pixels, **cluster) -> None:
     """Segment and classify every SEM scan in INPUTS (files or folders) into OUT.
 
     A rerun skips every image whose stored result was made from the same
     input, model, engine precision and parameters (--force redoes them).
+
+    Large scans go region by region (bounded memory). --cluster local,
+    --cluster slurm, --scheduler-address or --scheduler-file run the work as
+    tasks on Dask workers, which write into the store (with a cluster,
+    --out and --scratch must be folders every worker sees).
 
     Exit codes: 0 every image done or skipped, 1 some images failed (the
     others are still written), 2 usage or setup error, 3 interrupted
@@ -56,6 +65,7 @@ def process(inputs, out, csv_path, model, classifier, segmenter, engine_name, pr
 
     try:
         check_options(engine_name, precision)  # a bad engine/precision pair fails before anything is read or built
+        where = cluster_spec(cluster)
         found = discover_scans(inputs)
         scans = found.scans
         if not scans:
@@ -63,14 +73,15 @@ def process(inputs, out, csv_path, model, classifier, segmenter, engine_name, pr
             raise SemtileError(f"no .tif or .tiff files found in {', '.join(map(str, inputs))}{why}")
         bundle = load_bundle(model, classifier=classifier, segmenter=segmenter)
         options = ProcessOptions(tile=tile, halo=halo, batch_size=batch_size, threshold=threshold,
-                                 page=page, databar_rows=databar_rows, max_pixels=max_pixels)
+                                 page=page, databar_rows=databar_rows, max_pixels=max_pixels,
+                                 **({} if region_pixels is None else {"region_pixels": region_pixels}))
         settings = EngineSettings(tile=tile, halo=options.halo, batch_size=batch_size, precision=precision,
                                   threads=threads)
         with Progress(len(scans), "images") as progress:
             summary = run_process(scans, out, bundle=bundle, engine=engine_name, settings=settings, options=options,
                                   csv_path=csv_path, scratch=scratch, force=force, problems=found.problems,
                                   calibration=lambda todo: _calibration_tiles(todo, options),
-                                  on_image=(lambda _: progress(1)) if progress else None)
+                                  on_image=(lambda _: progress(1)) if progress else None, cluster=where)
     except SemtileError as exc:
         raise click.UsageError(str(exc)) from exc
     for outcome in summary.failed:

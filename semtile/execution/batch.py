@@ -44,6 +44,7 @@ from semtile.store.directory import host_name, process_alive
 from semtile.execution.outcome import ImageOutcome
 
 if TYPE_CHECKING:  # the runner (dask, numba) is imported only when there is work: a rerun that skips all is quick
+    from semtile.execution.distributed import ClusterSpec
     from semtile.models.io import ModelBundle
 from semtile.store.table import new_run_id, runs_folder, write_current_table
 
@@ -122,6 +123,30 @@ def clean_stale_scratch(root: Path) -> int:
     return removed
 
 
+def _run_distributed(todo, store, cluster, engine_name, precision, settings, tiles, bundle, options, key, run_id,
+                     scratch_root, run_table, seen) -> None:
+    """The scans to do as tasks on a Dask cluster; outcomes reach the run table as they arrive."""
+    from semtile.execution.distributed import EngineSpec, connect, process_scans_distributed
+    from semtile.execution.local import add_table_row, scratch_prefix
+
+    spec = EngineSpec(engine=engine_name, precision=precision, tile=settings.tile, halo=options.halo,
+                      batch_size=settings.batch_size, threads=settings.threads,
+                      classifier=str(bundle.classifier.path), segmenter=str(bundle.segmenter.path),
+                      source=bundle.source, sha256=(bundle.classifier.sha256, bundle.segmenter.sha256),
+                      calibration=tiles)
+
+    def arrived(outcome: ImageOutcome) -> None:
+        add_table_row(run_table, outcome)
+        seen(outcome)
+
+    # Workers write their scratch here: on a cluster it must be a folder every node sees (--scratch).
+    with tempfile.TemporaryDirectory(prefix=scratch_prefix(), dir=scratch_root) as tmp, \
+            connect(cluster) as (client, workers_on_host):
+        process_scans_distributed(todo, store, client=client, spec=spec, bundle=bundle, options=options, key=key,
+                                  run_id=run_id, scratch=Path(tmp), workers_on_host=workers_on_host,
+                                  on_outcome=arrived)
+
+
 def run_process(
     scans: list[Path],
     out: Path,
@@ -136,6 +161,7 @@ def run_process(
     problems: list[tuple[Path, str]] = (),
     calibration: Callable[[list[Path]], object] | None = None,
     on_image: Callable[[ImageOutcome], None] | None = None,
+    cluster: "ClusterSpec | None" = None,
 ) -> BatchSummary:
     """Run ``semtile process`` over ``scans`` into the store ``out``; see the module docstring.
 
@@ -182,17 +208,23 @@ def run_process(
                 run_table.add(path=str(path), status="error", error=reason)
                 seen(ImageOutcome(path=Path(path), status="error", error=reason))
             if plan.todo:
-                from semtile.execution.local import process_scans
-
                 tiles = calibration(plan.todo) if calibration and precision == "int8" else None
-                built, _ = create_engine(engine_name, bundle, EngineSettings(**{**settings.__dict__,
-                                                                                "precision": precision}),
-                                         calibration_tiles=tiles)
-                process_scans(plan.todo, store, engine=built, bundle=bundle, options=options, table=run_table,
-                              scratch=scratch_root, on_image=seen, run_id=summary.run_id)
+                if cluster is not None:
+                    _run_distributed(plan.todo, store, cluster, engine_name, precision, settings, tiles, bundle,
+                                     options, key, summary.run_id, scratch_root, run_table, seen)
+                else:
+                    from semtile.execution.local import process_scans
+
+                    built, _ = create_engine(engine_name, bundle, EngineSettings(**{**settings.__dict__,
+                                                                                    "precision": precision}),
+                                             calibration_tiles=tiles)
+                    process_scans(plan.todo, store, engine=built, bundle=bundle, options=options, table=run_table,
+                                  scratch=scratch_root, on_image=seen, run_id=summary.run_id)
         except Interrupted as stop:
             summary.interrupted = str(stop)
             log.warning("run_interrupted", run_id=summary.run_id, signal=str(stop))
+    if cluster is not None:  # what workers killed mid-write left behind
+        store.clean_stale()
     try:
         write_current_table(table, store)
     except OSError as exc:  # e.g. a full disk: the results are in the store, the table can be made again

@@ -34,7 +34,7 @@ from semtile.store.directory import host_name
 from semtile.store.provenance import provenance_record
 
 __all__ = ["ProcessOptions", "ImageOutcome", "RunSummary", "process_scans", "analyse_scan", "record_key",
-           "scratch_prefix"]
+           "scratch_prefix", "result_attrs", "large_scans", "region_outcome", "failed_outcome", "add_table_row"]
 
 log = get_logger("semtile.process")
 
@@ -56,6 +56,30 @@ def record_key(engine: Engine, bundle: ModelBundle, options: ProcessOptions) -> 
     return output_key(bundle, engine_facts["name"], engine_facts["precision"], options)
 
 
+def result_attrs(path: Path, info, grid, engine_facts: dict, model_provenance: dict, options: ProcessOptions,
+                 sha256: str, soft_ratio: float, timings: dict) -> dict:
+    """The attributes stored with every result: data bar, pixel size, tiles, timings and provenance."""
+    return {
+        "label_rule": None,  # filled by the caller with the label
+        "databar_rows": info.databar_rows,
+        "databar_source": info.databar_source,
+        "pixel_size_m": info.pixel_size_m,
+        "pixel_size_source": info.pixel_size_source,
+        "frame_shape": list(info.frame_shape),
+        "adhesive_ratio_soft": float(soft_ratio),
+        "tiles": len(grid),
+        "timings": {k: round(float(v), 4) for k, v in timings.items()},
+        "provenance": provenance_record(
+            inputs={"path": str(Path(path).resolve()), "sha256": sha256, "page": info.page,
+                    "n_pages": info.n_pages, "dtype": info.dtype, "photometric": info.photometric,
+                    "vendor": info.vendor},
+            model=model_provenance,
+            engine=engine_facts,
+            parameters={**asdict(options), "min_side": MIN_SIDE},
+        ),
+    }
+
+
 def _judge(job: TileJob, engine: Engine, bundle: ModelBundle, options: ProcessOptions, key: dict,
            run_id: str) -> ImageResult:
     """The merged mask and tile logits of a finished scan -> its result with provenance and record."""
@@ -68,24 +92,10 @@ def _judge(job: TileJob, engine: Engine, bundle: ModelBundle, options: ProcessOp
     ratio = float(binary.mean())
     job.timings["stitch"] += time.perf_counter() - t0
     sha256 = image_sha256(job.path)
-    attrs = {
-        "label_rule": label_rule,
-        "databar_rows": info.databar_rows,
-        "databar_source": info.databar_source,
-        "pixel_size_m": info.pixel_size_m,
-        "pixel_size_source": info.pixel_size_source,
-        "frame_shape": list(info.frame_shape),
-        "adhesive_ratio_soft": float(mask.mean()),
-        "tiles": len(grid),
-        "provenance": provenance_record(
-            inputs={"path": str(Path(job.path).resolve()), "sha256": sha256, "page": info.page,
-                    "n_pages": info.n_pages, "dtype": info.dtype, "photometric": info.photometric,
-                    "vendor": info.vendor},
-            model=bundle.provenance(),
-            engine=engine.describe(),
-            parameters={**asdict(options), "min_side": MIN_SIDE},
-        ),
-    }
+    attrs = result_attrs(job.path, info, grid, engine.describe(), bundle.provenance(), options, sha256,
+                         float(mask.mean()),
+                         job.timings)
+    attrs["label_rule"] = label_rule
     return ImageResult(source=Path(job.path), mask=mask, binary_mask=binary, class_probs=probs,
                        labels=bundle.labels, label=label, adhesive_ratio=ratio, attrs=attrs, image=job.image,
                        record={**completion_record(job.path, key, sha256), "run_id": run_id})
@@ -142,31 +152,39 @@ def process_scans(
     run_table = RunTable(table) if own_table else table
     writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="semtile-write")
     pending = []
+    scans = [Path(p) for p in scans]
+    large = set(large_scans(scans, options, store))
     try:
         with tempfile.TemporaryDirectory(prefix=scratch_prefix(), dir=scratch) as tmp:
+            def finished(outcome: ImageOutcome) -> ImageOutcome:
+                add_table_row(run_table, outcome)
+                if on_image:
+                    on_image(outcome)
+                return outcome
+
             def write(job: TileJob, result: ImageResult | None) -> ImageOutcome:
                 try:
                     outcome = _store_one(job, result, store)
                 finally:
                     job.release()
-                try:  # the result is in the store already; a full disk must not lose it or stop the run
-                    run_table.add(path=str(job.path), status=outcome.status, label=outcome.label,
-                                  adhesive_ratio=None if outcome.adhesive_ratio is None
-                                  else f"{outcome.adhesive_ratio:.6f}",
-                                  pixel_size_m=outcome.pixel_size_m, databar_rows=outcome.databar_rows,
-                                  error=outcome.error)
-                except OSError as exc:
-                    log.error("run_table_row_not_written", path=str(job.path), table=str(run_table.path),
-                              error=str(exc))
-                if on_image:
-                    on_image(outcome)
-                return outcome
+                return finished(outcome)
 
             # Writing (compression, disk) overlaps inference of the next scans; one writer keeps input order.
-            for job, result in _results([Path(p) for p in scans], engine, bundle, options, Path(tmp), run_id):
+            small = [p for p in scans if p not in large]
+            for job, result in _results(small, engine, bundle, options, Path(tmp), run_id):
                 pending.append(writer.submit(write, job, result))
             outcomes = [f.result() for f in pending]
             writer.shutdown()
+            if large:
+                from semtile.execution.regions import FinishContext, process_region_scan
+
+                context = FinishContext(bundle.provenance(), list(bundle.labels),
+                                        record_key(engine, bundle, options), run_id)
+                for index, path in enumerate(scans):
+                    if path in large:
+                        outcomes.append(finished(region_outcome(
+                            path, lambda: process_region_scan(index, path, engine, options, store, Path(tmp),
+                                                              context))))
     except BaseException:
         # Interrupted: results not yet being written are abandoned (a write under way completes, atomically).
         writer.shutdown(wait=True, cancel_futures=True)
@@ -175,6 +193,46 @@ def process_scans(
         if own_table:
             run_table.close()
     return RunSummary(outcomes=outcomes, store=store.path, table=run_table.path)
+
+
+def large_scans(scans: list[Path], options: ProcessOptions, store: ResultStore) -> list[Path]:
+    """The scans to blend region by region: more valid pixels than ``options.region_pixels`` (header only)."""
+    if not store.supports_regions:
+        return []
+    from semtile.execution.regions import scan_pixels
+
+    return [p for p in scans if scan_pixels(p, options) > options.region_pixels]
+
+
+def failed_outcome(path: Path, exc: BaseException) -> ImageOutcome:
+    """The outcome of a scan that failed with ``exc``, logged (with the traceback when it was unforeseen)."""
+    error = exc.reason if isinstance(exc, ImageError) else f"{type(exc).__name__}: {exc}"
+    if not isinstance(exc, ImageError):
+        log.error("image_error", path=str(path), error=error, exc_info=exc)
+    log.warning("image_failed", path=str(path), error=error, kind=type(exc).__name__)
+    return ImageOutcome(path=Path(path), status="error", error=error)
+
+
+def region_outcome(path: Path, run: Callable[[], ImageOutcome]) -> ImageOutcome:
+    """``run()``'s outcome for a large scan, or its failure: one bad scan never stops the others."""
+    try:
+        outcome = run()
+    except Exception as exc:  # noqa: BLE001
+        return failed_outcome(path, exc)
+    log.info("image", path=str(path), status="ok", group=outcome.group, label=outcome.label,
+             adhesive_ratio=round(outcome.adhesive_ratio, 4), pixel_size_m=outcome.pixel_size_m,
+             databar_rows=outcome.databar_rows, timings=outcome.timings, regions=True)
+    return outcome
+
+
+def add_table_row(run_table: RunTable, outcome: ImageOutcome) -> None:
+    """The outcome's row in the run table; a full disk there must not lose the stored result or stop the run."""
+    try:
+        run_table.add(path=str(outcome.path), status=outcome.status, label=outcome.label,
+                      adhesive_ratio=None if outcome.adhesive_ratio is None else f"{outcome.adhesive_ratio:.6f}",
+                      pixel_size_m=outcome.pixel_size_m, databar_rows=outcome.databar_rows, error=outcome.error)
+    except OSError as exc:
+        log.error("run_table_row_not_written", path=str(outcome.path), table=str(run_table.path), error=str(exc))
 
 
 def scratch_prefix() -> str:

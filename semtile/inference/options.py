@@ -7,10 +7,13 @@ from dataclasses import dataclass
 from semtile.errors import SemtileError
 from semtile.kernels.window import default_halo
 
-__all__ = ["MIN_SIDE", "ProcessOptions"]
+__all__ = ["MIN_SIDE", "REGION_PIXELS", "ProcessOptions"]
 
 #: Smallest valid area (either side) semtile will analyse; smaller ones are reported.
 MIN_SIDE = 16
+#: Scans with more valid pixels than this are blended region by region, out of core (bounded memory);
+#: smaller ones in memory, several at once, batched across scans.
+REGION_PIXELS = 16 * 2**20
 
 
 @dataclass(frozen=True)
@@ -24,6 +27,7 @@ class ProcessOptions:
     page: int = 0
     databar_rows: int | None = None
     max_pixels: int | None = None  # pixel budget per scan, from its header (None: the reader's default)
+    region_pixels: int = REGION_PIXELS  # larger scans go region by region (0: every scan)
 
     def __post_init__(self) -> None:
         if self.halo is None:
@@ -38,5 +42,7 @@ class ProcessOptions:
             raise SemtileError("--batch-size must be at least 1")
         if not 0.0 < self.threshold < 1.0:
             raise SemtileError("--threshold must lie strictly between 0 and 1")
+        if self.region_pixels < 0:
+            raise SemtileError("--region-pixels must be at least 0")
         if self.max_pixels is not None and self.max_pixels < 1:
             raise SemtileError("--max-pixels must be at least 1")

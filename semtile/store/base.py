@@ -112,6 +112,8 @@ class ResultStore(abc.ABC):
 
     path: Path
     read_only: bool
+    #: Whether results can be written region by region (``stage``, ``write_region``, ``commit``): large scans.
+    supports_regions: bool = False
 
     @abc.abstractmethod
     def claim(self, source: str | Path) -> str:

@@ -24,11 +24,17 @@ Choices:
   (half a step), far below what a viewer shows; the network never reads the
   stored image. ``StoredResult.image`` reads it back as float32 ``q / 65535``.
   Viewers show uint16 over its full range, which is [0, 1] here.
-* **Levels**: 2 x 2 block means (an odd last row or column is repeated), down to
+* **Levels**: 2 x 2 block means of the level below as stored (dequantised; an
+  odd last row or column is repeated), so a pyramid written whole and one
+  written region by region are the same bytes, down to
   the first level whose smaller side is at most 256. Level k has scale
   ``2**k * pixel size`` and translation ``(2**k - 1) / 2 * pixel size``, so its
   pixel centres sit where the blocks' centres are; the unit is micrometer when
   ``attrs["pixel_size_m"]`` is known, else the scale is in pixels (1).
+* **Large scans** are written region by region (:meth:`OmeZarrStore.stage`,
+  :func:`write_region`, :meth:`OmeZarrStore.commit`), by any number of
+  processes: regions are whole chunks at every level they write, so each
+  chunk has one writer; the upper levels are built band by band at commit.
 * **Labels by 2 x 2 block max** over the same blocks: a coarse pixel is adhesive
   when any pixel under it is, so thin adhesive stays visible when zoomed out
   and label and image pixels cover the same area at every level (nearest
@@ -43,6 +49,7 @@ Choices:
 from __future__ import annotations
 
 import math
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -50,10 +57,11 @@ import numpy as np
 import zarr
 
 from semtile.errors import SemtileError
-from semtile.store.base import ImageResult, StoredResult, jsonable, source_key
+from semtile.store.base import ImageResult, StoredResult, check_result, jsonable, source_key
 from semtile.store.directory import DirectoryStore
 
-__all__ = ["OmeZarrStore", "NGFF_VERSION", "ROOT_ATTRS", "LABEL", "MIN_LEVEL_SIDE", "is_ome_root", "level_shapes"]
+__all__ = ["OmeZarrStore", "NGFF_VERSION", "ROOT_ATTRS", "LABEL", "MIN_LEVEL_SIDE", "CHUNK", "is_ome_root", "level_shapes",
+           "write_region"]
 
 NGFF_VERSION = "0.5"
 ROOT_ATTRS = {"store": "ome-zarr", "version": 1}
@@ -112,6 +120,75 @@ def _multiscale(n_levels: int, pixel_size_m: Any, reduce: str) -> dict:
         datasets.append({"path": str(k), "coordinateTransformations": transforms})
     return {"axes": axes, "datasets": datasets, "type": reduce,
             "metadata": {"method": f"2x2 block {reduce}"}}
+
+
+def _next_level(prev: np.ndarray, reduce: str) -> np.ndarray:
+    """Level k+1 from level k as stored: uint16 image by 2 x 2 means of the dequantised values, uint8 labels by max.
+
+    From the stored (quantised) level, so that a pyramid built whole in memory
+    and one built region by region or band by band are the same bytes.
+    """
+    if reduce == "max":
+        return _halve(prev, "max")
+    return _quantise(_halve(prev.astype(np.float32) / np.float32(QUANT), "mean"))
+
+
+def _create_group(staged: Path, shape: tuple[int, int], pixel_size: Any) -> zarr.Group:
+    """A result group with every level's image and label arrays and the mask, all empty (attributes: ome)."""
+    shapes = level_shapes(shape)
+    group = zarr.open_group(str(staged), mode="w-", zarr_format=3)
+
+    def array(parent, key, shape, dtype):
+        parent.create_array(key, shape=shape, dtype=dtype, chunks=tuple(min(s, CHUNK) for s in shape),
+                            dimension_names=("y", "x"), fill_value=0)
+
+    for k, level in enumerate(shapes):
+        array(group, str(k), level, np.uint16)
+    labels = group.create_group("labels", attributes={"ome": {"version": NGFF_VERSION, "labels": [LABEL]}})
+    image_label = {"colors": [{"label-value": 1, "rgba": LABEL_COLOR}],
+                   "properties": [{"label-value": 1, "name": LABEL}], "source": {"image": "../../"}}
+    adhesive = labels.create_group(LABEL, attributes={"ome": {
+        "version": NGFF_VERSION, "image-label": image_label,
+        "multiscales": [{"name": LABEL, **_multiscale(len(shapes), pixel_size, "max")}]}})
+    for k, level in enumerate(shapes):
+        array(adhesive, str(k), level, np.uint8)
+    array(group, "mask", shapes[0], np.float32)
+    group.attrs["ome"] = {"version": NGFF_VERSION,
+                          "multiscales": [{"name": "image", **_multiscale(len(shapes), pixel_size, "mean")}]}
+    return group
+
+
+def write_region(staged: str | Path, y0: int, x0: int, *, image: np.ndarray, binary_mask: np.ndarray,
+                 mask: np.ndarray, levels: int, group: zarr.Group | None = None) -> None:
+    """Write one region of a staged result (from :meth:`OmeZarrStore.stage`) at ``(y0, x0)``, levels ``0..levels``.
+
+    ``image`` float32 in [0, 1], ``binary_mask`` bool, ``mask`` float32, all of
+    the region's shape. For every output chunk to have one writer, ``(y0, x0)``
+    must be multiples of ``CHUNK * 2**levels`` and the region must end there or
+    at the image's edge; writing a region twice gives the same bytes.
+    """
+    group = group if group is not None else zarr.open_group(str(staged), mode="r+", zarr_format=3)
+    step = CHUNK * 2**levels
+    if y0 % step or x0 % step:
+        raise ValueError(f"region at ({y0}, {x0}) is not aligned to {step} pixels (levels 0..{levels})")
+    image_q = _quantise(image)
+    labels = np.asarray(binary_mask).astype(np.uint8)
+    for k in range(levels + 1):
+        if k:
+            image_q, labels = _next_level(image_q, "mean"), _next_level(labels, "max")
+        ky, kx = y0 >> k, x0 >> k
+        group[str(k)][ky: ky + image_q.shape[0], kx: kx + image_q.shape[1]] = image_q
+        group[f"labels/{LABEL}/{k}"][ky: ky + labels.shape[0], kx: kx + labels.shape[1]] = labels
+    group["mask"][y0: y0 + mask.shape[0], x0: x0 + mask.shape[1]] = np.asarray(mask, dtype=np.float32)
+
+
+def _reduce_in_bands(source: zarr.Array, target: zarr.Array, reduce: str) -> None:
+    """``target`` = the next level of ``source``, a band of chunk rows at a time (bounded memory)."""
+    band = 2 * CHUNK
+    for r in range(0, source.shape[0], band):
+        t = r // 2
+        target[t: t + CHUNK] = _next_level(np.asarray(source[r: r + band]), reduce)
+
 
 
 class _Converted:
@@ -174,42 +251,67 @@ class OmeZarrStore(DirectoryStore):
 
     def _write_group(self, staged: Path, result: ImageResult) -> None:
         shape = tuple(np.shape(result.mask))
-        shapes = level_shapes(shape)
-        pixel_size = jsonable(result.attrs.get("pixel_size_m"))
-        group = zarr.open_group(str(staged), mode="w-", zarr_format=3)
-
-        def array(parent, key, data):
-            chunks = tuple(min(s, CHUNK) for s in data.shape) if data.ndim == 2 else None
-            names = ("y", "x") if data.ndim == 2 else ("label",)
-            parent.create_array(key, data=data, chunks=chunks or "auto", dimension_names=names)
-
-        level = np.asarray(result.image[...] if hasattr(result.image, "__getitem__") else result.image,
+        group = _create_group(staged, shape, jsonable(result.attrs.get("pixel_size_m")))
+        image = np.asarray(result.image[...] if hasattr(result.image, "__getitem__") else result.image,
                            dtype=np.float32)
-        for k in range(len(shapes)):
-            if k:
-                level = _halve(level, "mean")
-            array(group, str(k), _quantise(level))
-        del level
-        labels = group.create_group("labels", attributes={"ome": {"version": NGFF_VERSION, "labels": [LABEL]}})
-        image_label = {"colors": [{"label-value": 1, "rgba": LABEL_COLOR}],
-                       "properties": [{"label-value": 1, "name": LABEL}], "source": {"image": "../../"}}
-        adhesive = labels.create_group(LABEL, attributes={"ome": {
-            "version": NGFF_VERSION, "image-label": image_label,
-            "multiscales": [{"name": LABEL, **_multiscale(len(shapes), pixel_size, "max")}]}})
-        mask = np.asarray(result.binary_mask).astype(np.uint8)
-        for k in range(len(shapes)):
-            if k:
-                mask = _halve(mask, "max")
-            array(adhesive, str(k), mask)
-        array(group, "mask", np.asarray(result.mask).astype(np.float32, copy=False))
-        array(group, "class_probs", np.asarray(result.class_probs).astype(np.float32, copy=False))
+        write_region(staged, 0, 0, image=image, binary_mask=np.asarray(result.binary_mask),
+                     mask=np.asarray(result.mask), levels=len(level_shapes(shape)) - 1, group=group)
+        del image
+        self._finish_group(group, result)
+
+    def _finish_group(self, group: zarr.Group, result: ImageResult) -> None:
+        group.create_array("class_probs", data=np.asarray(result.class_probs).astype(np.float32, copy=False),
+                           dimension_names=("label",))
         semtile = jsonable({"source_path": source_key(result.source), "labels": list(result.labels),
                             "label": result.label, "adhesive_ratio": float(result.adhesive_ratio),
                             "attrs": dict(result.attrs), "record": result.record})
-        name = Path(result.source).name
-        group.attrs.update({"ome": {"version": NGFF_VERSION,
-                                    "multiscales": [{"name": name, **_multiscale(len(shapes), pixel_size, "mean")}]},
-                            "semtile": semtile})
+        ome = dict(group.attrs["ome"])
+        ome["multiscales"] = [{**ome["multiscales"][0], "name": Path(result.source).name}]
+        group.attrs.update({"ome": ome, "semtile": semtile})
+
+    # -- results written region by region (large scans, several processes) ---------------------------
+
+    supports_regions = True
+
+    def stage(self, shape: tuple[int, int], pixel_size_m: Any = None) -> Path:
+        """A new temporary result group of ``shape`` with empty arrays, for :func:`write_region` calls.
+
+        The temporary belongs to this process: it lives while this process
+        does, whatever other processes write into it, and ``clean_stale``
+        removes it once this process is gone. Finish it with :meth:`commit`.
+        """
+        if self.read_only:
+            raise SemtileError(f"{self.path}: opened read-only, cannot write")
+        staged = self._temp("partial")
+        _create_group(staged, tuple(int(s) for s in shape), jsonable(pixel_size_m))
+        return staged
+
+    def commit(self, name: str, staged: str | Path, result: ImageResult, *, built_levels: int) -> None:
+        """Finish a staged group whose regions are all written (levels ``0..built_levels``) and publish it.
+
+        ``result`` gives the label, ratio, class probabilities, attributes and
+        record; its ``mask``, ``binary_mask`` and ``image`` may be the staged
+        arrays themselves (only their shapes are checked). The levels above
+        ``built_levels`` are computed band by band from the stored ones.
+        """
+        if self.read_only:
+            raise SemtileError(f"{self.path}: opened read-only, cannot write {name!r}")
+        check_result(name, result)
+        staged = Path(staged)
+        try:
+            group = zarr.open_group(str(staged), mode="r+", zarr_format=3)
+            for key, reduce in (("", "mean"), (f"labels/{LABEL}/", "max")):
+                k = built_levels + 1
+                while f"{key}{k}" in group:
+                    _reduce_in_bands(group[f"{key}{k - 1}"], group[f"{key}{k}"], reduce)
+                    k += 1
+            self._finish_group(group, result)
+            self._publish(staged, self.path / name)
+        except BaseException:
+            shutil.rmtree(staged, ignore_errors=True)
+            raise
+        if self._owners is not None:
+            self._owners[name] = source_key(result.source)
 
     def _open_result(self, name: str, attrs: dict) -> StoredResult:
         semtile = attrs["semtile"]

@@ -1,0 +1,323 @@
+"""``semtile process`` on ``dask.distributed``: a local cluster, a running scheduler, or SLURM jobs.
+
+The driver (this process) plans, claims and writes the run table; workers
+do the work and write results straight into the store (a shared folder):
+
+* **Small scans** go a few to a task (:func:`process_group`): the worker
+  streams their tiles through its engine, batched across the scans it holds,
+  exactly as the in-process runner does, and writes each result atomically.
+* **Large scans** are split into tasks (:mod:`semtile.execution.regions`):
+  prepare -> one task per tile block (engine) -> one task per output region
+  (each region's chunks have one writer) -> finish (commit).
+
+Each worker loads its engine once (:class:`EnginePlugin`, a worker plugin)
+and keeps it for all its tasks. Workers run one task at a time
+(``--nthreads 1``; engines are not thread-safe) and give the engine the
+cores of their share of the host. GPU engines' tasks ask for the ``GPU``
+resource, so they run only on workers started with ``--resources GPU=1``.
+
+A worker that dies (kill -9, a node lost) loses its tasks; the scheduler
+runs them again elsewhere. Every task is idempotent: a result written twice
+is the same bytes, replaced atomically; what the dead worker left half
+written is a temporary that the store's ``clean_stale`` removes at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections import Counter
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+
+from semtile.errors import SemtileError
+from semtile.execution.outcome import ImageOutcome
+from semtile.inference.options import ProcessOptions
+from semtile.logs import get_logger
+
+__all__ = ["ClusterSpec", "EngineSpec", "EnginePlugin", "worker_engine", "connect", "slurm_cluster",
+           "process_scans_distributed", "process_group", "GPU_ENGINES"]
+
+log = get_logger("semtile.process")
+
+#: Engines whose tasks need a GPU worker (``--resources GPU=1``).
+GPU_ENGINES = frozenset({"torch-cuda", "tensorrt"})
+#: Small scans per task: enough pixels to batch across scans, enough tasks to keep every worker busy.
+GROUP_PIXELS = 8 * 2**20
+MAX_GROUP = 8
+
+
+@dataclass(frozen=True)
+class ClusterSpec:
+    """Where the work runs: ``local`` (a LocalCluster of worker processes started here), ``address``
+    (``tcp://host:port`` of a running scheduler), ``file`` (a scheduler file) or ``slurm`` (dask-jobqueue)."""
+
+    kind: str = "local"
+    workers: int | None = None  # local: worker processes (default: one per 2 cores, at least 1)
+    address: str | None = None
+    scheduler_file: str | None = None
+    # slurm
+    jobs: int = 1
+    cores: int = 1
+    memory: str = "4GB"
+    walltime: str = "01:00:00"
+    queue: str | None = None
+    account: str | None = None
+    gpus: int = 0  # per job: --gres=gpu:N and the GPU resource for its worker
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    """What a worker needs to build the run's engine: picklable, and checked against the model's sha256s."""
+
+    engine: str
+    precision: str
+    tile: int
+    halo: int
+    batch_size: int
+    threads: int | None
+    classifier: str
+    segmenter: str
+    source: str
+    sha256: tuple[str, str]
+    calibration: np.ndarray | None = None
+
+    @property
+    def token(self) -> tuple:
+        return (self.engine, self.precision, self.tile, self.halo, self.batch_size, self.threads, self.sha256)
+
+
+_ENGINES: dict = {}  # per process: spec token -> (bundle, engine)
+
+
+def worker_engine(spec: EngineSpec):
+    """This process's bundle and engine for ``spec``, built on first use and kept for every later task."""
+    found = _ENGINES.get(spec.token)
+    if found is not None:
+        return found
+    from semtile.engines import EngineSettings, create_engine
+    from semtile.models.io import load_bundle
+
+    bundle = replace(load_bundle(None, classifier=spec.classifier, segmenter=spec.segmenter), source=spec.source)
+    got = (bundle.classifier.sha256, bundle.segmenter.sha256)
+    if got != spec.sha256:
+        raise SemtileError(f"the model files changed since the run started ({spec.classifier}, {spec.segmenter}): "
+                           f"sha256 {got} != {spec.sha256}")
+    threads = spec.threads
+    if threads is None:  # this worker's share of the host's cores
+        threads = max(1, len(os.sched_getaffinity(0)) // max(1, int(os.environ.get("SEMTILE_WORKERS_ON_HOST", 1))))
+    engine, _ = create_engine(spec.engine, bundle, EngineSettings(tile=spec.tile, halo=spec.halo,
+                                                                  batch_size=spec.batch_size,
+                                                                  precision=spec.precision, threads=threads),
+                              calibration_tiles=spec.calibration)
+    _ENGINES.clear()  # one engine per worker: a new run's spec replaces the last
+    _ENGINES[spec.token] = (bundle, engine)
+    return bundle, engine
+
+
+try:
+    from distributed.diagnostics.plugin import WorkerPlugin as _WorkerPlugin
+except ImportError:  # dask.distributed is a dependency; this only keeps the module importable without it
+    _WorkerPlugin = object
+
+
+class EnginePlugin(_WorkerPlugin):
+    """Builds the run's engine on every worker when it joins (warm before its first task)."""
+
+    name = "semtile-engine"
+
+    def __init__(self, spec: EngineSpec, workers_on_host: dict[str, int] | None = None):
+        self.spec, self.workers_on_host = spec, workers_on_host or {}
+
+    def setup(self, worker) -> None:
+        share = self.workers_on_host.get(worker.address)
+        if share:
+            os.environ["SEMTILE_WORKERS_ON_HOST"] = str(share)
+        worker_engine(self.spec)
+
+
+# -- tasks (run on workers) ------------------------------------------------------------------------------
+
+
+def process_group(spec: EngineSpec, paths: list[str], store_path: str, options: ProcessOptions, run_id: str,
+                  scratch: str) -> list[ImageOutcome]:
+    """A few small scans through this worker's engine (batched across them) into the store."""
+    from semtile.execution.local import _results, _store_one, scratch_prefix
+    from semtile.store import open_store
+
+    bundle, engine = worker_engine(spec)
+    store = open_store(store_path)
+    outcomes = []
+    with tempfile.TemporaryDirectory(prefix=scratch_prefix(), dir=scratch) as tmp:
+        for job, result in _results([Path(p) for p in paths], engine, bundle, options, Path(tmp), run_id):
+            try:
+                outcomes.append(_store_one(job, result, store))
+            finally:
+                job.release()
+    return outcomes
+
+
+def _block_task(spec: EngineSpec, rs, block: int, prepared: float):
+    from semtile.execution.regions import run_block
+
+    _, engine = worker_engine(spec)
+    return run_block(rs, block, engine)
+
+
+def _region_task(rs, region: int, *blocks):
+    from semtile.execution.regions import write_region_output
+
+    return write_region_output(rs, region)
+
+
+def _finish_task(rs, blocks: list, regions: list, context, prepared: float) -> ImageOutcome:
+    from semtile.execution.regions import finish_region_scan
+
+    return finish_region_scan(rs, blocks, regions, context, prepared)
+
+
+# -- the driver ------------------------------------------------------------------------------------------
+
+
+def slurm_cluster(spec: ClusterSpec, *, engine_threads: int | None = None):
+    """A dask-jobqueue SLURMCluster of ``spec.jobs`` jobs, one worker process of one task thread per job,
+    its engine on the job's ``spec.cores`` CPUs (not yet scaled: call ``scale(jobs=...)``)."""
+    try:
+        from dask_jobqueue import SLURMCluster
+    except ImportError:
+        raise SemtileError("--cluster slurm needs dask-jobqueue: pip install 'semtile[cluster]'") from None
+    extra = ["--resources", f"GPU={spec.gpus}"] if spec.gpus else []
+    directives = [f"--gres=gpu:{spec.gpus}"] if spec.gpus else []
+    return SLURMCluster(cores=1, processes=1, job_cpu=spec.cores, memory=spec.memory, walltime=spec.walltime,
+                        queue=spec.queue, account=spec.account, worker_extra_args=extra,
+                        job_extra_directives=directives,
+                        job_script_prologue=["export SEMTILE_WORKERS_ON_HOST=1"],
+                        name="semtile")
+
+
+@contextmanager
+def connect(spec: ClusterSpec) -> Iterator[tuple["object", dict[str, int]]]:
+    """A Client on the cluster ``spec`` names, and how many workers share each worker's host."""
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError:
+        raise SemtileError("the distributed scheduler needs dask.distributed: pip install 'dask[distributed]'") \
+            from None
+    cluster = None
+    try:
+        if spec.kind == "local":
+            cores = len(os.sched_getaffinity(0))
+            workers = spec.workers or max(1, cores // 2)
+            cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                   dashboard_address=":0", memory_limit=0)
+            client = Client(cluster)
+        elif spec.kind == "address":
+            client = Client(spec.address, timeout="30s")
+        elif spec.kind == "file":
+            client = Client(scheduler_file=spec.scheduler_file, timeout="30s")
+        elif spec.kind == "slurm":
+            cluster = slurm_cluster(spec)
+            cluster.scale(jobs=spec.jobs)
+            client = Client(cluster)
+        else:
+            raise SemtileError(f"unknown cluster kind {spec.kind!r}")
+    except SemtileError:
+        raise
+    except (OSError, TimeoutError, ValueError) as exc:
+        where = spec.address or spec.scheduler_file or spec.kind
+        raise SemtileError(f"cannot reach the Dask scheduler ({where}): {exc}") from None
+    try:
+        if spec.kind != "slurm":  # SLURM jobs come when the queue lets them; tasks wait for them
+            client.wait_for_workers(1, timeout=120)
+        info = client.scheduler_info(n_workers=-1)["workers"]
+        hosts = Counter(w["host"] for w in info.values())
+        yield client, {address: hosts[w["host"]] for address, w in info.items()}
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+def _groups(paths: list[Path], pixels: dict[Path, int], workers: int) -> list[list[Path]]:
+    """Consecutive small scans in groups of about GROUP_PIXELS, at most MAX_GROUP, at least 4 groups per worker."""
+    most = max(1, min(MAX_GROUP, -(-len(paths) // max(1, 4 * workers))))
+    groups, current, size = [], [], 0
+    for path in paths:
+        current.append(path)
+        size += pixels.get(path, 0)
+        if len(current) >= most or size >= GROUP_PIXELS:
+            groups.append(current)
+            current, size = [], 0
+    if current:
+        groups.append(current)
+    return groups
+
+
+def process_scans_distributed(scans: list[Path], store, *, client, spec: EngineSpec, bundle, options: ProcessOptions,
+                              key: dict, run_id: str, scratch: Path, workers_on_host: dict[str, int],
+                              on_outcome: Callable[[ImageOutcome], None]) -> list[ImageOutcome]:
+    """Every scan as tasks on ``client``'s cluster; ``on_outcome`` sees each outcome as it arrives."""
+    from distributed import as_completed
+
+    from semtile.execution.local import failed_outcome, region_outcome
+    from semtile.execution.regions import (FinishContext, discard_region_scan, prepare_region_scan, scan_pixels,
+                                           start_region_scan)
+
+    client.register_plugin(EnginePlugin(spec, workers_on_host), name=EnginePlugin.name)
+    n_workers = max(1, len(workers_on_host))
+    log.info("dask_cluster", dashboard=client.dashboard_link, scheduler=client.scheduler.address, workers=n_workers)
+    resources = {"GPU": 1} if spec.engine in GPU_ENGINES else None
+    pixels = {p: scan_pixels(p, options) for p in scans}
+    large = [p for p in scans if store.supports_regions and pixels[p] > options.region_pixels]
+    small = [p for p in scans if p not in set(large)]
+    context = FinishContext(bundle.provenance(), list(bundle.labels), key, run_id)
+    outcomes: list[ImageOutcome] = []
+    futures = {}  # future -> (kind, what)
+    for i, group in enumerate(_groups(small, pixels, n_workers)):
+        future = client.submit(process_group, spec, [str(p) for p in group], str(store.path), options, run_id,
+                               str(scratch), key=f"semtile-group-{run_id}-{i}", resources=resources)
+        futures[future] = ("group", group)
+    staged = {}
+    for index, path in enumerate(large):
+        try:
+            rs = start_region_scan(index, path, options, store, scratch)
+        except Exception as exc:  # noqa: BLE001 - a bad header: this scan fails, the run goes on
+            outcome = failed_outcome(path, exc)
+            outcomes.append(outcome)
+            on_outcome(outcome)
+            continue
+        staged[path] = rs
+        tag = f"{run_id}-{index}"
+        prepared = client.submit(prepare_region_scan, rs, key=f"semtile-prepare-{tag}")
+        blocks = [client.submit(_block_task, spec, rs, b.index, prepared, key=f"semtile-block-{tag}-{b.index}",
+                                resources=resources) for b in rs.plan.blocks]
+        regions = [client.submit(_region_task, rs, i, *[blocks[c] for c in rs.plan.contributors(region)],
+                                 key=f"semtile-region-{tag}-{i}") for i, region in enumerate(rs.plan.regions)]
+        finish = client.submit(_finish_task, rs, blocks, regions, context, prepared, key=f"semtile-finish-{tag}")
+        futures[finish] = ("large", path)
+    try:
+        for future in as_completed(list(futures)):
+            kind, what = futures.pop(future)
+            if kind == "group":
+                try:
+                    done = future.result()
+                except Exception as exc:  # noqa: BLE001 - e.g. the engine failed to load on every worker
+                    reason = f"{type(exc).__name__}: {exc}"
+                    log.error("task_failed", scans=[str(p) for p in what], error=reason)
+                    done = [ImageOutcome(path=Path(p), status="error", error=reason) for p in what]
+            else:
+                done = [region_outcome(what, future.result)]
+                discard_region_scan(staged.pop(what))
+            for outcome in done:
+                outcomes.append(outcome)
+                on_outcome(outcome)
+    finally:
+        for future in futures:
+            future.cancel()
+        for rs in staged.values():
+            discard_region_scan(rs)
+    return outcomes
