@@ -109,7 +109,7 @@ def start_region_scan(index: int, path: Path, options: ProcessOptions, store: Re
         raise ImageTooSmallError(path, f"valid area {rows}x{cols} pixels is smaller than {MIN_SIDE}x{MIN_SIDE}")
     grid = TileGrid((rows, cols), options.tile, options.halo)
     levels = min(REGION_LEVELS, len(level_shapes((rows, cols))) - 1)
-    plan = RegionPlan.for_grid(grid, region=CHUNK * 2**REGION_LEVELS)
+    plan = RegionPlan.for_grid(grid, region=CHUNK * 2**REGION_LEVELS, block_pixels=options.block_pixels)
     name = store.claim(path)
     staged = store.stage((rows, cols), info.pixel_size_m)
     folder = Path(scratch) / f"{index:06d}-{uuid.uuid4().hex[:8]}"

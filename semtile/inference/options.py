@@ -28,6 +28,7 @@ class ProcessOptions:
     databar_rows: int | None = None
     max_pixels: int | None = None  # pixel budget per scan, from its header (None: the reader's default)
     region_pixels: int = REGION_PIXELS  # larger scans go region by region (0: every scan)
+    block_pixels: int = 3072  # region by region: side of the tile blocks one engine task blends (~150 MB each)
 
     def __post_init__(self) -> None:
         if self.halo is None:
@@ -42,6 +43,8 @@ class ProcessOptions:
             raise SemtileError("--batch-size must be at least 1")
         if not 0.0 < self.threshold < 1.0:
             raise SemtileError("--threshold must lie strictly between 0 and 1")
+        if self.block_pixels < 1:
+            raise SemtileError("block_pixels must be at least 1")
         if self.region_pixels < 0:
             raise SemtileError("--region-pixels must be at least 0")
         if self.max_pixels is not None and self.max_pixels < 1:
