@@ -10,7 +10,9 @@ In order:
 2. **The plan**: each input whose stored completion record matches what this
    run would write is skipped (:mod:`semtile.execution.resume`); ``force``
    redoes everything. Nothing is loaded or compiled when nothing is to do.
-3. **The work**, through :func:`semtile.execution.local.process_scans`.
+3. **The work**, through :func:`semtile.execution.local.process_scans` in this
+   process, or as tasks on a Dask cluster (``cluster``:
+   :mod:`semtile.execution.distributed`); large scans region by region either way.
 4. **The tables**: the run's table holds a row per input (ok, error or
    skipped); the current table beside the store is regenerated from the store.
 
