@@ -9,6 +9,7 @@ import click
 from semtile import __version__
 from semtile.cli.models import engines, export
 from semtile.cli.process import process
+from semtile.cli.report import report
 from semtile.cli.science import evaluate, hypotheses, search
 from semtile.cli.synth import synth
 from semtile.cli.train import train
@@ -23,7 +24,7 @@ def main(log_json: bool | None) -> None:
     configure_logging(json=log_json)
 
 
-for command in (synth, train, process, hypotheses, search, evaluate, engines, export):
+for command in (synth, train, process, report, hypotheses, search, evaluate, engines, export):
     main.add_command(command)
 
 

@@ -10,7 +10,16 @@ try:
 except PackageNotFoundError:  # running from a source tree without installing
     __version__ = "0.0.0+unknown"
 
-__all__ = ["__version__"]
+__all__ = ["__version__", "open_results"]
+
+
+def __getattr__(name: str):
+    # ``semtile.open_results`` is imported on first use: pandas and zarr would slow every ``semtile`` command.
+    if name == "open_results":
+        from semtile.results import open_results
+
+        return open_results
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _map_checkout_packages() -> None:

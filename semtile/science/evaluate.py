@@ -1,65 +1,29 @@
 """``semtile evaluate``: a result store against the labels (and masks) it should have found.
 
-Reads the result store ``semtile process`` writes (through ``semtile.store``,
-opened read-only) and the formats datasets use (``labels.csv``; ``masks/``
-beside the images, as ``semtile synth`` writes them; ``truth.csv`` with true
-adhesive ratios). Labels are
-ordered where they are integers, so besides top-1 accuracy it reports the
-share within one label (±1) and the mean absolute error in t. Given an
-expert's answers (``path,label``) it reports the same figures for the human
-beside the model (the paper's Figures 7 and 8).
+Reads the result store ``semtile process`` writes through the results API
+(:func:`semtile.results.open_results`, read-only: the one reader that
+``semtile report`` shares) and the formats datasets use (``labels.csv``;
+``masks/`` beside the images, as ``semtile synth`` writes them; ``truth.csv``
+with true adhesive ratios). Labels are ordered where they are integers, so
+besides top-1 accuracy it reports the share within one label (±1) and the
+mean absolute error in t. Given an expert's answers (``path,label``) it
+reports the same figures for the human beside the model (the paper's
+Figures 7 and 8).
 """
 
 from __future__ import annotations
 
 import csv
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from semtile.io.dataset import read_labels
 from semtile.errors import DatasetError, SemtileError
-from semtile.store import open_store
+from semtile.results import LabelScores, label_scores, open_results, read_answers
 
 __all__ = ["LabelScores", "evaluate_store", "label_scores", "mask_scores", "split_names"]
-
-
-@dataclass
-class LabelScores:
-    labels: list
-    confusion: np.ndarray  # rows: true label, columns: predicted label
-    top1: float
-    within1: float | None
-    mae_t: float | None
-    per_label_accuracy: dict
-
-    def to_dict(self) -> dict:
-        return {"top1": self.top1, "within1": self.within1, "mae_t": self.mae_t, "n": int(self.confusion.sum()),
-                "per_label_accuracy": {str(k): v for k, v in self.per_label_accuracy.items()}}
-
-
-def label_scores(true: list, predicted: list, labels: list) -> LabelScores:
-    """Confusion matrix, top-1, ±1 accuracy and mean absolute error in t (ordered labels)."""
-    index = {label: i for i, label in enumerate(labels)}
-    confusion = np.zeros((len(labels), len(labels)), dtype=np.int64)
-    for t, p in zip(true, predicted):
-        if t not in index or p not in index:
-            raise DatasetError(f"label {t if t not in index else p!r} is not one of the model's labels {labels}")
-        confusion[index[t], index[p]] += 1
-    n = confusion.sum()
-    if n == 0:
-        raise DatasetError("no images to evaluate")
-    top1 = float(np.trace(confusion) / n)
-    ordered = all(isinstance(label, int) for label in labels)
-    within1 = mae = None
-    if ordered:
-        diff = np.abs(np.array(true, dtype=float) - np.array(predicted, dtype=float))
-        within1, mae = float(np.mean(diff <= 1)), float(np.mean(diff))
-    per_label = {label: (float(confusion[i, i] / confusion[i].sum()) if confusion[i].sum() else None)
-                 for i, label in enumerate(labels)}
-    return LabelScores(labels, confusion, top1, within1, mae, per_label)
 
 
 def mask_scores(predicted: np.ndarray, truth: np.ndarray) -> dict:
@@ -78,19 +42,6 @@ def mask_scores(predicted: np.ndarray, truth: np.ndarray) -> dict:
             "iou": float(inter / union) if n_true else float("nan"),
             "dice": float(2 * inter / (n_pred + n_true)) if n_true else float("nan"),
             "intersection": inter, "predicted": n_pred, "true": n_true}
-
-
-def _read_expert(path: Path, base: Path) -> dict[Path, object]:
-    with path.open(newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    if not rows or "path" not in rows[0] or "label" not in rows[0]:
-        raise DatasetError(f"{path}: needs columns 'path' and 'label'")
-    values = [r["label"].strip() for r in rows]
-    try:
-        values = [int(v) for v in values]
-    except ValueError:
-        pass
-    return {(base / r["path"].strip()).resolve(): v for r, v in zip(rows, values)}
 
 
 def _plot_confusion(scores: LabelScores, title: str, path: Path) -> None:
@@ -142,7 +93,7 @@ def evaluate_store(store: str | Path, labels_csv: str | Path, out: str | Path,
     its ``part`` split are scored: the held-out test set of that training run.
     """
     store, out = Path(store), Path(out)
-    results = open_store(store, mode="r")  # SemtileError naming the path unless it is a result store
+    results = open_results(store)  # SemtileError naming the path unless it is a result store
     samples = read_labels(labels_csv)
     if split_from is not None:
         names = split_names(split_from, part)
@@ -156,8 +107,8 @@ def evaluate_store(store: str | Path, labels_csv: str | Path, out: str | Path,
         with (base / "truth.csv").open(newline="") as handle:
             truth_ratio = {(base / r["path"]).resolve(): float(r["adhesive_ratio"]) for r in csv.DictReader(handle)}
     rows, labels = [], None
-    for name in results.names():
-        stored = results.read(name)
+    for name in results.names:
+        stored = results[name]
         source = stored.source
         if source not in truth_by_path:
             continue
@@ -170,7 +121,7 @@ def evaluate_store(store: str | Path, labels_csv: str | Path, out: str | Path,
         if mask_path.is_file():
             import tifffile
 
-            predicted = np.asarray(stored.binary_mask[...])
+            predicted = stored.binary_mask.compute()
             truth = tifffile.imread(mask_path)[: predicted.shape[0], : predicted.shape[1]] > 0
             row.update(mask_scores(predicted, truth))
         rows.append(row)
@@ -195,7 +146,7 @@ def evaluate_store(store: str | Path, labels_csv: str | Path, out: str | Path,
                                   "empty_truth_images": len(blank),
                                   "empty_truth_false_positive_pixels": int(sum(r["predicted"] for r in blank))}
     if expert_csv:
-        expert = _read_expert(Path(expert_csv), Path(expert_csv).parent)
+        expert = read_answers(expert_csv)
         judged = [r for r in rows if Path(r["path"]) in expert]
         if not judged:
             raise DatasetError(f"{expert_csv}: no answer for any evaluated image")

@@ -1,0 +1,12 @@
+"""Results of runs for people and notebooks: ``open_results`` gives the run table (pandas) and lazy arrays.
+
+The one reader of result stores above :mod:`semtile.store`: ``semtile report``
+and ``semtile evaluate`` go through it.
+"""
+
+from semtile.results.reader import MapInfo, Preview, ResultImage, Results, open_results
+from semtile.results.runs import RunTables, read_run_tables
+from semtile.results.scores import LabelScores, label_scores, read_answers
+
+__all__ = ["open_results", "Results", "ResultImage", "MapInfo", "Preview", "RunTables", "read_run_tables",
+           "LabelScores", "label_scores", "read_answers"]
