@@ -74,6 +74,11 @@ def main() -> None:
         finally:
             for proc in procs:
                 proc.terminate()
+            for proc in procs:  # a worker whose scheduler is gone may not heed SIGTERM
+                try:
+                    proc.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
         t0 = time.perf_counter()
         local = subprocess.run(["semtile", "--log-json", "process", str(images), "--out", str(tmp / "local.zarr")],
                                capture_output=True, text=True)
