@@ -38,7 +38,7 @@ from semtile.cli.options import Progress, cluster_options, cluster_spec
 @click.option("--max-pixels", default=None, type=click.IntRange(1),
               help="Refuse a scan whose header claims more pixels (default 2**32: a guard against lying headers).")
 @click.option("--region-pixels", default=None, type=click.IntRange(0),
-              help="Scans with more valid pixels are blended region by region, in bounded memory "
+              help="Scans whose frame has more pixels are blended region by region, in bounded memory "
                    "(default 16 MP; 0: every scan).")
 @cluster_options
 def process(inputs, out, csv_path, model, classifier, segmenter, engine_name, precision, tile, halo, batch_size,

@@ -273,7 +273,8 @@ def process_scans_distributed(scans: list[Path], store, *, client, spec: EngineS
     resources = {"GPU": 1} if spec.engine in GPU_ENGINES else None
     pixels = {p: scan_pixels(p, options) for p in scans}
     large = [p for p in scans if store.supports_regions and pixels[p] > options.region_pixels]
-    small = [p for p in scans if p not in set(large)]
+    chosen = frozenset(large)
+    small = [p for p in scans if p not in chosen]
     context = FinishContext(bundle.provenance(), list(bundle.labels), key, run_id)
     outcomes: list[ImageOutcome] = []
     futures = {}  # future -> (kind, what)

@@ -57,10 +57,10 @@ def record_key(engine: Engine, bundle: ModelBundle, options: ProcessOptions) -> 
 
 
 def result_attrs(path: Path, info, grid, engine_facts: dict, model_provenance: dict, options: ProcessOptions,
-                 sha256: str, soft_ratio: float, timings: dict) -> dict:
+                 sha256: str, label_rule: str, soft_ratio: float, timings: dict) -> dict:
     """The attributes stored with every result: data bar, pixel size, tiles, timings and provenance."""
     return {
-        "label_rule": None,  # filled by the caller with the label
+        "label_rule": label_rule,
         "databar_rows": info.databar_rows,
         "databar_source": info.databar_source,
         "pixel_size_m": info.pixel_size_m,
@@ -92,10 +92,8 @@ def _judge(job: TileJob, engine: Engine, bundle: ModelBundle, options: ProcessOp
     ratio = float(binary.mean())
     job.timings["stitch"] += time.perf_counter() - t0
     sha256 = image_sha256(job.path)
-    attrs = result_attrs(job.path, info, grid, engine.describe(), bundle.provenance(), options, sha256,
-                         float(mask.mean()),
-                         job.timings)
-    attrs["label_rule"] = label_rule
+    attrs = result_attrs(job.path, info, grid, engine.describe(), bundle.provenance(), options, sha256, label_rule,
+                         float(mask.mean()), job.timings)
     return ImageResult(source=Path(job.path), mask=mask, binary_mask=binary, class_probs=probs,
                        labels=bundle.labels, label=label, adhesive_ratio=ratio, attrs=attrs, image=job.image,
                        record={**completion_record(job.path, key, sha256), "run_id": run_id})
@@ -196,7 +194,7 @@ def process_scans(
 
 
 def large_scans(scans: list[Path], options: ProcessOptions, store: ResultStore) -> list[Path]:
-    """The scans to blend region by region: more valid pixels than ``options.region_pixels`` (header only)."""
+    """The scans to blend region by region: a frame of more pixels than ``options.region_pixels`` (header only)."""
     if not store.supports_regions:
         return []
     from semtile.execution.regions import scan_pixels

@@ -1,6 +1,6 @@
 """Large scans region by region: bounded memory, from one process or many.
 
-A scan whose valid area exceeds ``ProcessOptions.region_pixels`` is not
+A scan whose frame exceeds ``ProcessOptions.region_pixels`` pixels is not
 blended in memory (:mod:`semtile.inference.regions`). Its work is five kinds
 of step, each a function of small picklable arguments: the in-process runner
 calls them in a loop (:func:`process_region_scan`), the distributed runner
@@ -89,12 +89,17 @@ class FinishContext:
 
 
 def scan_pixels(path: Path, options: ProcessOptions) -> int:
-    """Valid pixels of a scan from its header (0 when it cannot be read: the in-memory path reports why)."""
+    """Pixels of the scan's frame, from its TIFF header alone (0 when it cannot be read: its runner reports why).
+
+    The frame bounds the valid area (the data bar only removes rows); a header
+    read keeps this check off the hot path of runs of many small scans.
+    """
+    import tifffile
+
     try:
-        with open_scan(path, page=options.page, databar_rows=options.databar_rows,
-                       max_pixels=options.max_pixels) as scan:
-            rows, cols = scan.info.valid_shape
-            return rows * cols
+        with tifffile.TiffFile(path) as tif:
+            shape = tif.pages[options.page].shape
+        return int(shape[0]) * int(shape[1])
     except Exception:  # noqa: BLE001 - the runner that processes it reports the reason
         return 0
 
@@ -212,9 +217,8 @@ def finish_region_scan(rs: RegionScan, blocks: list, regions: list[dict], contex
     timings = {"read": prepare_seconds, "infer": sum(b[2] for b in blocks),
                "stitch": sum(r["seconds"] for r in regions)}
     sha256 = image_sha256(rs.path)
-    attrs = result_attrs(rs.path, rs.info, grid, engine_facts, context.bundle_provenance, rs.options, sha256, soft,
-                         timings)
-    attrs["label_rule"] = label_rule
+    attrs = result_attrs(rs.path, rs.info, grid, engine_facts, context.bundle_provenance, rs.options, sha256,
+                         label_rule, soft, timings)
     attrs["regions"] = {"count": len(rs.plan.regions), "side": rs.plan.region, "blocks": len(rs.plan.blocks)}
     group = zarr.open_group(str(staged), mode="r")
     result = ImageResult(source=Path(rs.path), mask=group["mask"], binary_mask=group["labels/adhesive/0"],

@@ -11,7 +11,7 @@ __all__ = ["MIN_SIDE", "REGION_PIXELS", "ProcessOptions"]
 
 #: Smallest valid area (either side) semtile will analyse; smaller ones are reported.
 MIN_SIDE = 16
-#: Scans with more valid pixels than this are blended region by region, out of core (bounded memory);
+#: Scans whose frame (from the header) has more pixels than this are blended region by region, out of core (bounded memory);
 #: smaller ones in memory, several at once, batched across scans.
 REGION_PIXELS = 16 * 2**20
 

@@ -216,9 +216,12 @@ class DirectoryStore(ResultStore):
             raise SemtileError(f"{self.path}: opened read-only, cannot write {name!r}")
         check_result(name, result)
         self._check(result)
-        staged = self._temp("partial")
+        self._complete(self._temp("partial"), name, result, self._write_group)
+
+    def _complete(self, staged: Path, name: str, result: ImageResult, fill) -> None:
+        """``fill(staged, result)``, then publish ``staged`` as ``name``; on any failure ``staged`` is removed."""
         try:
-            self._write_group(staged, result)
+            fill(staged, result)
             self._publish(staged, self.path / name)
         except BaseException:
             shutil.rmtree(staged, ignore_errors=True)

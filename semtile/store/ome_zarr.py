@@ -49,7 +49,6 @@ Choices:
 from __future__ import annotations
 
 import math
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -297,8 +296,8 @@ class OmeZarrStore(DirectoryStore):
         if self.read_only:
             raise SemtileError(f"{self.path}: opened read-only, cannot write {name!r}")
         check_result(name, result)
-        staged = Path(staged)
-        try:
+
+        def finish(staged: Path, result: ImageResult) -> None:
             group = zarr.open_group(str(staged), mode="r+", zarr_format=3)
             for key, reduce in (("", "mean"), (f"labels/{LABEL}/", "max")):
                 k = built_levels + 1
@@ -306,12 +305,8 @@ class OmeZarrStore(DirectoryStore):
                     _reduce_in_bands(group[f"{key}{k - 1}"], group[f"{key}{k}"], reduce)
                     k += 1
             self._finish_group(group, result)
-            self._publish(staged, self.path / name)
-        except BaseException:
-            shutil.rmtree(staged, ignore_errors=True)
-            raise
-        if self._owners is not None:
-            self._owners[name] = source_key(result.source)
+
+        self._complete(Path(staged), name, result, finish)
 
     def _open_result(self, name: str, attrs: dict) -> StoredResult:
         semtile = attrs["semtile"]
