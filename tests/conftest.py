@@ -41,3 +41,17 @@ def shared_data(name: str) -> Path:
     if not path.is_dir():
         pytest.skip(f"shared data {name} not available")
     return path
+
+
+@pytest.fixture(autouse=True)
+def no_default_dask_client_left_behind(request):
+    """A test that leaves a dask.distributed Client as the default makes later local computes ship to it."""
+    yield
+    try:
+        from distributed.client import _get_global_client
+    except ImportError:
+        return
+    client = _get_global_client()
+    if client is not None:
+        client.close()
+        pytest.fail(f"{request.node.nodeid} left a default dask.distributed Client open ({client})")

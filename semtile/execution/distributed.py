@@ -207,6 +207,8 @@ def connect(spec: ClusterSpec) -> Iterator[tuple["object", dict[str, int]]]:
     except ImportError:
         raise SemtileError("the distributed scheduler needs dask.distributed: pip install 'dask[distributed]'") \
             from None
+    # Never the default client: a user's (or a test's) later local dask computes must not ship to it,
+    # and a Client that failed to connect would otherwise stay registered as the default.
     cluster = None
     try:
         if spec.kind == "local":
@@ -214,15 +216,15 @@ def connect(spec: ClusterSpec) -> Iterator[tuple["object", dict[str, int]]]:
             workers = spec.workers or max(1, cores // 2)
             cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                                    dashboard_address=":0", memory_limit=0)
-            client = Client(cluster)
+            client = Client(cluster, set_as_default=False)
         elif spec.kind == "address":
-            client = Client(spec.address, timeout="30s")
+            client = Client(spec.address, timeout="30s", set_as_default=False)
         elif spec.kind == "file":
-            client = Client(scheduler_file=spec.scheduler_file, timeout="30s")
+            client = Client(scheduler_file=spec.scheduler_file, timeout="30s", set_as_default=False)
         elif spec.kind == "slurm":
             cluster = slurm_cluster(spec)
             cluster.scale(jobs=spec.jobs)
-            client = Client(cluster)
+            client = Client(cluster, set_as_default=False)
         else:
             raise SemtileError(f"unknown cluster kind {spec.kind!r}")
     except SemtileError:
@@ -235,7 +237,8 @@ def connect(spec: ClusterSpec) -> Iterator[tuple["object", dict[str, int]]]:
             client.wait_for_workers(1, timeout=120)
         info = client.scheduler_info(n_workers=-1)["workers"]
         hosts = Counter(w["host"] for w in info.values())
-        yield client, {address: hosts[w["host"]] for address, w in info.items()}
+        with client.as_current():  # the client of this run (futures, as_completed), not a process-wide default
+            yield client, {address: hosts[w["host"]] for address, w in info.items()}
     finally:
         client.close()
         if cluster is not None:

@@ -188,7 +188,7 @@ class Scan:
             if x.ndim == 3:
                 x = x[..., :3] @ LUMA
             x = da.where(da.isfinite(x), x, np.nan)
-            lo, hi = da.compute(da.nanmin(x), da.nanmax(x))
+            lo, hi = da.compute(da.nanmin(x), da.nanmax(x), scheduler="threads")  # holds a file handle: local only
             lo, hi = float(lo), float(hi)
             if not (math.isfinite(lo) and math.isfinite(hi)):
                 lo, hi = 0.0, 1.0  # no finite value at all

@@ -62,7 +62,7 @@ class TrainingData:
 
 def _load(path: Path) -> np.ndarray:
     with open_scan(path) as scan:
-        return np.ascontiguousarray(scan.valid().compute(), dtype=np.float32)
+        return np.ascontiguousarray(scan.valid().compute(scheduler="threads"), dtype=np.float32)
 
 
 def load_training_data(data: str | Path, config: TrainConfig, masks: str | Path | None = None) -> TrainingData:
@@ -86,7 +86,7 @@ def load_training_data(data: str | Path, config: TrainConfig, masks: str | Path 
             if not mpath.is_file():
                 raise DatasetError(f"{mpath}: no mask for {s.path.name}")
             with open_scan(mpath, databar_rows=0) as scan:
-                m = scan.gray().compute()
+                m = scan.gray().compute(scheduler="threads")
             if m.shape[0] < img.shape[0] or m.shape[1] != img.shape[1]:
                 raise DatasetError(f"{mpath}: mask {m.shape} does not cover the image {img.shape}")
             mask_arrays.append((m[: img.shape[0]] > 0).astype(np.float32))
