@@ -72,18 +72,51 @@ def search(data, c_values, d_values, n_values, N_values, max_params, out, epochs
     click.echo((out / "leaderboard.md").read_text(), nl=False)
 
 
+# -- defects (issue 13): `evaluate DATA --defect-model MODEL` scores a defect model (semtile.defects.evaluate) --
+
+
+def _defect_evaluation_options(func):
+    func = click.option("--defect-engine", default="torch-cpu", show_default=True,
+                        type=click.Choice(["torch-cpu", "onnxruntime", "openvino"]),
+                        help="With --defect-model: the engine that runs it.")(func)
+    return click.option("--defect-model", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+                        help="Score this defect model (patch classifier or autoencoder, .pt) on the dataset folder "
+                             "given as RESULTS: patch AUC-ROC and AP, pixel AUROC and PRO (--labels not needed).")(func)
+
+
+def _evaluate_defects(data: Path, model: Path, part: str, out: Path, engine: str) -> None:
+    from semtile.defects.evaluate import evaluate_defect_model
+
+    try:
+        evaluate_defect_model(data, model, out, part=part, engine=engine)
+    except SemtileError as exc:
+        raise click.UsageError(str(exc)) from exc
+    click.echo((out / "summary.md").read_text(), nl=False)
+
+
+# -- end defects --
+
+
 @click.command()
 @click.argument("results", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--labels", "labels_csv", required=True, type=click.Path(exists=True, path_type=Path), help="labels.csv (path,label) of the processed images.")
+@click.option("--labels", "labels_csv", required=False, type=click.Path(exists=True, path_type=Path), help="labels.csv (path,label) of the processed images.")
 @click.option("--expert", "expert_csv", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None, help="An expert's answers (path,label) to score beside the model.")
 @click.option("--split-from", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="A trained model (.pt or its .json card): score only the images of its --part split.")
 @click.option("--part", default="test", show_default=True, type=click.Choice(["train", "val", "test"]),
               help="Which split of --split-from to score.")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path))
+@_defect_evaluation_options
 def evaluate(results: Path, labels_csv: Path, expert_csv: Path | None, split_from: Path | None, part: str,
-             out: Path) -> None:
-    """Score RESULTS.zarr against labels (confusion matrix, accuracy, ±1, MAE in t, masks)."""
+             out: Path, defect_model: Path | None, defect_engine: str) -> None:
+    """Score RESULTS.zarr against labels (confusion matrix, accuracy, ±1, MAE in t, masks).
+
+    With --defect-model, RESULTS is a dataset folder with defect labels or masks instead.
+    """
+    if defect_model is not None:  # defects (issue 13)
+        return _evaluate_defects(results, defect_model, part, out, defect_engine)
+    if labels_csv is None:
+        raise click.UsageError("Missing option '--labels'.")
     from semtile.science.evaluate import evaluate_store
 
     try:

@@ -12,7 +12,7 @@ from semtile.models.networks import Architecture
 from semtile.synth import SynthConfig, write_dataset
 from semtile.science.training import TrainConfig, train_classifier, train_segmenter
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+from shared_paths import SHARED_DATA, shared_data  # noqa: F401 - re-exported for older imports
 
 
 @pytest.fixture(scope="session")
@@ -33,14 +33,6 @@ def tiny_bundle(tmp_path_factory, tiny_dataset) -> Path:
     train_classifier(tiny_dataset, folder / "classifier.pt",
                      arch=Architecture("classifier", c=4, d=2, n=1, N=1), config=config)
     return folder
-
-
-def shared_data(name: str) -> Path:
-    """A folder of ../shared/data, or skip when this checkout has none (a user's clone)."""
-    path = SHARED_DATA / name
-    if not path.is_dir():
-        pytest.skip(f"shared data {name} not available")
-    return path
 
 
 @pytest.fixture(autouse=True)

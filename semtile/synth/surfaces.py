@@ -15,13 +15,14 @@ from __future__ import annotations
 import csv
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import tifffile
 
 from semtile.science.hypotheses import hypothesis_values
 
-__all__ = ["SynthConfig", "synth_surface", "write_dataset", "databar_height"]
+__all__ = ["SynthConfig", "synth_surface", "synth_surface_with", "write_dataset", "databar_height"]
 
 #: Nominal pixel size written into the files' metadata (the paper's 100 nm).
 PIXEL_SIZE_M = 1.0e-7
@@ -36,6 +37,7 @@ class SynthConfig:
     size: tuple[int, int] = (960, 1280)  # rows, cols of the whole frame
     truth: str = "sqrt"
     seed: int = 0
+    defects: bool = False  # particles, scratches and pits (semtile.synth.defects), masks in defect_masks/
 
 
 def databar_height(rows: int) -> int:
@@ -87,6 +89,24 @@ def synth_surface(
     mask : (rows, cols) uint8 ground truth, 1 = rough/adhesive, 0 in the data bar.
     bar_rows : number of data-bar rows at the bottom.
     """
+    image, mask, bar_rows, _ = synth_surface_with(rng, shape, fraction, None)
+    return image, mask, bar_rows
+
+
+#: ``overlay(intensity) -> mask``: draws on the noiseless intensity of the valid area (in place,
+#: values in [0, 1]) before shot noise and scan-line jitter, and returns the uint8 mask of what it drew.
+Overlay = Callable[[np.ndarray], np.ndarray]
+
+
+def synth_surface_with(
+    rng: np.random.Generator, shape: tuple[int, int], fraction: float, overlay: Overlay | None
+) -> tuple[np.ndarray, np.ndarray, int, np.ndarray | None]:
+    """:func:`synth_surface` with an ``overlay`` (e.g. defects) drawn into the frame.
+
+    The overlay's mask gets the same scan-line jitter as the image and zeros
+    in the data bar; it is returned fourth (None without an overlay). Without
+    an overlay the frame is exactly :func:`synth_surface`'s.
+    """
     rows, cols = shape
     bar_rows = databar_height(rows)
     valid = (rows - bar_rows, cols)
@@ -112,6 +132,11 @@ def synth_surface(
     drift = 1.0 + rng.uniform(-0.12, 0.12) * (yy / valid[0] - 0.5) + rng.uniform(-0.12, 0.12) * (xx / valid[1] - 0.5)
     drift += 0.05 * _standardise(_blur(rng.standard_normal(valid), 120.0))
     intensity = np.clip((base + gain * signal) * drift, 0.0, 1.0)
+    drawn = None
+    if overlay is not None:
+        drawn = np.asarray(overlay(intensity), dtype=np.uint8)
+        if drawn.shape != intensity.shape:
+            raise ValueError(f"overlay mask {drawn.shape} does not match the valid area {intensity.shape}")
     # Shot noise: electrons counted per pixel.
     dose = rng.uniform(50.0, 150.0)
     intensity = rng.poisson(intensity * dose) / dose
@@ -121,13 +146,17 @@ def synth_surface(
     cols_idx = (np.arange(valid[1])[None, :] - offsets[:, None]) % valid[1]
     intensity = np.take_along_axis(intensity, cols_idx, axis=1)
     mask = np.take_along_axis(mask, cols_idx, axis=1)
+    if drawn is not None:
+        full_drawn = np.zeros(shape, dtype=np.uint8)
+        full_drawn[: valid[0]] = np.take_along_axis(drawn, cols_idx, axis=1)
+        drawn = full_drawn
 
     image = np.empty(shape, dtype=np.uint8)
     image[: valid[0]] = np.clip(np.rint(intensity * 255.0), 0, 255).astype(np.uint8)
     image[valid[0]:] = _databar(rng, (bar_rows, cols))
     full_mask = np.zeros(shape, dtype=np.uint8)
     full_mask[: valid[0]] = mask
-    return image, full_mask, bar_rows
+    return image, full_mask, bar_rows, drawn
 
 
 def _databar(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
@@ -152,24 +181,47 @@ def _databar(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
 def write_dataset(out: Path, config: SynthConfig) -> list[dict]:
     """Write ``images/``, ``masks/``, ``labels.csv`` and ``truth.csv`` under ``out``.
 
+    With ``config.defects``, also ``defect_masks/`` (uint8: 0 none, 1 particle,
+    2 scratch, 3 pit) and ``defects.csv`` (path, particles, scratches, pits,
+    defect_fraction of the valid area); the defects have their own random
+    stream, so the surface under them is the defect-free surface's layout.
     Returns the truth rows (path, label, adhesive_ratio).
     """
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "masks").mkdir(parents=True, exist_ok=True)
+    if config.defects:
+        from semtile.synth.defects import defect_overlay
+
+        (out / "defect_masks").mkdir(parents=True, exist_ok=True)
     g = hypothesis_values(config.truth, config.labels)
     rows: list[dict] = []
+    defect_rows: list[dict] = []
     for label in range(config.labels):
         for index in range(config.per_label):
             # One stream per image: the same (seed, label, index) gives the same image
             # whatever --per-label is.
             rng = np.random.default_rng([config.seed, label, index])
-            image, mask, bar_rows = synth_surface(rng, config.size, float(g[label]))
             name = f"t{label:02d}_{index:04d}.tif"
+            if config.defects:
+                counts: dict = {}
+                overlay = defect_overlay(np.random.default_rng([config.seed, label, index, 0xDEF]), counts)
+                image, mask, bar_rows, drawn = synth_surface_with(rng, config.size, float(g[label]), overlay)
+                tifffile.imwrite(out / "defect_masks" / name, drawn, metadata=None)
+                defect_rows.append({"path": f"images/{name}", "particles": counts["particle"],
+                                    "scratches": counts["scratch"], "pits": counts["pit"],
+                                    "defect_fraction": f"{float((drawn[: drawn.shape[0] - bar_rows] > 0).mean()):.6f}"})
+            else:
+                image, mask, bar_rows = synth_surface(rng, config.size, float(g[label]))
             tifffile.imwrite(out / "images" / name, image, metadata={"pixel_size_m": PIXEL_SIZE_M})
             tifffile.imwrite(out / "masks" / name, mask, metadata=None)
             ratio = float(mask[: mask.shape[0] - bar_rows].mean())
             rows.append({"path": f"images/{name}", "label": label, "adhesive_ratio": ratio})
+    if defect_rows:
+        with (out / "defects.csv").open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(defect_rows[0]))
+            writer.writeheader()
+            writer.writerows(defect_rows)
     with (out / "labels.csv").open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["path", "label"])

@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from semtile.cli.main import main
 
-from conftest import shared_data
+from shared_paths import shared_data
 
 
 def test_fei_and_zeiss_scans_process_with_their_bars_and_pixel_sizes(tiny_bundle, tmp_path):

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import SHARED_DATA
+from shared_paths import SHARED_DATA
 
 LUNG = SHARED_DATA / "lungcells-fei-sem"
 VENDOR = SHARED_DATA / "vendor-tiff-samples"
