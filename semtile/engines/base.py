@@ -1,4 +1,14 @@
-"""The engine interface: load a model bundle, run a batch of tiles, return arrays."""
+"""The engine interface: load a model bundle, run batches of tiles, return arrays.
+
+Two ways to run a batch:
+
+* ``run(tiles)``: synchronous, the results are there when it returns;
+* ``submit(tiles)`` then ``collect(handle)``: asynchronous. The runner keeps up
+  to ``in_flight`` batches submitted before it collects the oldest, so a GPU
+  engine copies batch ``k + 1`` in while it computes batch ``k`` and copies
+  batch ``k - 1`` out. Handles are collected in the order they were submitted.
+  CPU engines implement it trivially: ``submit`` runs the batch.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Engine", "EngineOutput"]
+__all__ = ["Engine", "EngineOutput", "Submitted"]
 
 
 @dataclass(frozen=True)
@@ -15,7 +25,16 @@ class EngineOutput:
     """What an engine returns for a batch of ``n`` tiles of side ``T``."""
 
     class_logits: np.ndarray  # (n, n_labels) float32
-    mask_probs: np.ndarray  # (n, T, T) float32 adhesive probability in [0, 1]
+    mask_probs: np.ndarray  # (n, T, T) float32 adhesive probability in [0, 1]; a device tensor where
+    # the engine keeps maps on its device (then its merger_factory() blends them there)
+
+
+@dataclass
+class Submitted:
+    """A batch handed to ``Engine.submit``: the engine's own ``state`` until it is collected."""
+
+    count: int
+    state: object = None
 
 
 class Engine(ABC):
@@ -27,10 +46,24 @@ class Engine(ABC):
 
     name: str = "engine"
     precision: str = "f32"
+    #: Batches the runner may keep submitted before collecting the oldest.
+    in_flight: int = 1
 
     @abstractmethod
     def run(self, tiles: np.ndarray) -> EngineOutput:
         """Run both networks on a batch of tiles."""
+
+    def submit(self, tiles: np.ndarray) -> Submitted:
+        """Start a batch; its results come from :meth:`collect`. Default: run it now."""
+        return Submitted(len(tiles), self.run(tiles))
+
+    def collect(self, handle: Submitted) -> EngineOutput:
+        """The results of a submitted batch (waits for them)."""
+        return handle.state
+
+    def merger_factory(self):
+        """A ``TileGrid -> Merger`` for this engine's outputs, or None for the in-memory CPU merger."""
+        return None
 
     def describe(self) -> dict:
         """Name, precision, device and library versions, for provenance and logs."""

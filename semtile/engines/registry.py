@@ -39,6 +39,8 @@ class EngineSettings:
     batch_size: int = 8
     precision: str = "auto"
     threads: int | None = None
+    compile: str | None = None  # torch-cuda: a torch.compile mode (None: eager kernels in a CUDA graph)
+    device: int = 0  # GPU engines: the CUDA device (of those CUDA_VISIBLE_DEVICES shows)
 
 
 @dataclass(frozen=True)
@@ -109,13 +111,14 @@ def _build_tensorrt(bundle, s: EngineSettings, calibration_tiles) -> Engine:
 
     # The optimisation profile must admit the batch size asked for (chunks are opt_batch tiles).
     return TensorRTEngine(_exported(bundle, s), precision=s.precision, opt_batch=s.batch_size,
-                          max_batch=max(32, s.batch_size), tile=s.tile)
+                          max_batch=max(32, s.batch_size), tile=s.tile, device=s.device)
 
 
 def _build_torch_cuda(bundle, s: EngineSettings, calibration_tiles) -> Engine:
     from semtile.engines.torch_cuda import TorchCUDAEngine
 
-    return TorchCUDAEngine(bundle, precision=s.precision, batch_size=s.batch_size, tile=s.tile)
+    return TorchCUDAEngine(bundle, precision=s.precision, batch_size=s.batch_size, tile=s.tile, compile=s.compile,
+                           device=s.device)
 
 
 def _build_openvino(bundle, s: EngineSettings, calibration_tiles) -> Engine:

@@ -21,12 +21,14 @@ profile; a cached engine that fails to deserialise is rebuilt. Builds share a
 timing cache file in the same folder, loaded before and saved after a build
 (:mod:`semtile.engines.tensorrt_build` holds that half).
 
-Inference uses PyTorch CUDA tensors as device buffers and two CUDA streams: a
-batch is split into chunks of ``opt_batch`` tiles that alternate between the
-streams, each with its own execution contexts and device buffers, so the
-host-to-device copy of one chunk overlaps the compute of the previous one;
-events keep the compute of successive chunks in order. Host buffers are
-pinned. ``tensorrt`` is imported lazily: this module imports without it.
+Inference is asynchronous (``submit`` / ``collect``, see :mod:`semtile.engines.base`):
+``in_flight`` slots, each with its own CUDA stream, execution contexts,
+pinned host buffers and PyTorch device buffers. A submitted batch of at most
+``opt_batch`` tiles queues its host-to-device copy, both networks and the
+copy back on its slot's stream and returns; events keep the compute of
+successive batches in order, so the copies of one batch overlap the compute
+of the others. ``run`` chunks a larger batch over the slots.
+``tensorrt`` is imported lazily: this module imports without it.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from semtile.engines.base import Engine, EngineOutput
+from semtile.engines.base import Engine, EngineOutput, Submitted
 from semtile.engines.tensorrt_build import NETWORKS, TensorRTBuilds, _trt_logger
 from semtile.errors import ModelError, SemtileError
 
@@ -89,11 +91,16 @@ def tensorrt_available() -> tuple[bool, str]:
 
 
 class _Slot:
-    """What one stream owns: the stream, device buffers, one context per network, an event."""
+    """One batch in flight: its stream, pinned host and device buffers, one context per network, events."""
 
     def __init__(self, torch, device, engines, chunk, tile, n_labels, input_name, output_names):
         self.stream = torch.cuda.Stream(device)
         self.computed = torch.cuda.Event()
+        self.done = torch.cuda.Event()  # the slot's last copy back: its buffers may be reused after it
+        self.used = False
+        self.host_in = torch.empty((chunk, tile, tile), dtype=torch.float32, pin_memory=True)
+        self.host_logits = torch.empty((chunk, n_labels), dtype=torch.float32, pin_memory=True)
+        self.host_probs = torch.empty((chunk, tile, tile), dtype=torch.float32, pin_memory=True)
         self.d_in = torch.empty((chunk, 1, tile, tile), dtype=torch.float32, device=device)
         self.d_logits = torch.empty((chunk, n_labels), dtype=torch.float32, device=device)
         self.d_probs = torch.empty((chunk, 1, tile, tile), dtype=torch.float32, device=device)
@@ -115,7 +122,10 @@ class TensorRTEngine(TensorRTBuilds, Engine):
     name = "tensorrt"
 
     def __init__(self, bundle_dir: Path, *, precision: str = "fp16", max_batch: int = 32, opt_batch: int = 8,
-                 tile: int | None = None, cache_dir: Path | None = None, device: int = 0):
+                 tile: int | None = None, cache_dir: Path | None = None, device: int = 0, in_flight: int = 3):
+        if int(in_flight) < 1:
+            raise SemtileError(f"the tensorrt engine needs at least 1 batch in flight, got {in_flight}")
+        self.in_flight = int(in_flight)
         precision = _ALIASES.get(str(precision).lower(), str(precision).lower())
         if precision not in PRECISIONS:
             raise SemtileError(f"the tensorrt engine runs {', '.join(PRECISIONS)}, not {precision!r}")
@@ -194,62 +204,74 @@ class TensorRTEngine(TensorRTBuilds, Engine):
 
             self.chunk = self.opt_batch
             self._slots = [_Slot(torch, self.device, engines, self.chunk, self.tile, self.n_labels,
-                                 self._input_name, self._output_name) for _ in range(2)]
-            self._host_in = self._host_logits = self._host_probs = None
-            self._reserve_host(self.max_batch)
+                                 self._input_name, self._output_name) for _ in range(self.in_flight)]
+            self._next_slot = 0
+            self._previous = None  # the last submitted batch's compute event: batches compute in order
             torch.cuda.synchronize(self.device)
 
+    # -- inference: asynchronous ------------------------------------------------------------------
 
-    # -- inference -----------------------------------------------------------------------------
-
-    def _reserve_host(self, rows: int) -> None:
-        if self._host_in is not None and self._host_in.shape[0] >= rows:
-            return
-        torch, side = self._torch, self.tile
-        self._host_in = torch.empty((rows, side, side), dtype=torch.float32, pin_memory=True)
-        self._host_logits = torch.empty((rows, self.n_labels), dtype=torch.float32, pin_memory=True)
-        self._host_probs = torch.empty((rows, side, side), dtype=torch.float32, pin_memory=True)
-
-    def run(self, tiles: np.ndarray) -> EngineOutput:
+    def submit(self, tiles: np.ndarray) -> Submitted:
+        """Queue one batch of at most ``opt_batch`` tiles on the next slot's stream; returns at once."""
         tiles = self.check_tiles(tiles, self.multiple)
         n = tiles.shape[0]
         if tiles.shape[1] != self.tile:
             raise ValueError(f"the tensorrt engine was built for {self.tile}x{self.tile} tiles, got "
                              f"{tiles.shape[1]}x{tiles.shape[2]}")
         if n == 0:
-            return EngineOutput(class_logits=np.zeros((0, self.n_labels), np.float32),
-                                mask_probs=np.zeros((0, self.tile, self.tile), np.float32))
+            return Submitted(0, EngineOutput(class_logits=np.zeros((0, self.n_labels), np.float32),
+                                             mask_probs=np.zeros((0, self.tile, self.tile), np.float32)))
+        if n > self.chunk:
+            return Submitted(n, self.run(tiles))  # more than a slot holds: the synchronous path chunks it
         torch = self._torch
-        self._reserve_host(n)
-        host_in, host_logits, host_probs = self._host_in, self._host_logits, self._host_probs
-        host_in_np = host_in.numpy()
-        previous = None
-        with torch.cuda.device(self.device):
-            for number, start in enumerate(range(0, n, self.chunk)):
-                stop = min(start + self.chunk, n)
-                rows = stop - start
-                slot = self._slots[number % 2]
-                host_in_np[start:stop] = tiles[start:stop]  # overlaps the GPU's work on earlier chunks
-                with torch.cuda.stream(slot.stream):
-                    # Same-stream order makes this wait for the slot's chunk before last to be done with d_in.
-                    slot.d_in[:rows, 0].copy_(host_in[start:stop], non_blocking=True)
-                    if previous is not None:  # compute in chunk order; the copy above already overlaps it
-                        slot.stream.wait_event(previous)
-                    for net, context in slot.contexts:
-                        if slot.rows != rows and not context.set_input_shape(
-                                self._input_name[net], (rows, 1, self.tile, self.tile)):
-                            raise SemtileError(f"TensorRT rejected input shape ({rows}, 1, {self.tile}, {self.tile}) "
-                                               f"for the {net} engine")
-                        if not context.execute_async_v3(slot.stream.cuda_stream):
-                            raise SemtileError(f"TensorRT failed to run the {net} engine")
-                    slot.rows = rows
-                    slot.computed.record(slot.stream)
-                    previous = slot.computed
-                    host_logits[start:stop].copy_(slot.d_logits[:rows], non_blocking=True)
-                    host_probs[start:stop].copy_(slot.d_probs[:rows, 0], non_blocking=True)
-            for slot in self._slots:
-                slot.stream.synchronize()
-        return EngineOutput(class_logits=host_logits[:n].numpy().copy(), mask_probs=host_probs[:n].numpy().copy())
+        slot = self._slots[self._next_slot]
+        self._next_slot = (self._next_slot + 1) % len(self._slots)
+        if slot.used:
+            slot.done.synchronize()  # its previous batch is finished with the buffers
+        slot.used = True
+        slot.host_in.numpy()[:n] = tiles  # the CPU's copy: overlaps the GPU's work on the other slots
+        with torch.cuda.device(self.device), torch.cuda.stream(slot.stream):
+            slot.d_in[:n, 0].copy_(slot.host_in[:n], non_blocking=True)
+            if self._previous is not None:  # compute in submission order; the copy above overlaps it
+                slot.stream.wait_event(self._previous)
+            for net, context in slot.contexts:
+                if slot.rows != n and not context.set_input_shape(self._input_name[net], (n, 1, self.tile, self.tile)):
+                    raise SemtileError(f"TensorRT rejected input shape ({n}, 1, {self.tile}, {self.tile}) "
+                                       f"for the {net} engine")
+                if not context.execute_async_v3(slot.stream.cuda_stream):
+                    raise SemtileError(f"TensorRT failed to run the {net} engine")
+            slot.rows = n
+            slot.computed.record(slot.stream)
+            self._previous = slot.computed
+            slot.host_logits[:n].copy_(slot.d_logits[:n], non_blocking=True)
+            slot.host_probs[:n].copy_(slot.d_probs[:n, 0], non_blocking=True)
+            slot.done.record(slot.stream)
+        return Submitted(n, slot)
+
+    def collect(self, handle: Submitted) -> EngineOutput:
+        if isinstance(handle.state, EngineOutput):
+            return handle.state
+        slot, n = handle.state, handle.count
+        slot.done.synchronize()
+        # Pinned buffers are reused by the slot's next batch: copy out.
+        return EngineOutput(class_logits=slot.host_logits[:n].numpy().copy(),
+                            mask_probs=slot.host_probs[:n].numpy().copy())
+
+    # -- inference: synchronous -------------------------------------------------------------------
+
+    def run(self, tiles: np.ndarray) -> EngineOutput:
+        """Chunks of ``opt_batch`` tiles, up to ``in_flight`` of them queued at once."""
+        tiles = self.check_tiles(tiles, self.multiple)
+        if tiles.shape[0] <= self.chunk:
+            return self.collect(self.submit(tiles))
+        pending, outputs = [], []
+        for start in range(0, tiles.shape[0], self.chunk):
+            if len(pending) >= self.in_flight:
+                outputs.append(self.collect(pending.pop(0)))
+            pending.append(self.submit(tiles[start: start + self.chunk]))
+        outputs += [self.collect(handle) for handle in pending]
+        return EngineOutput(class_logits=np.concatenate([o.class_logits for o in outputs]),
+                            mask_probs=np.concatenate([o.mask_probs for o in outputs]))
 
     def describe(self) -> dict:
         return {

@@ -13,6 +13,7 @@ import torch
 
 from semtile.engines.base import Engine, EngineOutput
 from semtile.errors import SemtileError
+from semtile.models.fold import fold_batchnorm
 from semtile.models.io import ModelBundle
 
 __all__ = ["TorchCPUEngine"]
@@ -20,24 +21,13 @@ __all__ = ["TorchCPUEngine"]
 _DTYPES = {"f32": torch.float32, "bf16": torch.bfloat16}
 
 
-def _fold_batchnorm(module: torch.nn.Module) -> torch.nn.Module:
-    """Fold each eval-mode BatchNorm that follows a Conv2d in a Sequential into the conv."""
-    from torch.nn.utils.fusion import fuse_conv_bn_eval
-
-    for child in module.modules():
-        if isinstance(child, torch.nn.Sequential):
-            layers = list(child)
-            for i in range(len(layers) - 1):
-                if isinstance(layers[i], torch.nn.Conv2d) and isinstance(layers[i + 1], torch.nn.BatchNorm2d):
-                    child[i] = fuse_conv_bn_eval(layers[i], layers[i + 1])
-                    child[i + 1] = torch.nn.Identity()
-    return module
-
-
 class TorchCPUEngine(Engine):
     name = "torch-cpu"
 
-    def __init__(self, bundle: ModelBundle, threads: int | None = None, precision: str = "f32"):
+    def __init__(self, bundle: ModelBundle, threads: int | None = None, precision: str = "f32",
+                 compile: str | None = None):
+        if compile is not None and compile not in ("default", "max-autotune-no-cudagraphs"):
+            raise SemtileError(f"torch.compile mode must be 'default' or 'max-autotune-no-cudagraphs', not {compile!r}")
         if precision not in _DTYPES:
             raise SemtileError(f"the torch-cpu engine runs f32 or bf16, not {precision!r}")
         if threads:
@@ -49,11 +39,16 @@ class TorchCPUEngine(Engine):
             if precision == "f32":  # the reference: the network exactly as trained
                 return network.eval().to(memory_format=torch.channels_last)
             # BatchNorm folded into its convolution first: one bf16 rounding instead of two.
-            network = _fold_batchnorm(copy.deepcopy(network).eval())
+            network = copy.deepcopy(network).eval()
+            fold_batchnorm(network)
             return network.to(dtype=self.dtype, memory_format=torch.channels_last)
 
         self.classifier = prepare(bundle.classifier.network)
         self.segmenter = prepare(bundle.segmenter.network)
+        self.compile_mode = compile
+        if compile is not None:  # Inductor: C++/OpenMP kernels on the CPU (needs a C++ compiler)
+            self.classifier = torch.compile(self.classifier, mode=compile, dynamic=False)
+            self.segmenter = torch.compile(self.segmenter, mode=compile, dynamic=False)
         self.multiple = max(bundle.classifier.arch.multiple, bundle.segmenter.arch.multiple)
 
     def run(self, tiles: np.ndarray) -> EngineOutput:
@@ -66,4 +61,4 @@ class TorchCPUEngine(Engine):
 
     def describe(self) -> dict:
         return {"name": self.name, "precision": self.precision, "device": "cpu",
-                "threads": torch.get_num_threads(), "torch": torch.__version__}
+                "threads": torch.get_num_threads(), "compile": self.compile_mode, "torch": torch.__version__}

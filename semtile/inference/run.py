@@ -19,6 +19,7 @@ One bad scan is marked failed and skipped; the others go on.
 
 from __future__ import annotations
 
+import collections
 import queue
 import shutil
 import threading
@@ -211,9 +212,36 @@ def stream_scans(paths: list[Path], engine: Engine, options: ProcessOptions, scr
     producer = threading.Thread(target=_produce, args=(paths, options, scratch, n_labels, make_merger, items, stop),
                                 name="semtile-prepare", daemon=True)
     producer.start()
+    # Batches submitted to the engine and not yet collected, oldest first: (batch, live parts, handle, t0).
+    pending: collections.deque = collections.deque()
+    depth = max(1, int(getattr(engine, "in_flight", 1)))
+
+    def collect_oldest() -> None:
+        item, live, handle, t0 = pending.popleft()
+        try:
+            out = engine.collect(handle)
+        except Exception as exc:  # noqa: BLE001 - the batch's scans fail, the run goes on
+            for job, *_ in live:
+                job.fail(exc)
+            return
+        t1 = time.perf_counter()
+        n = len(item.tiles)
+        for job, first, row, count in live:
+            if job.error is not None:
+                continue
+            job.merger.add(first, mask=out.mask_probs[row: row + count])
+            job.logits[first: first + count] = out.class_logits[row: row + count]
+            job.timings["infer"] += (t1 - t0) * count / n
+        t2 = time.perf_counter()
+        for job, _, _, count in live:
+            job.timings["stitch"] += (t2 - t1) * count / n
+
     try:
         while (item := items.get()) is not None:
             if isinstance(item, _End):
+                # Its last batches first: collect until no pending batch holds this job.
+                while any(p[0] is item.job for entry in pending for p in entry[1]):
+                    collect_oldest()
                 yield _end(item.job)
                 continue
             live = [p for p in item.parts if p[0].error is None]
@@ -221,20 +249,16 @@ def stream_scans(paths: list[Path], engine: Engine, options: ProcessOptions, scr
                 continue
             t0 = time.perf_counter()
             try:
-                out = engine.run(item.tiles)
+                handle = engine.submit(item.tiles)
             except Exception as exc:  # noqa: BLE001 - the batch's scans fail, the run goes on
                 for job, *_ in live:
                     job.fail(exc)
                 continue
-            t1 = time.perf_counter()
-            n = len(item.tiles)
-            for job, first, row, count in live:
-                job.merger.add(first, mask=out.mask_probs[row: row + count])
-                job.logits[first: first + count] = out.class_logits[row: row + count]
-                job.timings["infer"] += (t1 - t0) * count / n
-            t2 = time.perf_counter()
-            for job, _, _, count in live:
-                job.timings["stitch"] += (t2 - t1) * count / n
+            pending.append((item, live, handle, t0))
+            if len(pending) >= depth:
+                collect_oldest()
+        while pending:
+            collect_oldest()
     finally:
         stop.set()
         producer.join()

@@ -207,7 +207,7 @@ def test_tensorrt_profile_admits_the_batch_size(bundle, monkeypatch, tmp_path):
     monkeypatch.setattr(registry, "_exported", lambda bundle, settings: tmp_path)
     for batch, max_batch in ((64, 64), (8, 32), (32, 32), (33, 33)):
         assert ENGINES["tensorrt"].build(bundle, EngineSettings(batch_size=batch, precision="fp16"), None) == "trt"
-        assert calls[-1] == (tmp_path, {"precision": "fp16", "opt_batch": batch, "max_batch": max_batch, "tile": 256})
+        assert calls[-1] == (tmp_path, {"precision": "fp16", "opt_batch": batch, "max_batch": max_batch, "tile": 256, "device": 0})
 
 
 def test_cpu_engines_build_for_real(bundle, monkeypatch, tmp_path):
