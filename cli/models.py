@@ -24,17 +24,39 @@ def engines() -> None:
 
 
 @click.command()
-@click.argument("model", required=False, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("model", required=False, type=click.Path(exists=True, path_type=Path))
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Bundle folder to write.")
-@click.option("--tile", default=256, show_default=True, type=click.IntRange(16))
+@click.option("--tile", default=None, type=click.IntRange(8),
+              help="Tile side (default 256; a defect model's: the tile in its card).")
 @click.option("--halo", default=None, type=click.IntRange(0), help="Halo recorded in the bundle (default: tile/8).")
-def export(model: Path | None, out: Path, tile: int, halo: int | None) -> None:
-    """Export MODEL (default: the built-in model) to a bundle with ONNX files and checksums."""
-    from semtile.models.export import export_bundle
-    from semtile.models.io import load_bundle
+def export(model: Path | None, out: Path, tile: int | None, halo: int | None) -> None:
+    """Export MODEL (default: the built-in model) to a bundle with ONNX files and checksums.
 
+    MODEL is a model folder (segmenter and classifier), or a defect model's
+    weights (.pt with its card: patch classifier, autoencoder or VAE), which is
+    exported to OUT/model.onnx and checked against PyTorch on every fast engine
+    (OUT/conformance.json).
+    """
     try:
-        folder = export_bundle(load_bundle(model), out, tile=tile, halo=halo)
+        if model is not None and model.is_file():
+            return _export_defect_model(model, out, tile)
+        from semtile.models.export import export_bundle
+        from semtile.models.io import load_bundle
+
+        folder = export_bundle(load_bundle(model), out, tile=tile or 256, halo=halo)
     except SemtileError as exc:
         raise click.UsageError(str(exc)) from exc
     click.echo(f"wrote {folder}")
+
+
+def _export_defect_model(path: Path, out: Path, tile: int | None) -> None:
+    from semtile.defects.export import export_defect_model_checked
+
+    folder, report = export_defect_model_checked(path, out, tile=tile)
+    click.echo(f"wrote {folder / 'model.onnx'} (tile {report['tile']})")
+    for engine, entry in report["engines"].items():
+        if "error" in entry:
+            click.echo(f"  {engine}: not checked ({entry['error']})")
+        elif engine != "torch-cpu":
+            click.echo(f"  {engine} ({entry['precision']}): max |difference| from PyTorch "
+                       f"{entry['max_abs_difference']:.3g} ({entry['max_rel_difference']:.2e} of its largest output)")

@@ -33,6 +33,9 @@ from semtile.cli.options import Progress, cluster_options, cluster_spec
 @click.option("--page", default=0, show_default=True, type=click.IntRange(0), help="Page of multi-page TIFFs.")
 @click.option("--databar-rows", default=None, type=click.IntRange(0), help="Data-bar rows at the bottom (default: from metadata or detected).")
 @click.option("--threads", default=None, type=click.IntRange(1), help="CPU threads for the engine.")
+@click.option("--torch-compile", "torch_compile", default=None,
+              type=click.Choice(["default", "max-autotune-no-cudagraphs"]),
+              help="torch engines: run the networks through torch.compile (Inductor) with this mode.")
 @click.option("--scratch", type=click.Path(file_okay=False, path_type=Path), default=None, help="Folder for temporary tile stores.")
 @click.option("--force", is_flag=True, help="Redo images whose stored result is already up to date.")
 @click.option("--max-pixels", default=None, type=click.IntRange(1),
@@ -40,13 +43,27 @@ from semtile.cli.options import Progress, cluster_options, cluster_spec
 @click.option("--region-pixels", default=None, type=click.IntRange(0),
               help="Scans whose frame has more pixels are blended region by region, in bounded memory "
                    "(default 16 MP; 0: every scan).")
+@click.option("--anomaly", "anomaly_model", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="An autoencoder or VAE (.pt, `semtile train autoencoder`): also a whole-scan anomaly map per "
+                   "scan (stored as the map 'anomaly') and its anomaly fraction (table column anomaly_fraction).")
+@click.option("--anomaly-threshold", default=None, type=float,
+              help="With --anomaly: the pixel threshold of the anomaly fraction (default: the one calibrated in the "
+                   "model's card, `semtile train calibrate-anomaly`).")
+@click.option("--anomaly-engine", default="auto", show_default=True,
+              type=click.Choice(["auto", "openvino", "onnxruntime", "torch-cpu"]),
+              help="With --anomaly: its engine (auto: the fastest available CPU engine, f32).")
 @cluster_options
 def process(inputs, out, csv_path, model, classifier, segmenter, engine_name, precision, tile, halo, batch_size,
-            threshold, page, databar_rows, threads, scratch, force, max_pixels, region_pixels, **cluster) -> None:
+            threshold, page, databar_rows, threads, torch_compile, scratch, force, max_pixels, region_pixels, anomaly_model,
+            anomaly_threshold, anomaly_engine, **cluster) -> None:
     """Segment and classify every SEM scan in INPUTS (files or folders) into OUT.
 
     A rerun skips every image whose stored result was made from the same
     input, model, engine precision and parameters (--force redoes them).
+
+    --anomaly MODEL adds a whole-scan anomaly map (through the same tiled,
+    blended path: no seams) and the share of its pixels above the model's
+    calibrated threshold to every result.
 
     Large scans go region by region (bounded memory). --cluster local,
     --cluster slurm, --scheduler-address or --scheduler-file run the work as
@@ -70,18 +87,29 @@ def process(inputs, out, csv_path, model, classifier, segmenter, engine_name, pr
         scans = found.scans
         if not scans:
             why = "".join(f"; {path}: {reason}" for path, reason in found.problems)
-            raise SemtileError(f"no .tif or .tiff files found in {', '.join(map(str, inputs))}{why}")
+            raise SemtileError(f"no scans (.tif, .tiff, .png, .jpg, .jpeg) found in {', '.join(map(str, inputs))}{why}")
         bundle = load_bundle(model, classifier=classifier, segmenter=segmenter)
         options = ProcessOptions(tile=tile, halo=halo, batch_size=batch_size, threshold=threshold,
                                  page=page, databar_rows=databar_rows, max_pixels=max_pixels,
                                  **({} if region_pixels is None else {"region_pixels": region_pixels}))
+        if torch_compile and engine_name not in ("auto", "torch-cuda", "torch-cpu"):
+            raise SemtileError(f"--torch-compile applies to the torch-cuda and torch-cpu engines, not {engine_name!r}")
         settings = EngineSettings(tile=tile, halo=options.halo, batch_size=batch_size, precision=precision,
-                                  threads=threads)
+                                  threads=threads, compile=torch_compile)
+        anomaly = None
+        if anomaly_model is not None:
+            from semtile.execution.anomaly import anomaly_spec
+
+            anomaly = anomaly_spec(anomaly_model, engine=anomaly_engine, threshold=anomaly_threshold,
+                                   batch_size=batch_size, threads=threads)
+        elif anomaly_threshold is not None:
+            raise SemtileError("--anomaly-threshold goes with --anomaly MODEL")
         with Progress(len(scans), "images") as progress:
             summary = run_process(scans, out, bundle=bundle, engine=engine_name, settings=settings, options=options,
                                   csv_path=csv_path, scratch=scratch, force=force, problems=found.problems,
                                   calibration=lambda todo: _calibration_tiles(todo, options),
-                                  on_image=(lambda _: progress(1)) if progress else None, cluster=where)
+                                  on_image=(lambda _: progress(1)) if progress else None, cluster=where,
+                                  anomaly=anomaly)
     except SemtileError as exc:
         raise click.UsageError(str(exc)) from exc
     for outcome in summary.failed:

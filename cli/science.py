@@ -84,6 +84,25 @@ def _defect_evaluation_options(func):
                              "given as RESULTS: patch AUC-ROC and AP, pixel AUROC and PRO (--labels not needed).")(func)
 
 
+def _stored_map_options(func):
+    func = click.option("--map", "map_name", default="anomaly", show_default=True,
+                        help="With --defect-masks: the stored map to score.")(func)
+    return click.option("--defect-masks", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+                        help="Score the anomaly maps stored in RESULTS.zarr (`semtile process --anomaly`) against "
+                             "the defect masks in this folder (or its defect_masks/), matched by file name: "
+                             "pixel AUROC and PRO.")(func)
+
+
+def _evaluate_stored_maps(results: Path, masks: Path, out: Path, map_name: str) -> None:
+    from semtile.defects.evaluate import evaluate_stored_maps
+
+    try:
+        evaluate_stored_maps(results, masks, out, map_name=map_name)
+    except SemtileError as exc:
+        raise click.UsageError(str(exc)) from exc
+    click.echo((out / "summary.md").read_text(), nl=False)
+
+
 def _evaluate_defects(data: Path, model: Path, part: str, out: Path, engine: str) -> None:
     from semtile.defects.evaluate import evaluate_defect_model
 
@@ -106,21 +125,45 @@ def _evaluate_defects(data: Path, model: Path, part: str, out: Path, engine: str
 @click.option("--part", default="test", show_default=True, type=click.Choice(["train", "val", "test"]),
               help="Which split of --split-from to score.")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--masks", "masks_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="True masks (named like the images): score the segmenter mask and every heat map "
+                   "(`semtile explain`) against them, tau chosen on a validation split.")
+@click.option("--tau", default=0.5, show_default=True, type=click.FloatRange(0, 1),
+              help="With --masks: the fixed threshold of the normalised heat maps (003's Algorithm 2).")
+@click.option("--val-fraction", default=0.25, show_default=True, type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              help="With --masks: share of the images (by a hash of their names) on which tau is chosen.")
+@click.option("--seed", default=0, show_default=True, type=int, help="With --masks: seed of the validation split.")
 @_defect_evaluation_options
+@_stored_map_options
 def evaluate(results: Path, labels_csv: Path, expert_csv: Path | None, split_from: Path | None, part: str,
-             out: Path, defect_model: Path | None, defect_engine: str) -> None:
-    """Score RESULTS.zarr against labels (confusion matrix, accuracy, ±1, MAE in t, masks).
+             out: Path, masks_dir: Path | None, tau: float, val_fraction: float, seed: int,
+             defect_model: Path | None, defect_engine: str, defect_masks: Path | None = None,
+             map_name: str = "anomaly") -> None:
+    """Score RESULTS.zarr against labels (confusion matrix, accuracy, ±1, MAE in t, masks) and, with
+    --masks, every explanation (segmenter mask, Grad-CAM, CAM) against true masks.
 
     With --defect-model, RESULTS is a dataset folder with defect labels or masks instead.
+    With --defect-masks, the anomaly maps stored in RESULTS.zarr are scored against defect masks.
     """
+    if defect_model is not None and defect_masks is not None:
+        raise click.UsageError("--defect-model scores a model on a dataset, --defect-masks the maps stored in "
+                               "a result store: choose one")
+    if defect_masks is not None:  # defects (issue 13): stored anomaly maps
+        return _evaluate_stored_maps(results, defect_masks, out, map_name)
     if defect_model is not None:  # defects (issue 13)
         return _evaluate_defects(results, defect_model, part, out, defect_engine)
-    if labels_csv is None:
-        raise click.UsageError("Missing option '--labels'.")
-    from semtile.science.evaluate import evaluate_store
+    if labels_csv is None and masks_dir is None:
+        raise click.UsageError("Missing option '--labels' (or '--masks').")
+    from semtile.science.evaluate import evaluate_explanations, evaluate_store
 
     try:
-        evaluate_store(results, labels_csv, out, expert_csv=expert_csv, split_from=split_from, part=part)
+        if labels_csv is not None:
+            evaluate_store(results, labels_csv, out, expert_csv=expert_csv, split_from=split_from, part=part)
+        if masks_dir is not None:
+            evaluate_explanations(results, masks_dir, out, tau=tau, val_fraction=val_fraction, seed=seed)
     except SemtileError as exc:
         raise click.UsageError(str(exc)) from exc
-    click.echo((out / "summary.md").read_text(), nl=False)
+    if labels_csv is not None:
+        click.echo((out / "summary.md").read_text(), nl=False)
+    if masks_dir is not None:
+        click.echo((out / "explanations.md").read_text(), nl=False)

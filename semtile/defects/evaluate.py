@@ -10,6 +10,11 @@
   anomaly fraction (with the card's calibrated threshold) in
   ``per_image.csv``, and pixel AUROC and PRO against the masks.
 
+``semtile evaluate RESULTS.zarr --defect-masks DIR`` (:func:`evaluate_stored_maps`)
+scores the anomaly maps that ``semtile process --anomaly`` stored, read through
+:func:`semtile.open_results`, against the defect masks in ``DIR`` (or its
+``defect_masks/``), matched by the input's file name.
+
 When DATA is the dataset the model was trained on, only the ``part`` of its
 recorded split is scored (the held-out test split by default); any other
 dataset is scored whole. ``metrics.json`` and ``summary.md`` sum it up.
@@ -31,7 +36,7 @@ from semtile.defects.scores import map_scores, patch_scores, roc_figure
 from semtile.errors import DatasetError, SemtileError
 from semtile.logs import get_logger
 
-__all__ = ["evaluate_defect_model"]
+__all__ = ["evaluate_defect_model", "evaluate_stored_maps"]
 
 log = get_logger("semtile.defects")
 
@@ -127,6 +132,81 @@ def _scans(data: DefectData, chosen: list[int], runner, out: Path, threshold: fl
     else:
         log.info("no_defect_masks", data=data.source, note="no defect_masks/ with defects: pixel scores skipped")
     return result
+
+
+def _masks_folder(masks: Path) -> Path:
+    masks = Path(masks)
+    if (masks / "defect_masks").is_dir():
+        return masks / "defect_masks"
+    if not masks.is_dir():
+        raise SemtileError(f"{masks}: defect mask folder not found")
+    return masks
+
+
+def evaluate_stored_maps(results: str | Path, masks: str | Path, out: str | Path, *, map_name: str = "anomaly",
+                         max_fpr: float = 0.3) -> dict:
+    """Score the anomaly maps stored in the result store ``results`` against the defect masks in ``masks``.
+
+    Each result with the map ``map_name`` is matched to ``masks/<input file name>``
+    (a dataset folder's ``defect_masks/`` is used when there is one; the
+    masks are cropped to the valid area like the scans). Pixel AUROC and PRO
+    are pooled over every matched image; ``per_image.csv`` holds each image's
+    stored anomaly fraction, its defect share and its own pixel AUROC where it
+    has defects. Writes ``metrics.json`` and ``summary.md`` into ``out``.
+    """
+    from semtile.defects.data import read_mask
+    from semtile.defects.scores import pixel_auroc
+    from semtile.results import open_results
+
+    opened = open_results(results)
+    folder = _masks_folder(Path(masks))
+    maps, truths, rows, missing, without = [], [], [], [], []
+    for name in opened.names:
+        image = opened[name]
+        if map_name not in image.maps:
+            without.append(name)
+            continue
+        mask_file = folder / image.source.name
+        if not mask_file.is_file():
+            missing.append(image.source.name)
+            continue
+        values = np.asarray(image.map(map_name).compute(), dtype=np.float32)
+        if values.ndim != 2:
+            raise SemtileError(f"{results}/{name}: map {map_name!r} has shape {values.shape}; expected one 2-D map")
+        truth = read_mask(mask_file, values.shape)
+        fraction = image.attrs.get("anomaly_fraction")
+        row = {"name": name, "path": image.source.name, "anomaly_fraction": fraction,
+               "defect_fraction": float(truth.mean()), "pixel_auroc": None}
+        if truth.any() and not truth.all():
+            row["pixel_auroc"] = pixel_auroc([values], [truth])
+        rows.append(row)
+        maps.append(values)
+        truths.append(truth)
+    if not maps:
+        raise SemtileError(f"{results}: no stored {map_name!r} map matches a mask in {folder} "
+                           f"({len(without)} results without the map, {len(missing)} without a mask)")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / "per_image.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    fractions = [r["anomaly_fraction"] for r in rows if isinstance(r["anomaly_fraction"], (int, float))]
+    first = opened[rows[0]["name"]].attrs.get("anomaly") or {}
+    report: dict = {"results": str(results), "masks": str(folder), "map": map_name, "images": len(rows),
+                    "scope": f"stored {map_name!r} maps of {results}",
+                    "results_without_map": without, "results_without_mask": missing,
+                    "threshold": first.get("threshold"), "model_sha256": (first.get("model") or {}).get("sha256"),
+                    "engine": first.get("engine"),
+                    "mean_anomaly_fraction": float(np.mean(fractions)) if fractions else None,
+                    "kind": f"stored {map_name} maps"}
+    if any(t.any() for t in truths):
+        report["pixels"] = map_scores(maps, truths, max_fpr=max_fpr)
+    else:
+        log.info("no_defects_in_masks", masks=str(folder), note="pixel scores need defect pixels")
+    (out / "metrics.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+    (out / "summary.md").write_text(_summary(report))
+    return report
 
 
 def _summary(report: dict) -> str:

@@ -28,7 +28,8 @@ from semtile.errors import ModelError
 from semtile.io.discover import sha256_file
 from semtile.models.export import OPSET, cache_root
 
-__all__ = ["export_defect_model", "exported_defect_model", "read_export_manifest", "ONNX_NAME"]
+__all__ = ["export_defect_model", "exported_defect_model", "export_defect_model_checked", "read_export_manifest",
+           "ONNX_NAME"]
 
 ONNX_NAME = "model.onnx"
 MANIFEST = "export.json"
@@ -74,6 +75,36 @@ def export_defect_model(model: DefectModel, out: str | Path, *, tile: int | None
     }
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return out
+
+
+def export_defect_model_checked(path: str | Path, out: str | Path, *, tile: int | None = None,
+                                tiles: int = 16, seed: int = 0) -> tuple[Path, dict]:
+    """``semtile export MODEL.pt``: the ONNX export into ``out`` and its conformance with PyTorch.
+
+    Every fast engine (ONNX Runtime f32, OpenVINO f32 and its default
+    precision) runs ``tiles`` smooth random tiles through the export; the
+    largest differences from PyTorch fp32 go to ``out/conformance.json``
+    (an engine that cannot run here says why). Returns the folder and that report.
+    """
+    from scipy.ndimage import gaussian_filter
+
+    from semtile.defects.conformance import engine_conformance
+    from semtile.defects.modelio import load_defect_model
+
+    model = load_defect_model(path)
+    tile = int(tile or model.tile)
+    out = Path(out)
+    export_defect_model(model, out, tile=tile)
+    rng = np.random.default_rng(seed)
+    patches = np.stack([gaussian_filter(rng.random((tile, tile), dtype=np.float32), s)
+                        for s in np.linspace(0.5, 4.0, tiles)])
+    patches = (patches - patches.min(axis=(1, 2), keepdims=True)) / \
+        (np.ptp(patches, axis=(1, 2), keepdims=True) + 1e-6)
+    engines = engine_conformance(model, patches.astype(np.float32))
+    report = {"model": str(path), "kind": model.arch.kind, "weights_sha256": model.sha256, "tile": tile,
+              "tiles": tiles, "engines": engines}
+    (out / "conformance.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+    return out, report
 
 
 def read_export_manifest(folder: str | Path, *, verify: bool = True) -> dict:

@@ -137,7 +137,7 @@ def _build_onnxruntime(bundle, s: EngineSettings, calibration_tiles) -> Engine:
 def _build_torch_cpu(bundle, s: EngineSettings, calibration_tiles) -> Engine:
     from semtile.engines.torch_cpu import TorchCPUEngine
 
-    return TorchCPUEngine(bundle, threads=s.threads, precision=s.precision)
+    return TorchCPUEngine(bundle, threads=s.threads, precision=s.precision, compile=s.compile)
 
 
 # -- the table -----------------------------------------------------------------------------------
@@ -248,6 +248,9 @@ def create_engine(
     check_options(name, settings.precision)
     _check_settings(settings, max(bundle.classifier.arch.multiple, bundle.segmenter.arch.multiple))
     entry, resolved, reason = _resolve(name, settings.precision)
+    if settings.compile is not None and entry.name not in ("torch-cuda", "torch-cpu"):
+        raise SemtileError(f"torch.compile applies to the torch-cuda and torch-cpu engines, not {entry.name} "
+                           f"({reason}); pass --engine torch-cuda or torch-cpu")
     return entry.build(bundle, replace(settings, precision=resolved), calibration_tiles), reason
 
 

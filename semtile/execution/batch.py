@@ -46,9 +46,10 @@ from semtile.store.directory import host_name, process_alive
 from semtile.execution.outcome import ImageOutcome
 
 if TYPE_CHECKING:  # the runner (dask, numba) is imported only when there is work: a rerun that skips all is quick
+    from semtile.execution.anomaly import AnomalySpec
     from semtile.execution.distributed import ClusterSpec
     from semtile.models.io import ModelBundle
-from semtile.store.table import new_run_id, runs_folder, write_current_table
+from semtile.store.table import new_run_id, run_columns, runs_folder, write_current_table
 
 __all__ = ["Interrupted", "BatchSummary", "run_process", "clean_stale_scratch", "EXIT_OK", "EXIT_FAILED",
            "EXIT_USAGE", "EXIT_INTERRUPTED"]
@@ -126,7 +127,7 @@ def clean_stale_scratch(root: Path) -> int:
 
 
 def _run_distributed(todo, store, cluster, engine_name, precision, settings, tiles, bundle, options, key, run_id,
-                     scratch_root, run_table, seen) -> None:
+                     scratch_root, run_table, seen, anomaly=None) -> None:
     """The scans to do as tasks on a Dask cluster; outcomes reach the run table as they arrive."""
     from semtile.execution.distributed import EngineSpec, connect, process_scans_distributed
     from semtile.execution.local import add_table_row, scratch_prefix
@@ -135,7 +136,7 @@ def _run_distributed(todo, store, cluster, engine_name, precision, settings, til
                       batch_size=settings.batch_size, threads=settings.threads,
                       classifier=str(bundle.classifier.path), segmenter=str(bundle.segmenter.path),
                       source=bundle.source, sha256=(bundle.classifier.sha256, bundle.segmenter.sha256),
-                      calibration=tiles)
+                      calibration=tiles, compile=settings.compile)
 
     def arrived(outcome: ImageOutcome) -> None:
         add_table_row(run_table, outcome)
@@ -146,7 +147,7 @@ def _run_distributed(todo, store, cluster, engine_name, precision, settings, til
             connect(cluster) as (client, workers_on_host):
         process_scans_distributed(todo, store, client=client, spec=spec, bundle=bundle, options=options, key=key,
                                   run_id=run_id, scratch=Path(tmp), workers_on_host=workers_on_host,
-                                  on_outcome=arrived)
+                                  on_outcome=arrived, anomaly=anomaly)
 
 
 def run_process(
@@ -164,13 +165,16 @@ def run_process(
     calibration: Callable[[list[Path]], object] | None = None,
     on_image: Callable[[ImageOutcome], None] | None = None,
     cluster: "ClusterSpec | None" = None,
+    anomaly: "AnomalySpec | None" = None,
 ) -> BatchSummary:
     """Run ``semtile process`` over ``scans`` into the store ``out``; see the module docstring.
 
     ``problems`` are inputs that discovery could not list (a symlink loop, an
     unreadable folder): each is reported as a failed input, and the run goes
-    on. ``calibration`` gives int8 calibration tiles from the scans to do. Raises
-    SemtileError for setup problems, before any image is processed.
+    on. ``calibration`` gives int8 calibration tiles from the scans to do.
+    ``anomaly`` (:func:`semtile.execution.anomaly.anomaly_spec`) adds a whole-scan
+    anomaly map and anomaly fraction per scan. Raises SemtileError for setup
+    problems, before any image is processed.
     """
     started = time.perf_counter()
     summary = BatchSummary(run_id=new_run_id())
@@ -181,7 +185,7 @@ def run_process(
     summary.table, summary.run_table = table, runs_folder(table) / f"{summary.run_id}.csv"
     scratch_root = Path(scratch) if scratch else Path(tempfile.gettempdir())
     try:
-        run_table = RunTable(summary.run_table, run_id=summary.run_id)
+        run_table = RunTable(summary.run_table, run_id=summary.run_id, columns=run_columns(anomaly))
         scratch_root.mkdir(parents=True, exist_ok=True)
         tempfile.TemporaryDirectory(prefix="semtile-probe-", dir=scratch_root).cleanup()
         probe = table.with_name(f".{table.name}.probe-{os.getpid()}")
@@ -190,12 +194,15 @@ def run_process(
     except OSError as exc:
         raise SemtileError(f"{exc.filename or table}: cannot write here ({exc.strerror or exc})") from None
     stale = store.clean_stale(), clean_stale_scratch(scratch_root)
-    key = output_key(bundle, engine_name, precision, options)
+    key = output_key(bundle, engine_name, precision, options, anomaly)
     plan = plan_run(scans, store, key, force=force)
     summary.skipped = [path for path, _ in plan.skipped]
     log.info("run_start", run_id=summary.run_id, images=len(scans), to_do=len(plan.todo), skipped=len(plan.skipped),
              stale_temporaries_removed=stale[0], stale_scratch_removed=stale[1], store=str(out), model=bundle.source,
-             engine=engine_name, precision=precision, engine_reason=why)
+             engine=engine_name, precision=precision, engine_reason=why,
+             **({"anomaly_model": anomaly.model, "anomaly_engine": anomaly.engine,
+                 "anomaly_engine_reason": anomaly.engine_reason, "anomaly_threshold": anomaly.threshold}
+                if anomaly is not None else {}))
     def seen(outcome: ImageOutcome) -> None:  # collected as they come: an interrupted run keeps what it did
         summary.outcomes.append(outcome)
         if on_image:
@@ -213,7 +220,7 @@ def run_process(
                 tiles = calibration(plan.todo) if calibration and precision == "int8" else None
                 if cluster is not None:
                     _run_distributed(plan.todo, store, cluster, engine_name, precision, settings, tiles, bundle,
-                                     options, key, summary.run_id, scratch_root, run_table, seen)
+                                     options, key, summary.run_id, scratch_root, run_table, seen, anomaly)
                 else:
                     from semtile.execution.local import process_scans
 
@@ -221,7 +228,7 @@ def run_process(
                                                                                     "precision": precision}),
                                              calibration_tiles=tiles)
                     process_scans(plan.todo, store, engine=built, bundle=bundle, options=options, table=run_table,
-                                  scratch=scratch_root, on_image=seen, run_id=summary.run_id)
+                                  scratch=scratch_root, on_image=seen, run_id=summary.run_id, anomaly=anomaly)
         except Interrupted as stop:
             summary.interrupted = str(stop)
             log.warning("run_interrupted", run_id=summary.run_id, signal=str(stop))

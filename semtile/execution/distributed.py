@@ -16,6 +16,12 @@ and keeps it for all its tasks. Workers run one task at a time
 cores of their share of the host. GPU engines' tasks ask for the ``GPU``
 resource, so they run only on workers started with ``--resources GPU=1``.
 
+With ``--anomaly`` every worker also builds the anomaly model's engine
+(:func:`semtile.execution.anomaly.anomaly_engine`, once per process): small
+scans get their anomaly map in :func:`process_group`; a large scan gets one
+task per block of the anomaly model's tiles, and each region task waits for
+the blocks of both grids that reach it.
+
 A worker that dies (kill -9, a node lost) loses its tasks; the scheduler
 runs them again elsewhere. Every task is idempotent: a result written twice
 is the same bytes, replaced atomically; what the dead worker left half
@@ -85,10 +91,12 @@ class EngineSpec:
     source: str
     sha256: tuple[str, str]
     calibration: np.ndarray | None = None
+    compile: str | None = None  # torch engines: a torch.compile mode
 
     @property
     def token(self) -> tuple:
-        return (self.engine, self.precision, self.tile, self.halo, self.batch_size, self.threads, self.sha256)
+        return (self.engine, self.precision, self.tile, self.halo, self.batch_size, self.threads, self.sha256,
+                self.compile)
 
 
 _ENGINES: dict = {}  # per process: spec token -> (bundle, engine)
@@ -112,7 +120,9 @@ def worker_engine(spec: EngineSpec):
         threads = max(1, len(os.sched_getaffinity(0)) // max(1, int(os.environ.get("SEMTILE_WORKERS_ON_HOST", 1))))
     engine, _ = create_engine(spec.engine, bundle, EngineSettings(tile=spec.tile, halo=spec.halo,
                                                                   batch_size=spec.batch_size,
-                                                                  precision=spec.precision, threads=threads),
+                                                                  precision=spec.precision, threads=threads,
+                                                                  compile=spec.compile,
+                                                                  device=int(os.environ.get("SEMTILE_CUDA_DEVICE", 0))),
                               calibration_tiles=spec.calibration)
     _ENGINES.clear()  # one engine per worker: a new run's spec replaces the last
     _ENGINES[spec.token] = (bundle, engine)
@@ -137,14 +147,35 @@ class EnginePlugin(_WorkerPlugin):
         share = self.workers_on_host.get(worker.address)
         if share:
             os.environ["SEMTILE_WORKERS_ON_HOST"] = str(share)
+        if self.spec.engine in GPU_ENGINES:
+            # Workers of one host take its GPUs in turn (worker k: GPU k mod count). A worker whose
+            # CUDA_VISIBLE_DEVICES names one GPU (a SLURM job, a launcher) sees it as device 0.
+            host = _host(worker.address)
+            peers = sorted(a for a in self.workers_on_host if _host(a) == host) or [worker.address]
+            rank = peers.index(worker.address) if worker.address in peers else 0
+            os.environ["SEMTILE_CUDA_DEVICE"] = str(rank % max(1, _cuda_devices()))
         worker_engine(self.spec)
+
+
+def _host(address: str) -> str:
+    return address.rsplit(":", 1)[0]
+
+
+def _cuda_devices() -> int:
+    """CUDA devices this process sees (0 without torch CUDA support or a driver)."""
+    try:
+        import torch
+
+        return torch.cuda.device_count() if torch.version.cuda else 0
+    except Exception:  # noqa: BLE001 - a broken driver means no GPU here
+        return 0
 
 
 # -- tasks (run on workers) ------------------------------------------------------------------------------
 
 
 def process_group(spec: EngineSpec, paths: list[str], store_path: str, options: ProcessOptions, run_id: str,
-                  scratch: str) -> list[ImageOutcome]:
+                  scratch: str, anomaly=None) -> list[ImageOutcome]:
     """A few small scans through this worker's engine (batched across them) into the store."""
     from semtile.execution.local import _results, _store_one, scratch_prefix
     from semtile.store import open_store
@@ -153,7 +184,7 @@ def process_group(spec: EngineSpec, paths: list[str], store_path: str, options: 
     store = open_store(store_path)
     outcomes = []
     with tempfile.TemporaryDirectory(prefix=scratch_prefix(), dir=scratch) as tmp:
-        for job, result in _results([Path(p) for p in paths], engine, bundle, options, Path(tmp), run_id):
+        for job, result in _results([Path(p) for p in paths], engine, bundle, options, Path(tmp), run_id, anomaly):
             try:
                 outcomes.append(_store_one(job, result, store))
             finally:
@@ -168,16 +199,26 @@ def _block_task(spec: EngineSpec, rs, block: int, prepared: float):
     return run_block(rs, block, engine)
 
 
+def _anomaly_block_task(rs, block: int, prepared: float) -> tuple[float, dict]:
+    from semtile.execution.anomaly import anomaly_engine
+    from semtile.execution.regions import run_anomaly_block
+
+    runner = anomaly_engine(rs.anomaly)
+    return run_anomaly_block(rs, block, runner), runner.describe()
+
+
 def _region_task(rs, region: int, *blocks):
     from semtile.execution.regions import write_region_output
 
     return write_region_output(rs, region)
 
 
-def _finish_task(rs, blocks: list, regions: list, context, prepared: float) -> ImageOutcome:
+def _finish_task(rs, blocks: list, regions: list, context, prepared: float, anomaly_blocks: list = ()) -> ImageOutcome:
     from semtile.execution.regions import finish_region_scan
 
-    return finish_region_scan(rs, blocks, regions, context, prepared)
+    anomaly_blocks = list(anomaly_blocks)
+    return finish_region_scan(rs, blocks, regions, context, prepared, sum(b[0] for b in anomaly_blocks),
+                              anomaly_blocks[0][1] if anomaly_blocks else None)
 
 
 # -- the driver ------------------------------------------------------------------------------------------
@@ -214,8 +255,10 @@ def connect(spec: ClusterSpec) -> Iterator[tuple["object", dict[str, int]]]:
         if spec.kind == "local":
             cores = len(os.sched_getaffinity(0))
             workers = spec.workers or max(1, cores // 2)
+            # With a GPU here every worker may run GPU tasks: workers share the GPUs (see EnginePlugin).
+            gpu = {"resources": {"GPU": 1}} if _cuda_devices() else {}
             cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                   dashboard_address=":0", memory_limit=0)
+                                   dashboard_address=":0", memory_limit=0, **gpu)
             client = Client(cluster, set_as_default=False)
         elif spec.kind == "address":
             client = Client(spec.address, timeout="30s", set_as_default=False)
@@ -262,7 +305,7 @@ def _groups(paths: list[Path], pixels: dict[Path, int], workers: int) -> list[li
 
 def process_scans_distributed(scans: list[Path], store, *, client, spec: EngineSpec, bundle, options: ProcessOptions,
                               key: dict, run_id: str, scratch: Path, workers_on_host: dict[str, int],
-                              on_outcome: Callable[[ImageOutcome], None]) -> list[ImageOutcome]:
+                              on_outcome: Callable[[ImageOutcome], None], anomaly=None) -> list[ImageOutcome]:
     """Every scan as tasks on ``client``'s cluster; ``on_outcome`` sees each outcome as it arrives."""
     from distributed import as_completed
 
@@ -278,17 +321,17 @@ def process_scans_distributed(scans: list[Path], store, *, client, spec: EngineS
     large = [p for p in scans if store.supports_regions and pixels[p] > options.region_pixels]
     chosen = frozenset(large)
     small = [p for p in scans if p not in chosen]
-    context = FinishContext(bundle.provenance(), list(bundle.labels), key, run_id)
+    context = FinishContext(bundle.provenance(), list(bundle.labels), key, run_id, anomaly)
     outcomes: list[ImageOutcome] = []
     futures = {}  # future -> (kind, what)
     for i, group in enumerate(_groups(small, pixels, n_workers)):
         future = client.submit(process_group, spec, [str(p) for p in group], str(store.path), options, run_id,
-                               str(scratch), key=f"semtile-group-{run_id}-{i}", resources=resources)
+                               str(scratch), anomaly, key=f"semtile-group-{run_id}-{i}", resources=resources)
         futures[future] = ("group", group)
     staged = {}
     for index, path in enumerate(large):
         try:
-            rs = start_region_scan(index, path, options, store, scratch)
+            rs = start_region_scan(index, path, options, store, scratch, anomaly)
         except Exception as exc:  # noqa: BLE001 - a bad header: this scan fails, the run goes on
             outcome = failed_outcome(path, exc)
             outcomes.append(outcome)
@@ -299,9 +342,15 @@ def process_scans_distributed(scans: list[Path], store, *, client, spec: EngineS
         prepared = client.submit(prepare_region_scan, rs, key=f"semtile-prepare-{tag}")
         blocks = [client.submit(_block_task, spec, rs, b.index, prepared, key=f"semtile-block-{tag}-{b.index}",
                                 resources=resources) for b in rs.plan.blocks]
+        anomaly_blocks = [] if rs.anomaly_plan is None else [
+            client.submit(_anomaly_block_task, rs, b.index, prepared, key=f"semtile-anomaly-{tag}-{b.index}")
+            for b in rs.anomaly_plan.blocks]
         regions = [client.submit(_region_task, rs, i, *[blocks[c] for c in rs.plan.contributors(region)],
+                                 *([anomaly_blocks[c] for c in rs.anomaly_plan.contributors(region)]
+                                   if rs.anomaly_plan is not None else []),
                                  key=f"semtile-region-{tag}-{i}") for i, region in enumerate(rs.plan.regions)]
-        finish = client.submit(_finish_task, rs, blocks, regions, context, prepared, key=f"semtile-finish-{tag}")
+        finish = client.submit(_finish_task, rs, blocks, regions, context, prepared, anomaly_blocks,
+                               key=f"semtile-finish-{tag}")
         futures[finish] = ("large", path)
     try:
         for future in as_completed(list(futures)):

@@ -7,6 +7,11 @@ result store and the run table by one writer thread, so that compression and
 disk overlap the inference of the next scans.
 
 One bad image is reported and skipped; the rest go on.
+
+With an anomaly model (:mod:`semtile.execution.anomaly`) each scan also gets
+a whole-scan anomaly map (a second tiled pass over the same normalised scratch
+copy, with the anomaly model's own tile and halo) stored as the result's
+``anomaly`` map, and its anomaly fraction in the attrs and the run table.
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
+
+from typing import TYPE_CHECKING
 
 from semtile.engines import Engine
 from semtile.errors import ImageError, SemtileError
@@ -32,9 +39,13 @@ from semtile.models.io import ModelBundle
 from semtile.store import ImageResult, ResultStore, RunTable, open_store
 from semtile.store.directory import host_name
 from semtile.store.provenance import provenance_record
+from semtile.store.table import run_columns
 
 __all__ = ["ProcessOptions", "ImageOutcome", "RunSummary", "process_scans", "analyse_scan", "record_key",
            "scratch_prefix", "result_attrs", "large_scans", "region_outcome", "failed_outcome", "add_table_row"]
+
+if TYPE_CHECKING:
+    from semtile.execution.anomaly import AnomalySpec
 
 log = get_logger("semtile.process")
 
@@ -50,10 +61,11 @@ class RunSummary:
         return [o for o in self.outcomes if o.status != "ok"]
 
 
-def record_key(engine: Engine, bundle: ModelBundle, options: ProcessOptions) -> dict:
-    """What besides the input decides a result of this engine, model and options (see :mod:`.resume`)."""
+def record_key(engine: Engine, bundle: ModelBundle, options: ProcessOptions,
+               anomaly: "AnomalySpec | None" = None) -> dict:
+    """What besides the input decides a result of this engine, model, options and anomaly model (see :mod:`.resume`)."""
     engine_facts = engine.describe()
-    return output_key(bundle, engine_facts["name"], engine_facts["precision"], options)
+    return output_key(bundle, engine_facts["name"], engine_facts["precision"], options, anomaly)
 
 
 def result_attrs(path: Path, info, grid, engine_facts: dict, model_provenance: dict, options: ProcessOptions,
@@ -81,7 +93,7 @@ def result_attrs(path: Path, info, grid, engine_facts: dict, model_provenance: d
 
 
 def _judge(job: TileJob, engine: Engine, bundle: ModelBundle, options: ProcessOptions, key: dict,
-           run_id: str) -> ImageResult:
+           run_id: str, anomaly: "AnomalySpec | None" = None, anomaly_runner=None) -> ImageResult:
     """The merged mask and tile logits of a finished scan -> its result with provenance and record."""
     t0 = time.perf_counter()
     info, grid = job.info, job.grid
@@ -91,23 +103,43 @@ def _judge(job: TileJob, engine: Engine, bundle: ModelBundle, options: ProcessOp
     label, label_rule = decide_label(probs, bundle.labels)
     ratio = float(binary.mean())
     job.timings["stitch"] += time.perf_counter() - t0
+    maps: dict = {}
+    if anomaly is not None:  # the anomaly model's own tiled pass over the same normalised scratch copy
+        from semtile.execution.anomaly import MAP_NAME, scan_anomaly
+
+        t0 = time.perf_counter()
+        maps[MAP_NAME], fraction = scan_anomaly(job.image, anomaly, anomaly_runner)
+        job.timings["anomaly"] = time.perf_counter() - t0
     sha256 = image_sha256(job.path)
     attrs = result_attrs(job.path, info, grid, engine.describe(), bundle.provenance(), options, sha256, label_rule,
                          float(mask.mean()), job.timings)
+    map_attrs: dict = {}
+    if anomaly is not None:
+        from semtile.execution.anomaly import MAP_NAME, add_anomaly_attrs
+
+        map_attrs[MAP_NAME] = add_anomaly_attrs(attrs, anomaly, fraction, anomaly_runner.describe())
     return ImageResult(source=Path(job.path), mask=mask, binary_mask=binary, class_probs=probs,
                        labels=bundle.labels, label=label, adhesive_ratio=ratio, attrs=attrs, image=job.image,
-                       record={**completion_record(job.path, key, sha256), "run_id": run_id})
+                       record={**completion_record(job.path, key, sha256), "run_id": run_id}, maps=maps,
+                       map_attrs=map_attrs)
 
 
 def _results(paths: list[Path], engine: Engine, bundle: ModelBundle, options: ProcessOptions, scratch: Path,
-             run_id: str = ""):
+             run_id: str = "", anomaly: "AnomalySpec | None" = None):
     """Each scan's job (in input order) with its result, or None when it failed."""
-    key = record_key(engine, bundle, options)
-    for job in stream_scans(paths, engine, options, scratch, n_labels=len(bundle.labels)):
+    key = record_key(engine, bundle, options, anomaly)
+    runner = None
+    if anomaly is not None:
+        from semtile.execution.anomaly import anomaly_engine
+
+        runner = anomaly_engine(anomaly)
+    merger = engine.merger_factory() if hasattr(engine, "merger_factory") else None  # GPU engines blend on the GPU
+    extra = {"make_merger": merger} if merger is not None else {}
+    for job in stream_scans(paths, engine, options, scratch, n_labels=len(bundle.labels), **extra):
         result = None
         if job.error is None:
             try:
-                result = _judge(job, engine, bundle, options, key, run_id)
+                result = _judge(job, engine, bundle, options, key, run_id, anomaly, runner)
             except Exception as exc:  # noqa: BLE001
                 job.fail(exc)
                 job.release()
@@ -115,9 +147,9 @@ def _results(paths: list[Path], engine: Engine, bundle: ModelBundle, options: Pr
 
 
 def analyse_scan(path: Path, engine: Engine, bundle: ModelBundle, options: ProcessOptions,
-                 scratch: Path) -> tuple[ImageResult, dict]:
+                 scratch: Path, anomaly: "AnomalySpec | None" = None) -> tuple[ImageResult, dict]:
     """Run one scan through the whole chain without storing it; raises on a bad scan."""
-    for job, result in _results([Path(path)], engine, bundle, options, Path(scratch)):
+    for job, result in _results([Path(path)], engine, bundle, options, Path(scratch), anomaly=anomaly):
         if result is None:
             raise ImageError(path, job.error)
         result.image = None if job.image is None else job.image[...]  # in memory: the scratch goes now
@@ -137,17 +169,19 @@ def process_scans(
     scratch: Path | None = None,
     on_image: Callable[[ImageOutcome], None] | None = None,
     run_id: str = "",
+    anomaly: "AnomalySpec | None" = None,
 ) -> RunSummary:
     """Process ``scans`` into the store ``out`` (a path or an open store); never stops on one image's error.
 
     ``table`` is a path (a table written afresh) or an open :class:`RunTable`.
+    ``anomaly``: also an anomaly map and fraction per scan (:mod:`semtile.execution.anomaly`).
     Every given scan is processed; deciding what a rerun may skip is
     :func:`semtile.execution.batch.run_process`'s job.
     """
     options.validate(max(bundle.classifier.arch.multiple, bundle.segmenter.arch.multiple))
     store = out if isinstance(out, ResultStore) else open_store(out)
     own_table = not isinstance(table, RunTable)
-    run_table = RunTable(table) if own_table else table
+    run_table = RunTable(table, columns=run_columns(anomaly)) if own_table else table
     writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="semtile-write")
     pending = []
     scans = [Path(p) for p in scans]
@@ -169,7 +203,7 @@ def process_scans(
 
             # Writing (compression, disk) overlaps inference of the next scans; one writer keeps input order.
             small = [p for p in scans if p not in large]
-            for job, result in _results(small, engine, bundle, options, Path(tmp), run_id):
+            for job, result in _results(small, engine, bundle, options, Path(tmp), run_id, anomaly):
                 pending.append(writer.submit(write, job, result))
             outcomes = [f.result() for f in pending]
             writer.shutdown()
@@ -177,7 +211,7 @@ def process_scans(
                 from semtile.execution.regions import FinishContext, process_region_scan
 
                 context = FinishContext(bundle.provenance(), list(bundle.labels),
-                                        record_key(engine, bundle, options), run_id)
+                                        record_key(engine, bundle, options, anomaly), run_id, anomaly)
                 for index, path in enumerate(scans):
                     if path in large:
                         outcomes.append(finished(region_outcome(
@@ -226,9 +260,11 @@ def region_outcome(path: Path, run: Callable[[], ImageOutcome]) -> ImageOutcome:
 def add_table_row(run_table: RunTable, outcome: ImageOutcome) -> None:
     """The outcome's row in the run table; a full disk there must not lose the stored result or stop the run."""
     try:
+        fraction = None if outcome.anomaly_fraction is None else f"{outcome.anomaly_fraction:.6f}"
         run_table.add(path=str(outcome.path), status=outcome.status, label=outcome.label,
                       adhesive_ratio=None if outcome.adhesive_ratio is None else f"{outcome.adhesive_ratio:.6f}",
-                      pixel_size_m=outcome.pixel_size_m, databar_rows=outcome.databar_rows, error=outcome.error)
+                      pixel_size_m=outcome.pixel_size_m, databar_rows=outcome.databar_rows, error=outcome.error,
+                      anomaly_fraction=fraction)
     except OSError as exc:
         log.error("run_table_row_not_written", path=str(outcome.path), table=str(run_table.path), error=str(exc))
 
@@ -258,7 +294,8 @@ def _store_one(job: TileJob, result: ImageResult | None, store: ResultStore) -> 
     outcome = ImageOutcome(path=job.path, status="ok", group=name, label=result.label,
                            adhesive_ratio=result.adhesive_ratio, pixel_size_m=attrs["pixel_size_m"],
                            databar_rows=attrs["databar_rows"],
-                           timings={k: round(v, 4) for k, v in job.timings.items()})
+                           timings={k: round(v, 4) for k, v in job.timings.items()},
+                           anomaly_fraction=attrs.get("anomaly_fraction"))
     log.info("image", path=str(job.path), status="ok", group=name, size=list(result.mask.shape),
              label=result.label, adhesive_ratio=round(result.adhesive_ratio, 4),
              databar_rows=attrs["databar_rows"], pixel_size_m=attrs["pixel_size_m"],

@@ -19,3 +19,4 @@ class ImageOutcome:
     databar_rows: int | None = None
     error: str | None = None
     timings: dict = field(default_factory=dict)
+    anomaly_fraction: float | None = None  # with --anomaly

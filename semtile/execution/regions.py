@@ -18,6 +18,12 @@ may run twice (a lost worker) and leaves the same bytes:
   written (image, labels, mask, pyramid levels ``0..levels``); returns its counts.
 * :func:`finish_region_scan`: class probabilities and label from every
   block's logits, the ratio from every region's counts, provenance; commit.
+
+With an anomaly model (:mod:`semtile.execution.anomaly`), the anomaly map is
+a second set of tile blocks over the same normalised scratch, on the anomaly
+model's own grid (:func:`run_anomaly_block`, partial sums beside the mask's);
+the output regions are the same, so each region assembles both maps and
+writes them together, and the fraction is counted region by region.
 """
 
 from __future__ import annotations
@@ -44,7 +50,7 @@ from semtile.store import ImageResult, ResultStore, open_store
 from semtile.store.ome_zarr import CHUNK, level_shapes, write_region
 
 __all__ = ["RegionScan", "REGION_LEVELS", "scan_pixels", "start_region_scan", "prepare_region_scan", "run_block",
-           "write_region_output", "finish_region_scan", "process_region_scan", "FinishContext"]
+           "run_anomaly_block", "write_region_output", "finish_region_scan", "process_region_scan", "FinishContext"]
 
 log = get_logger("semtile.process")
 
@@ -68,6 +74,8 @@ class RegionScan:
     plan: RegionPlan
     options: ProcessOptions
     levels: int  # pyramid levels each region writes (0..levels)
+    anomaly: object = None  # AnomalySpec, with --anomaly
+    anomaly_plan: RegionPlan | None = None  # the anomaly model's blocks (same output regions)
 
     @property
     def normalised(self) -> Path:
@@ -76,6 +84,16 @@ class RegionScan:
     @property
     def blocks_folder(self) -> Path:
         return Path(self.scratch) / "blocks"
+
+    @property
+    def anomaly_folder(self) -> Path:
+        return Path(self.scratch) / "anomaly-blocks"
+
+    def contributors(self, region: int) -> int:
+        """How many block steps (mask and anomaly) reach output region ``region``."""
+        bounds = self.plan.regions[region]
+        count = len(self.plan.contributors(bounds))
+        return count + (len(self.anomaly_plan.contributors(bounds)) if self.anomaly_plan is not None else 0)
 
 
 @dataclass(frozen=True)
@@ -86,6 +104,7 @@ class FinishContext:
     labels: list
     key: dict
     run_id: str
+    anomaly: object = None  # AnomalySpec, with --anomaly
 
 
 def scan_pixels(path: Path, options: ProcessOptions) -> int:
@@ -105,7 +124,7 @@ def scan_pixels(path: Path, options: ProcessOptions) -> int:
 
 
 def start_region_scan(index: int, path: Path, options: ProcessOptions, store: ResultStore,
-                      scratch: Path) -> RegionScan:
+                      scratch: Path, anomaly=None) -> RegionScan:
     """Read the header, claim the name, stage an empty result; raises ImageError for a bad scan."""
     with open_scan(path, page=options.page, databar_rows=options.databar_rows, max_pixels=options.max_pixels) as scan:
         info = scan.info
@@ -115,11 +134,18 @@ def start_region_scan(index: int, path: Path, options: ProcessOptions, store: Re
     grid = TileGrid((rows, cols), options.tile, options.halo)
     levels = min(REGION_LEVELS, len(level_shapes((rows, cols))) - 1)
     plan = RegionPlan.for_grid(grid, region=CHUNK * 2**REGION_LEVELS, block_pixels=options.block_pixels)
+    anomaly_plan = None
+    if anomaly is not None:
+        anomaly_plan = RegionPlan.for_grid(TileGrid((rows, cols), anomaly.tile, anomaly.halo), region=plan.region,
+                                           block_pixels=options.block_pixels)
     name = store.claim(path)
-    staged = store.stage((rows, cols), info.pixel_size_m)
+    from semtile.execution.anomaly import MAP_NAME
+
+    staged = store.stage((rows, cols), info.pixel_size_m, maps=[MAP_NAME] if anomaly is not None else [])
     folder = Path(scratch) / f"{index:06d}-{uuid.uuid4().hex[:8]}"
     folder.mkdir(parents=True)
-    return RegionScan(index, str(path), name, str(store.path), str(staged), str(folder), info, plan, options, levels)
+    return RegionScan(index, str(path), name, str(store.path), str(staged), str(folder), info, plan, options, levels,
+                      anomaly, anomaly_plan)
 
 
 def prepare_region_scan(rs: RegionScan) -> float:
@@ -171,6 +197,17 @@ def run_block(rs: RegionScan, block: int, engine) -> tuple[np.ndarray, dict, flo
     return sums.collected["logits"].astype(np.float32), engine.describe(), time.perf_counter() - t0
 
 
+def run_anomaly_block(rs: RegionScan, block: int, engine) -> float:
+    """One block of the anomaly model's tiles through its ``engine`` into partial sums on scratch; seconds."""
+    from semtile.execution.anomaly import MAP_NAME
+
+    t0 = time.perf_counter()
+    sums = accumulate_block(_open_normalised(rs), rs.anomaly_plan, rs.anomaly_plan.blocks[block],
+                            lambda tiles: {MAP_NAME: engine.run(tiles)}, batch_size=rs.anomaly.batch_size)
+    save_block(rs.anomaly_folder, sums)
+    return time.perf_counter() - t0
+
+
 def write_region_output(rs: RegionScan, region: int) -> dict:
     """One output region blended from the blocks' partial sums, judged and written into the staged result."""
     t0 = time.perf_counter()
@@ -178,13 +215,20 @@ def write_region_output(rs: RegionScan, region: int) -> dict:
     mask = assemble_region(rs.blocks_folder, rs.plan, region)["mask"]
     binary = mask >= rs.options.threshold
     image = np.asarray(_open_normalised(rs)[y0:y1, x0:x1])
-    write_region(rs.staged, y0, x0, image=image, binary_mask=binary, mask=mask, levels=rs.levels)
+    maps, counts = {}, {}
+    if rs.anomaly is not None:
+        from semtile.execution.anomaly import MAP_NAME
+
+        maps[MAP_NAME] = assemble_region(rs.anomaly_folder, rs.anomaly_plan, region, names=(MAP_NAME,))[MAP_NAME]
+        counts["anomalous"] = int(np.count_nonzero(maps[MAP_NAME] > rs.anomaly.threshold))
+    write_region(rs.staged, y0, x0, image=image, binary_mask=binary, mask=mask, levels=rs.levels, maps=maps)
     return {"adhesive": int(np.count_nonzero(binary)), "pixels": int(binary.size),
-            "mask_sum": float(mask.sum(dtype=np.float64)), "seconds": time.perf_counter() - t0}
+            "mask_sum": float(mask.sum(dtype=np.float64)), "seconds": time.perf_counter() - t0, **counts}
 
 
 def finish_region_scan(rs: RegionScan, blocks: list, regions: list[dict], context: FinishContext,
-                       prepare_seconds: float = 0.0) -> ImageOutcome:
+                       prepare_seconds: float = 0.0, anomaly_seconds: float = 0.0,
+                       anomaly_engine: dict | None = None) -> ImageOutcome:
     """Label, ratio and provenance from the steps' results; the staged result committed. Returns the outcome."""
     import zarr
 
@@ -216,20 +260,30 @@ def finish_region_scan(rs: RegionScan, blocks: list, regions: list[dict], contex
     engine_facts = blocks[0][1]
     timings = {"read": prepare_seconds, "infer": sum(b[2] for b in blocks),
                "stitch": sum(r["seconds"] for r in regions)}
+    if rs.anomaly is not None:
+        timings["anomaly"] = anomaly_seconds
     sha256 = image_sha256(rs.path)
     attrs = result_attrs(rs.path, rs.info, grid, engine_facts, context.bundle_provenance, rs.options, sha256,
                          label_rule, soft, timings)
     attrs["regions"] = {"count": len(rs.plan.regions), "side": rs.plan.region, "blocks": len(rs.plan.blocks)}
+    map_attrs, fraction = {}, None
+    if rs.anomaly is not None:
+        from semtile.execution.anomaly import MAP_NAME, add_anomaly_attrs
+
+        fraction = sum(r["anomalous"] for r in regions) / pixels
+        map_attrs[MAP_NAME] = add_anomaly_attrs(attrs, rs.anomaly, fraction, anomaly_engine)
+        attrs["regions"]["anomaly_blocks"] = len(rs.anomaly_plan.blocks)
     group = zarr.open_group(str(staged), mode="r")
     result = ImageResult(source=Path(rs.path), mask=group["mask"], binary_mask=group["labels/adhesive/0"],
                          class_probs=probs, labels=list(context.labels), label=label,
                          adhesive_ratio=adhesive / pixels, attrs=attrs, image=group["0"],
-                         record={**completion_record(Path(rs.path), context.key, sha256), "run_id": context.run_id})
+                         record={**completion_record(Path(rs.path), context.key, sha256), "run_id": context.run_id},
+                         map_attrs=map_attrs)
     store.commit(rs.name, staged, result, built_levels=rs.levels)
     timings["write"] = time.perf_counter() - t0
     return ImageOutcome(path=Path(rs.path), status="ok", group=rs.name, label=label, adhesive_ratio=adhesive / pixels,
                         pixel_size_m=rs.info.pixel_size_m, databar_rows=rs.info.databar_rows,
-                        timings={k: round(v, 4) for k, v in timings.items()})
+                        timings={k: round(v, 4) for k, v in timings.items()}, anomaly_fraction=fraction)
 
 
 def discard_region_scan(rs: RegionScan) -> None:
@@ -242,20 +296,33 @@ def process_region_scan(index: int, path: Path, engine, options: ProcessOptions,
                         context: FinishContext) -> ImageOutcome:
     """One large scan in this process: blocks through the engine in order, each region written (on a
     second thread, beside the engine) as soon as the last block reaching it is done. Raises on a bad scan."""
-    rs = start_region_scan(index, path, options, store, scratch)
+    rs = start_region_scan(index, path, options, store, scratch, context.anomaly)
     try:
         prepared = prepare_region_scan(rs)
         plan = rs.plan
-        waiting = [len(plan.contributors(region)) for region in plan.regions]
+        waiting = [rs.contributors(region) for region in range(len(plan.regions))]
         blocks, written = [], []
+        anomaly_seconds, anomaly_facts = 0.0, None
+
+        def done(regions_reached, writer) -> None:
+            for region in regions_reached:
+                waiting[region] -= 1
+                if not waiting[region]:
+                    written.append(writer.submit(write_region_output, rs, region))
+
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="semtile-region") as writer:
             for block in plan.blocks:
                 blocks.append(run_block(rs, block.index, engine))
-                for region in plan.regions_of(block.index):
-                    waiting[region] -= 1
-                    if not waiting[region]:
-                        written.append(writer.submit(write_region_output, rs, region))
+                done(plan.regions_of(block.index), writer)
+            if rs.anomaly is not None:  # the anomaly model's own tiles over the same scratch copy
+                from semtile.execution.anomaly import anomaly_engine
+
+                runner = anomaly_engine(rs.anomaly)
+                anomaly_facts = runner.describe()
+                for block in rs.anomaly_plan.blocks:
+                    anomaly_seconds += run_anomaly_block(rs, block.index, runner)
+                    done(rs.anomaly_plan.regions_of(block.index), writer)
             regions = [f.result() for f in written]
-        return finish_region_scan(rs, blocks, regions, context, prepared)
+        return finish_region_scan(rs, blocks, regions, context, prepared, anomaly_seconds, anomaly_facts)
     finally:
         discard_region_scan(rs)

@@ -27,16 +27,22 @@ RECORD_FORMAT = "semtile-completion/1"
 OUTPUT_PARAMETERS = ("tile", "halo", "threshold", "page", "databar_rows")
 
 
-def output_key(bundle, engine_name: str, precision: str, options) -> dict:
+def output_key(bundle, engine_name: str, precision: str, options, anomaly=None) -> dict:
     """Everything besides the input that decides a result, as stored in its record.
 
     The one place the key is made: the plan of a rerun (before any engine is
     built) and the record written with each result must agree exactly.
+    ``anomaly`` (an :class:`~semtile.execution.anomaly.AnomalySpec`) adds the
+    anomaly model's sha256, engine, grid and threshold: a rerun with another
+    anomaly model or threshold redoes the image.
     """
-    return {"format": RECORD_FORMAT,
-            "model_sha256": {"classifier": bundle.classifier.sha256, "segmenter": bundle.segmenter.sha256},
-            "engine": {"name": engine_name, "precision": precision},
-            "parameters": {k: getattr(options, k) for k in OUTPUT_PARAMETERS}}
+    key = {"format": RECORD_FORMAT,
+           "model_sha256": {"classifier": bundle.classifier.sha256, "segmenter": bundle.segmenter.sha256},
+           "engine": {"name": engine_name, "precision": precision},
+           "parameters": {k: getattr(options, k) for k in OUTPUT_PARAMETERS}}
+    if anomaly is not None:
+        key["anomaly"] = anomaly.key()
+    return key
 
 
 def input_identity(path: Path, sha256: str | None = None) -> dict:

@@ -364,6 +364,8 @@ class Results:
                "model_source": model.get("source"), "run_id": (result.record or {}).get("run_id"),
                "created": prov.get("created"), "seconds": None,
                "maps": ", ".join(result.maps)}
+        if _number(attrs.get("anomaly_fraction")) is not None:  # semtile process --anomaly
+            row["anomaly_fraction"] = _number(attrs.get("anomaly_fraction"))
         timings = attrs.get("timings")
         if isinstance(timings, dict):
             stages = {k: _number(v) for k, v in timings.items()}

@@ -20,6 +20,17 @@ A result store holds one result per input image under a *name*. Its contract:
   (``ImageResult.record``, or None).
 * ``clean_stale()`` removes the temporaries of writers that died and returns
   how many; those of live writers stay.
+* **Extra maps** (anomaly maps, explanation heat maps...): ``ImageResult.maps``
+  (name -> float array of the mask's shape, ``(rows, cols)`` or ``(C, rows, cols)``)
+  are written with the result, atomically, at the top of its group (an image
+  pyramid ``NAME/0, 1, ...`` in OME-Zarr, a plain array ``NAME`` in the plain
+  store); ``ImageResult.map_attrs`` (name -> JSON-able dict) is their
+  provenance. ``add_maps(name, maps, attrs)`` adds maps to a committed
+  result without ever exposing a half-written one: the result is copied
+  beside (hard links), the maps written into the copy, and the copy renamed
+  into place; a crash leaves the old result, a map of the same name is
+  replaced. ``StoredResult.maps`` is name -> attrs (with ``dtype``,
+  ``shape``); ``StoredResult.map(name, level)`` opens one lazily.
 """
 
 from __future__ import annotations
@@ -37,7 +48,8 @@ import numpy as np
 from semtile.errors import SemtileError
 
 __all__ = ["ImageResult", "StoredResult", "ResultStore", "RESULT_KEYS", "ARRAYS", "RESERVED_NAMES", "check_result",
-           "jsonable", "pick_name", "safe_stem", "source_key", "valid_name"]
+           "jsonable", "pick_name", "safe_stem", "source_key", "valid_name", "check_maps", "check_map_name",
+           "MAP_RESERVED", "map_dtype"]
 
 # Attributes the store itself records for every result; ``ImageResult.attrs`` may not use them.
 RESULT_KEYS = ("source_path", "labels", "label", "adhesive_ratio")
@@ -49,6 +61,8 @@ _DEVICE_NAMES = frozenset({"con", "prn", "aux", "nul", *(f"com{i}" for i in rang
 # Names of Zarr and OME-NGFF metadata and structure that no result may take (compared case-insensitively).
 RESERVED_NAMES = frozenset({"zarr.json", ".zgroup", ".zattrs", ".zarray", ".zmetadata", "labels", "ome"})
 MAX_NAME = 240  # a stem is cut to this many characters; suffixes stay under 255
+# Names no extra map may take: the result group's own entries (compared case-insensitively).
+MAP_RESERVED = frozenset({*ARRAYS, "image", "labels", "zarr.json", "ome", "semtile"})
 
 
 @dataclass
@@ -68,6 +82,11 @@ class ImageResult:
     image: Any = None
     # The completion record (JSON-able), written atomically with the result; ``ResultStore.record`` returns it.
     record: dict | None = None
+    # Extra maps, name -> float array (rows, cols) or (C, rows, cols) of the mask's shape (float16 stays float16,
+    # anything else is stored as float32); numpy or any array-like with shape and slicing.
+    maps: dict = field(default_factory=dict)
+    # Provenance of each extra map (name -> JSON-able dict), kept with it in the result's attributes.
+    map_attrs: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -88,6 +107,15 @@ class StoredResult:
     attrs: dict
     open_array: Callable[[str], Any] = field(repr=False)
     record: dict | None = None
+    # The extra maps: name -> their attributes (``dtype``, ``shape``, ``levels`` and the provenance given).
+    maps: dict = field(default_factory=dict)
+    open_map: Callable[[str, int], Any] | None = field(default=None, repr=False)
+
+    def map(self, name: str, level: int = 0):
+        """The extra map ``name`` (pyramid ``level``, where the store keeps levels) as a lazy array-like."""
+        if name not in self.maps or self.open_map is None:
+            raise SemtileError(f"{self.name}: no map {name!r} (it has {sorted(self.maps) or 'none'})")
+        return self.open_map(name, level)
 
     @property
     def mask(self):
@@ -141,6 +169,19 @@ class ResultStore(abc.ABC):
     @abc.abstractmethod
     def write(self, name: str, result: ImageResult) -> None:
         """Store ``result`` under ``name`` atomically, replacing only that name (SemtileError if read-only)."""
+
+    @abc.abstractmethod
+    def add_maps(self, name: str, maps: Mapping[str, Any], attrs: dict | None = None) -> None:
+        """Add the extra ``maps`` (name -> array of the result's mask shape) to the committed result ``name``.
+
+        Atomic: readers see the result without the new maps or with all of
+        them, never a half-written one; a crash leaves the old result intact;
+        a map of the same name is replaced. ``attrs`` (JSON-able) is recorded
+        as each new map's provenance in the result's attributes
+        (``StoredResult.maps``). SemtileError naming the store and result when
+        there is no such result, a map is of the wrong shape or name, or the
+        store is read-only.
+        """
 
     @abc.abstractmethod
     def names(self) -> list[str]:
@@ -216,6 +257,7 @@ def check_result(name: str, result: ImageResult) -> None:
     clash = sorted(set(result.attrs) & set(RESULT_KEYS))
     if clash:
         raise SemtileError(f"{result.source}: attrs {clash} would shadow the result's own fields")
+    check_maps(result.source, shape, result.maps, result.map_attrs)
     if result.record is not None and not isinstance(result.record, dict):
         raise SemtileError(f"{result.source}: record must be a dict, not {type(result.record).__name__}")
     for what, value in (("attrs", result.attrs), ("record", result.record), ("label", result.label),
@@ -224,6 +266,42 @@ def check_result(name: str, result: ImageResult) -> None:
             json.dumps(jsonable(value), allow_nan=True)
         except (TypeError, ValueError) as exc:
             raise SemtileError(f"{result.source}: {what} is not JSON-able ({exc})") from None
+
+
+def check_map_name(where: object, name: object) -> str:
+    """``name`` if it can name an extra map (like a result name, not one of the group's own entries or a digit)."""
+    if not valid_name(name) or name.isdigit() or name.casefold() in MAP_RESERVED or name.startswith("semtile_"):
+        raise SemtileError(f"{where}: {name!r} cannot name a map (letters, digits, '._-'; not a level number "
+                           f"or one of {sorted(MAP_RESERVED)})")
+    return name
+
+
+def check_maps(where: object, shape: tuple, maps: Mapping[str, Any], map_attrs: Mapping[str, Any] | None = None) -> None:
+    """SemtileError unless every map is a float (or bool/int, stored as float32) array of the mask's ``shape``."""
+    if not isinstance(maps, Mapping):
+        raise SemtileError(f"{where}: maps must be a dict of name -> array, not {type(maps).__name__}")
+    for name, array in maps.items():
+        check_map_name(where, name)
+        got = tuple(np.shape(array))
+        if got[-2:] != tuple(shape) or len(got) not in (2, 3):
+            raise SemtileError(f"{where}: map {name!r} of shape {got} must be {tuple(shape)} or (C, *{tuple(shape)}), "
+                               "the mask's shape")
+        dtype = np.dtype(array.dtype if hasattr(array, "dtype") else np.asarray(array).dtype)
+        if not (np.issubdtype(dtype, np.number) or dtype == np.bool_) or np.issubdtype(dtype, np.complexfloating):
+            raise SemtileError(f"{where}: map {name!r} must hold real numbers, not {dtype}")
+    for name, value in (map_attrs or {}).items():
+        if not isinstance(value, Mapping):
+            raise SemtileError(f"{where}: map_attrs[{name!r}] must be a dict")
+        try:
+            json.dumps(jsonable(value), allow_nan=True)
+        except (TypeError, ValueError) as exc:
+            raise SemtileError(f"{where}: map_attrs[{name!r}] is not JSON-able ({exc})") from None
+
+
+def map_dtype(array: Any) -> np.dtype:
+    """How a map is stored: float16 stays float16, anything else becomes float32."""
+    dtype = np.dtype(getattr(array, "dtype", np.float32))
+    return np.dtype(np.float16) if dtype == np.float16 else np.dtype(np.float32)
 
 
 def jsonable(value: Any) -> Any:

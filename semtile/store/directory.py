@@ -24,11 +24,20 @@ the file owns the name. A result is written whole as a Zarr group under
 ``.semtile/tmp`` and renamed to ``<name>``; an existing ``<name>`` is first
 renamed aside (``retired``) and deleted once the new one is in. Renames are
 atomic, so a reader sees a complete result or none.
+
+``add_maps`` copies a committed result beside it under ``.semtile/tmp`` (hard
+links, so no bytes are copied and the old result's files are never written:
+Zarr writes every file anew and renames it into place), writes the new maps
+and the group's metadata into the copy and publishes the copy like a
+result. Concurrent ``add_maps`` calls on one result take turns
+(``.semtile/locks/<name>``, an advisory lock); a ``write`` of the same name
+racing an ``add_maps`` may be undone by it (the last rename wins).
 """
 
 from __future__ import annotations
 
 import abc
+import contextlib
 import errno
 import hashlib
 import json
@@ -38,14 +47,15 @@ import shutil
 import socket
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import zarr
 
 from semtile.errors import SemtileError
-from semtile.store.base import (RESERVED_NAMES, ImageResult, ResultStore, StoredResult, check_result, safe_stem,
-                                source_key, valid_name)
+from semtile.store.base import (RESERVED_NAMES, ImageResult, ResultStore, StoredResult, check_maps, check_result,
+                                safe_stem, source_key, valid_name)
 
 __all__ = ["DirectoryStore", "HIDDEN", "STALE_AFTER_S", "temporary_name", "process_start", "host_name",
            "process_alive"]
@@ -96,6 +106,14 @@ def process_alive(pid: int, start: int = 0) -> bool | None:
 
 def _digest(key: str) -> str:
     return hashlib.sha256(key.encode("utf-8")).hexdigest()[:40]
+
+
+def _link_or_copy(source: str, target: str) -> None:
+    """A hard link where the file system allows one, else a copy."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
 
 
 def _read_claim(path: Path) -> dict | None:
@@ -168,6 +186,22 @@ class DirectoryStore(ResultStore):
     def _open_result(self, name: str, attrs: dict) -> StoredResult:
         """The StoredResult of the result group ``name`` with attributes ``attrs``."""
 
+    @abc.abstractmethod
+    def _maps_of(self, attrs: dict) -> dict:
+        """The extra maps recorded in a result group's attributes: name -> their attributes."""
+
+    @abc.abstractmethod
+    def _write_maps(self, staged: Path, maps: dict, map_attrs: dict, pixel_size: Any) -> dict:
+        """Write ``maps`` into the result group ``staged``; return name -> attributes to record."""
+
+    @abc.abstractmethod
+    def _set_maps(self, staged: Path, maps: dict) -> None:
+        """Record ``maps`` (name -> attributes, all of them) in the attributes of the result group ``staged``."""
+
+    @abc.abstractmethod
+    def _pixel_size(self, attrs: dict) -> Any:
+        """The pixel size recorded in a result group's attributes (None where unknown)."""
+
     # -- results --------------------------------------------------------------------------------------
 
     def _attrs(self, name: str) -> dict | None:
@@ -217,6 +251,67 @@ class DirectoryStore(ResultStore):
         check_result(name, result)
         self._check(result)
         self._complete(self._temp("partial"), name, result, self._write_group)
+
+    def add_maps(self, name: str, maps, attrs: dict | None = None) -> None:
+        if self.read_only:
+            raise SemtileError(f"{self.path}: opened read-only, cannot add maps to {name!r}")
+        where = f"{self.path}/{name}"
+        maps = dict(maps) if isinstance(maps, Mapping) else maps
+        if not isinstance(maps, dict) or not maps:
+            raise SemtileError(f"{where}: add_maps needs a non-empty dict of name -> array")
+        group_attrs = self._attrs(name)
+        if group_attrs is None or self._source_of(group_attrs) is None:
+            raise SemtileError(f"{self.path}: no result named {name!r} to add maps to")
+        try:
+            mask_meta = json.loads((self.path / name / "mask" / "zarr.json").read_text(encoding="utf-8"))
+            shape = tuple(int(v) for v in mask_meta["shape"])
+        except (OSError, ValueError, KeyError, TypeError):
+            raise SemtileError(f"{where}: the result's mask is missing or damaged; cannot add maps") from None
+        check_maps(where, shape, maps, {key: dict(attrs or {}) for key in maps})
+        with self._result_lock(name):
+            final = self.path / name
+            staged = self._temp("partial")
+            try:
+                try:
+                    shutil.copytree(final, staged, symlinks=True, copy_function=_link_or_copy)
+                except (OSError, shutil.Error) as exc:
+                    raise SemtileError(f"{where}: changed or vanished while maps were being added ({exc})") from None
+                meta = staged / "zarr.json"
+                data = meta.read_bytes()
+                meta.unlink()  # the copy's metadata gets a file of its own before anything writes it
+                meta.write_bytes(data)
+                present = {entry.name.casefold(): entry.name for entry in os.scandir(staged)}
+                for key in maps:  # a map of the same name (any case) is replaced
+                    old = present.get(key.casefold())
+                    if old is not None:
+                        shutil.rmtree(staged / old) if (staged / old).is_dir() else (staged / old).unlink()
+                current = json.loads(data).get("attributes") or {}
+                recorded = {k: v for k, v in self._maps_of(current).items()
+                            if k.casefold() not in {m.casefold() for m in maps}}
+                written = self._write_maps(staged, maps, {key: dict(attrs or {}) for key in maps},
+                                           self._pixel_size(current))
+                self._set_maps(staged, {**recorded, **written})
+                self._publish(staged, final)
+            except BaseException:
+                shutil.rmtree(staged, ignore_errors=True)
+                raise
+
+    @contextlib.contextmanager
+    def _result_lock(self, name: str):
+        """An advisory lock on one result's maps, across processes of this host (a no-op without fcntl)."""
+        folder = self._hidden / "locks"
+        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            import fcntl
+        except ImportError:  # not POSIX
+            yield
+            return
+        with open(folder / name.lower(), "a+b") as handle:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
     def _complete(self, staged: Path, name: str, result: ImageResult, fill) -> None:
         """``fill(staged, result)``, then publish ``staged`` as ``name``; on any failure ``staged`` is removed."""

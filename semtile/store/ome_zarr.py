@@ -14,6 +14,10 @@ claims and temporaries live in the hidden folder ``.semtile``
     <name>/labels/adhesive/0, 1, ...  uint8: 0 background, 1 adhesive
     <name>/mask             float32 adhesive probability, full resolution
     <name>/class_probs      float32, one per label
+    <name>/<map>/zarr.json  an extra map (ImageResult.maps: anomaly, heat maps...): ome multiscales
+                            like the image's (a channel axis first for (C, rows, cols) maps)
+    <name>/<map>/0, 1, ...  float32 (or float16), level k by 2 x 2 block means of level k-1
+                            as stored; the map's attributes under semtile.maps[<map>]
 
 Choices:
 
@@ -56,11 +60,11 @@ import numpy as np
 import zarr
 
 from semtile.errors import SemtileError
-from semtile.store.base import ImageResult, StoredResult, check_result, jsonable, source_key
+from semtile.store.base import ImageResult, StoredResult, check_map_name, check_result, jsonable, map_dtype, source_key
 from semtile.store.directory import DirectoryStore
 
 __all__ = ["OmeZarrStore", "NGFF_VERSION", "ROOT_ATTRS", "LABEL", "MIN_LEVEL_SIDE", "CHUNK", "is_ome_root", "level_shapes",
-           "write_region"]
+           "write_region", "write_map_pyramid"]
 
 NGFF_VERSION = "0.5"
 ROOT_ATTRS = {"store": "ome-zarr", "version": 1}
@@ -132,6 +136,61 @@ def _next_level(prev: np.ndarray, reduce: str) -> np.ndarray:
     return _quantise(_halve(prev.astype(np.float32) / np.float32(QUANT), "mean"))
 
 
+def _halve_map(a: np.ndarray) -> np.ndarray:
+    """A map's next level: 2 x 2 block means over its last two axes in float32, back to its dtype."""
+    a = np.asarray(a)
+    dtype = a.dtype
+    rows, cols = a.shape[-2:]
+    if rows % 2 or cols % 2:
+        a = np.pad(a, [(0, 0)] * (a.ndim - 2) + [(0, rows % 2), (0, cols % 2)], mode="edge")
+    a00, a01 = a[..., 0::2, 0::2].astype(np.float32), a[..., 0::2, 1::2]
+    a10, a11 = a[..., 1::2, 0::2], a[..., 1::2, 1::2]
+    return (((a00 + a01) + (a10 + a11)) * np.float32(0.25)).astype(dtype, copy=False)
+
+
+def _map_multiscale(name: str, n_levels: int, pixel_size: Any, channels: int | None) -> dict:
+    """NGFF multiscales of a map: the image's, with a channel axis first for (C, rows, cols) maps."""
+    ms = _multiscale(n_levels, pixel_size, "mean")
+    if channels is not None:
+        ms["axes"] = [{"name": "c", "type": "channel"}, *ms["axes"]]
+        for d in ms["datasets"]:
+            for t in d["coordinateTransformations"]:
+                key = "scale" if t["type"] == "scale" else "translation"
+                t[key] = [1.0 if key == "scale" else 0.0, *t[key]]
+    return {"name": name, **ms}
+
+
+def _create_map_group(parent: zarr.Group, name: str, shape: tuple[int, int], dtype, pixel_size: Any,
+                      channels: int | None = None) -> zarr.Group:
+    """An empty map pyramid ``name/0, 1, ...`` in ``parent`` (levels as the image's), with its NGFF metadata."""
+    shapes = level_shapes(shape)
+    lead = () if channels is None else (int(channels),)
+    dims = ("y", "x") if channels is None else ("c", "y", "x")
+    group = parent.create_group(name, attributes={"ome": {
+        "version": NGFF_VERSION, "multiscales": [_map_multiscale(name, len(shapes), pixel_size, channels)]}})
+    for k, level in enumerate(shapes):
+        full = (*lead, *level)
+        group.create_array(str(k), shape=full, dtype=dtype, dimension_names=dims, fill_value=0,
+                           chunks=(*lead, *(min(s, CHUNK) for s in level)))
+    return group
+
+
+def write_map_pyramid(parent: zarr.Group, name: str, array: Any, pixel_size: Any = None) -> dict:
+    """Write the map ``array`` ((rows, cols) or (C, rows, cols)) as the pyramid ``parent/name``; return its facts."""
+    data = np.asarray(array[...] if hasattr(array, "__getitem__") and not isinstance(array, np.ndarray) else array)
+    dtype = map_dtype(data)
+    data = data.astype(dtype, copy=False)
+    shape = tuple(data.shape[-2:])
+    channels = data.shape[0] if data.ndim == 3 else None
+    group = _create_map_group(parent, name, shape, dtype, pixel_size, channels)
+    levels = level_shapes(shape)
+    for k in range(len(levels)):
+        if k:
+            data = _halve_map(data)
+        group[str(k)][...] = data
+    return {"dtype": str(dtype), "shape": list(np.shape(array)), "levels": len(levels)}
+
+
 def _create_group(staged: Path, shape: tuple[int, int], pixel_size: Any) -> zarr.Group:
     """A result group with every level's image and label arrays and the mask, all empty (attributes: ome)."""
     shapes = level_shapes(shape)
@@ -158,11 +217,13 @@ def _create_group(staged: Path, shape: tuple[int, int], pixel_size: Any) -> zarr
 
 
 def write_region(staged: str | Path, y0: int, x0: int, *, image: np.ndarray, binary_mask: np.ndarray,
-                 mask: np.ndarray, levels: int, group: zarr.Group | None = None) -> None:
+                 mask: np.ndarray, levels: int, group: zarr.Group | None = None,
+                 maps: dict[str, np.ndarray] | None = None) -> None:
     """Write one region of a staged result (from :meth:`OmeZarrStore.stage`) at ``(y0, x0)``, levels ``0..levels``.
 
     ``image`` float32 in [0, 1], ``binary_mask`` bool, ``mask`` float32, all of
-    the region's shape. For every output chunk to have one writer, ``(y0, x0)``
+    the region's shape; ``maps``: the region of each extra map the result was
+    staged with (``stage(..., maps=)``), 2-D of the region's shape. For every output chunk to have one writer, ``(y0, x0)``
     must be multiples of ``CHUNK * 2**levels`` and the region must end there or
     at the image's edge; writing a region twice gives the same bytes.
     """
@@ -179,14 +240,29 @@ def write_region(staged: str | Path, y0: int, x0: int, *, image: np.ndarray, bin
         group[str(k)][ky: ky + image_q.shape[0], kx: kx + image_q.shape[1]] = image_q
         group[f"labels/{LABEL}/{k}"][ky: ky + labels.shape[0], kx: kx + labels.shape[1]] = labels
     group["mask"][y0: y0 + mask.shape[0], x0: x0 + mask.shape[1]] = np.asarray(mask, dtype=np.float32)
+    for name, region in (maps or {}).items():
+        if name not in group or not isinstance(group[name], zarr.Group):
+            raise SemtileError(f"{staged}: map {name!r} was not staged (OmeZarrStore.stage(..., maps=))")
+        data = np.asarray(region).astype(group[f"{name}/0"].dtype, copy=False)
+        if data.shape != np.shape(mask):
+            raise SemtileError(f"{staged}: region of map {name!r} is {data.shape}, the mask's {np.shape(mask)}")
+        for k in range(levels + 1):
+            if k:
+                data = _halve_map(data)
+            ky, kx = y0 >> k, x0 >> k
+            group[f"{name}/{k}"][ky: ky + data.shape[0], kx: kx + data.shape[1]] = data
 
 
 def _reduce_in_bands(source: zarr.Array, target: zarr.Array, reduce: str) -> None:
-    """``target`` = the next level of ``source``, a band of chunk rows at a time (bounded memory)."""
+    """``target`` = the next level of ``source``, a band of chunk rows at a time (bounded memory).
+
+    ``reduce``: "mean" (the quantised image), "max" (labels) or "map" (a float map, 2-D).
+    """
     band = 2 * CHUNK
     for r in range(0, source.shape[0], band):
         t = r // 2
-        target[t: t + CHUNK] = _next_level(np.asarray(source[r: r + band]), reduce)
+        block = np.asarray(source[r: r + band])
+        target[t: t + CHUNK] = _halve_map(block) if reduce == "map" else _next_level(block, reduce)
 
 
 
@@ -256,14 +332,45 @@ class OmeZarrStore(DirectoryStore):
         write_region(staged, 0, 0, image=image, binary_mask=np.asarray(result.binary_mask),
                      mask=np.asarray(result.mask), levels=len(level_shapes(shape)) - 1, group=group)
         del image
-        self._finish_group(group, result)
+        maps = self._write_maps(staged, result.maps, result.map_attrs, result.attrs.get("pixel_size_m"))
+        self._finish_group(group, result, maps)
 
-    def _finish_group(self, group: zarr.Group, result: ImageResult) -> None:
+    # -- extra maps ----------------------------------------------------------------------------------
+
+    _MAPS_KEY = "maps"
+
+    def _maps_of(self, attrs: dict) -> dict:
+        maps = (attrs.get("semtile") or {}).get(self._MAPS_KEY)
+        return dict(maps) if isinstance(maps, dict) else {}
+
+    def _write_maps(self, staged: Path, maps: dict, map_attrs: dict, pixel_size: Any) -> dict:
+        """Each map as a pyramid group at the top of the result group ``staged``; returns name -> its attributes."""
+        if not maps:
+            return {}
+        group = zarr.open_group(str(staged), mode="r+", zarr_format=3)
+        out = {}
+        for name, array in maps.items():
+            facts = write_map_pyramid(group, name, array, jsonable(pixel_size))
+            out[name] = jsonable({**dict(map_attrs.get(name) or {}), **facts})
+        return out
+
+    def _set_maps(self, staged: Path, maps: dict) -> None:
+        group = zarr.open_group(str(staged), mode="r+", zarr_format=3)
+        semtile = dict(group.attrs["semtile"])
+        semtile[self._MAPS_KEY] = maps
+        group.attrs["semtile"] = semtile
+
+    def _pixel_size(self, attrs: dict) -> Any:
+        return ((attrs.get("semtile") or {}).get("attrs") or {}).get("pixel_size_m")
+
+    def _finish_group(self, group: zarr.Group, result: ImageResult, maps: dict | None = None) -> None:
         group.create_array("class_probs", data=np.asarray(result.class_probs).astype(np.float32, copy=False),
                            dimension_names=("label",))
         semtile = jsonable({"source_path": source_key(result.source), "labels": list(result.labels),
                             "label": result.label, "adhesive_ratio": float(result.adhesive_ratio),
                             "attrs": dict(result.attrs), "record": result.record})
+        if maps:
+            semtile[self._MAPS_KEY] = maps
         ome = dict(group.attrs["ome"])
         ome["multiscales"] = [{**ome["multiscales"][0], "name": Path(result.source).name}]
         group.attrs.update({"ome": ome, "semtile": semtile})
@@ -272,8 +379,11 @@ class OmeZarrStore(DirectoryStore):
 
     supports_regions = True
 
-    def stage(self, shape: tuple[int, int], pixel_size_m: Any = None) -> Path:
+    def stage(self, shape: tuple[int, int], pixel_size_m: Any = None, maps: Any = ()) -> Path:
         """A new temporary result group of ``shape`` with empty arrays, for :func:`write_region` calls.
+
+        ``maps``: the extra 2-D maps the regions will write, names (float32) or
+        a dict name -> dtype (float32 or float16); their pyramids are staged empty.
 
         The temporary belongs to this process: it lives while this process
         does, whatever other processes write into it, and ``clean_stale``
@@ -281,8 +391,14 @@ class OmeZarrStore(DirectoryStore):
         """
         if self.read_only:
             raise SemtileError(f"{self.path}: opened read-only, cannot write")
+        specs = dict(maps) if isinstance(maps, dict) else {name: np.float32 for name in maps}
+        for name in specs:
+            check_map_name(self.path, name)
         staged = self._temp("partial")
-        _create_group(staged, tuple(int(s) for s in shape), jsonable(pixel_size_m))
+        shape = tuple(int(s) for s in shape)
+        group = _create_group(staged, shape, jsonable(pixel_size_m))
+        for name, dtype in specs.items():
+            _create_map_group(group, name, shape, map_dtype(np.zeros(0, dtype)), jsonable(pixel_size_m))
         return staged
 
     def commit(self, name: str, staged: str | Path, result: ImageResult, *, built_levels: int) -> None:
@@ -291,7 +407,9 @@ class OmeZarrStore(DirectoryStore):
         ``result`` gives the label, ratio, class probabilities, attributes and
         record; its ``mask``, ``binary_mask`` and ``image`` may be the staged
         arrays themselves (only their shapes are checked). The levels above
-        ``built_levels`` are computed band by band from the stored ones.
+        ``built_levels`` are computed band by band from the stored ones, for
+        the image, the labels and every staged map; ``result.map_attrs`` gives
+        the staged maps' attributes (``result.maps`` may be left empty).
         """
         if self.read_only:
             raise SemtileError(f"{self.path}: opened read-only, cannot write {name!r}")
@@ -299,12 +417,23 @@ class OmeZarrStore(DirectoryStore):
 
         def finish(staged: Path, result: ImageResult) -> None:
             group = zarr.open_group(str(staged), mode="r+", zarr_format=3)
-            for key, reduce in (("", "mean"), (f"labels/{LABEL}/", "max")):
+            staged_maps = [name for name, node in group.members() if isinstance(node, zarr.Group)
+                           and name != "labels" and "ome" in node.attrs]
+            unknown = sorted(set(result.maps) - set(staged_maps))
+            if unknown:
+                raise SemtileError(f"{staged}: maps {unknown} were not staged (OmeZarrStore.stage(..., maps=))")
+            parts = [("", "mean"), (f"labels/{LABEL}/", "max"), *((f"{m}/", "map") for m in staged_maps)]
+            for key, reduce in parts:
                 k = built_levels + 1
                 while f"{key}{k}" in group:
                     _reduce_in_bands(group[f"{key}{k - 1}"], group[f"{key}{k}"], reduce)
                     k += 1
-            self._finish_group(group, result)
+            maps = {}
+            for m in staged_maps:
+                level0 = group[f"{m}/0"]
+                maps[m] = jsonable({**dict(result.map_attrs.get(m) or {}), "dtype": str(level0.dtype),
+                                    "shape": list(level0.shape), "levels": len(list(group[m].array_keys()))})
+            self._finish_group(group, result, maps)
 
         self._complete(Path(staged), name, result, finish)
 
@@ -331,7 +460,20 @@ class OmeZarrStore(DirectoryStore):
                 return _Converted(stored, np.float32, lambda a: a.astype(np.float32) / np.float32(QUANT))
             return stored
 
+        maps = self._maps_of(attrs)
+
+        def open_map(map_name: str, level: int = 0):
+            levels = int((maps.get(map_name) or {}).get("levels") or 1)
+            if not 0 <= int(level) < levels:
+                raise SemtileError(f"{self.path}/{name}: map {map_name!r} has no level {level} (it has {levels})")
+            if not opened:
+                opened.append(zarr.open_group(str(self.path / name), mode="r", zarr_format=3))
+            try:
+                return opened[0][f"{map_name}/{int(level)}"]
+            except KeyError:
+                raise SemtileError(f"{self.path}/{name}: map {map_name!r} is missing") from None
+
         return StoredResult(name=name, source=Path(semtile["source_path"]), labels=list(semtile["labels"]),
                             label=semtile["label"], adhesive_ratio=float(semtile["adhesive_ratio"]),
                             attrs=dict(semtile.get("attrs") or {}), open_array=open_array,
-                            record=self._record_of(attrs))
+                            record=self._record_of(attrs), maps=maps, open_map=open_map)

@@ -17,9 +17,16 @@ import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
-__all__ = ["RunTable", "RUN_COLUMNS", "default_csv_path", "runs_folder", "new_run_id", "write_current_table"]
+__all__ = ["RunTable", "RUN_COLUMNS", "OPTIONAL_COLUMNS", "run_columns", "default_csv_path", "runs_folder", "new_run_id", "write_current_table"]
 
 RUN_COLUMNS = ("path", "status", "label", "adhesive_ratio", "pixel_size_m", "databar_rows", "error", "run_id")
+#: Columns a table gains when its run computed them (``semtile process --anomaly``).
+OPTIONAL_COLUMNS = ("anomaly_fraction",)
+
+
+def run_columns(anomaly: object = None) -> tuple:
+    """A run table's columns: ``anomaly_fraction`` joins them when the run computes anomaly maps (``anomaly``)."""
+    return (*RUN_COLUMNS, *OPTIONAL_COLUMNS) if anomaly else RUN_COLUMNS
 
 
 def default_csv_path(store: Path) -> Path:
@@ -40,24 +47,24 @@ def new_run_id() -> str:
     return f"{stamp}-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
-def _cells(row: dict) -> dict:
-    return {k: ("" if row.get(k) is None else row.get(k)) for k in RUN_COLUMNS}
+def _cells(row: dict, columns: tuple = RUN_COLUMNS) -> dict:
+    return {k: ("" if row.get(k) is None else row.get(k)) for k in columns}
 
 
 class RunTable:
     """One run's CSV, one row per image (``status``: ok, error or skipped), flushed as each image finishes."""
 
-    def __init__(self, path: str | Path, run_id: str = ""):
-        self.path, self.run_id = Path(path), run_id
+    def __init__(self, path: str | Path, run_id: str = "", columns: tuple = RUN_COLUMNS):
+        self.path, self.run_id, self.columns = Path(path), run_id, tuple(columns)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._handle = self.path.open("x" if run_id else "w", newline="")
-        self._writer = csv.DictWriter(self._handle, fieldnames=RUN_COLUMNS)
+        self._writer = csv.DictWriter(self._handle, fieldnames=self.columns)
         self._writer.writeheader()
         self._handle.flush()
         os.fsync(self._handle.fileno())  # a full disk shows here, before any work
 
     def add(self, **row) -> None:
-        self._writer.writerow(_cells({"run_id": self.run_id, **row}))
+        self._writer.writerow(_cells({"run_id": self.run_id, **row}, self.columns))
         self._handle.flush()
 
     def close(self) -> None:
@@ -74,6 +81,7 @@ def write_current_table(csv_path: Path, store) -> int:
     """Regenerate ``csv_path`` from ``store`` and the per-run tables beside it; return its row count."""
     csv_path = Path(csv_path)
     rows: dict[str, dict] = {}
+    columns = list(RUN_COLUMNS)
     for name in store.names():
         result = store.read(name)
         attrs = result.attrs
@@ -81,6 +89,11 @@ def write_current_table(csv_path: Path, store) -> int:
             "path": str(result.source), "status": "ok", "label": result.label,
             "adhesive_ratio": f"{result.adhesive_ratio:.6f}", "pixel_size_m": attrs.get("pixel_size_m"),
             "databar_rows": attrs.get("databar_rows"), "run_id": (store.record(name) or {}).get("run_id")}
+        fraction = attrs.get("anomaly_fraction")
+        if isinstance(fraction, (int, float)):
+            rows[str(result.source)]["anomaly_fraction"] = f"{fraction:.6f}"
+            if "anomaly_fraction" not in columns:
+                columns.append("anomaly_fraction")
     failures: dict[str, dict] = {}
     runs = runs_folder(csv_path)
     for table in sorted(runs.glob("*.csv")) if runs.is_dir() else []:
@@ -95,9 +108,9 @@ def write_current_table(csv_path: Path, store) -> int:
     tmp = csv_path.with_name(f".{csv_path.name}.{os.getpid()}-{uuid.uuid4().hex[:6]}.tmp")
     try:
         with tmp.open("w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=RUN_COLUMNS)
+            writer = csv.DictWriter(handle, fieldnames=columns)
             writer.writeheader()
-            writer.writerows(_cells(rows[k]) for k in sorted(rows))
+            writer.writerows(_cells(rows[k], tuple(columns)) for k in sorted(rows))
         os.replace(tmp, csv_path)
     finally:
         tmp.unlink(missing_ok=True)

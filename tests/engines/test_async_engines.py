@@ -144,3 +144,12 @@ def test_torch_compile_on_the_cpu_matches_eager(tiny_bundle):
     assert compiled_engine.describe()["compile"] == "default"
     np.testing.assert_allclose(compiled.mask_probs, eager.mask_probs, atol=1e-4, rtol=0)
     np.testing.assert_allclose(compiled.class_logits, eager.class_logits, atol=1e-3, rtol=1e-3)
+
+
+def test_torch_compile_is_refused_for_other_engines(tiny_bundle):
+    from semtile.errors import SemtileError
+
+    with pytest.raises(SemtileError, match="torch.compile applies to the torch-cuda and torch-cpu engines, not onnxruntime"):
+        create_engine("onnxruntime", load_bundle(tiny_bundle), EngineSettings(tile=64, halo=8, compile="default"))
+    with pytest.raises(SemtileError, match="torch.compile mode must be"):
+        TorchCPUEngine(load_bundle(tiny_bundle), compile="fastest")

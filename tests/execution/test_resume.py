@@ -108,7 +108,8 @@ def test_rerun_skips_what_is_done_and_redoes_what_changed(scans, tiny_bundle, tm
 def _wait_for_results(out: Path, count: int, proc: subprocess.Popen, timeout: float = 120) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline and proc.poll() is None:
-        if out.is_dir() and len(open_store(out, mode="r").names()) >= count:
+        # The root's zarr.json marks a store the writer has finished creating (the folder comes first).
+        if (out / "zarr.json").is_file() and len(open_store(out, mode="r").names()) >= count:
             return
         time.sleep(0.05)
     raise AssertionError(f"the run did not write {count} results in time (exit {proc.poll()})")
