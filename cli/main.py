@@ -7,6 +7,9 @@ import sys
 import click
 
 from semtile import __version__
+from semtile.cli.clusters import clusters
+from semtile.cli.explain import explain
+from semtile.cli.masks import masks
 from semtile.cli.models import engines, export
 from semtile.cli.process import process
 from semtile.cli.report import report
@@ -24,7 +27,7 @@ def main(log_json: bool | None) -> None:
     configure_logging(json=log_json)
 
 
-for command in (synth, train, process, report, hypotheses, search, evaluate, engines, export):
+for command in (synth, train, process, explain, clusters, masks, report, hypotheses, search, evaluate, engines, export):
     main.add_command(command)
 
 

@@ -24,10 +24,17 @@ def train() -> None:
               help="Folder of per-pixel masks named like the images: supervised training instead of weak labels.")
 @click.option("--binary-weight", default=None, type=click.FloatRange(0),
               help="Weight of a penalty on undecided pixels, mean(p(1-p)) (default: 2 for learned, 0 otherwise).")
+@click.option("--loss", "loss", default="bce", show_default=True, type=click.Choice(["bce", "dice", "bce+dice"]),
+              help="With --masks: per-pixel binary cross-entropy, soft Dice, or their sum.")
 @train_options()
 def train_segmenter_cmd(data: Path, hypothesis: str, g_range: str, masks: Path | None, binary_weight: float | None,
-                        out: Path, **kw) -> None:
+                        loss: str, out: Path, **kw) -> None:
     """Train a segmenter (weak labels: mean of the mask regressed onto g(t)).
+
+    With --masks DIR: supervised, per pixel, against the masks named like the
+    images (same file name or stem). DATA then needs no labels.csv: the images
+    of the folder DATA that have a mask are used (a labels.csv, where there is
+    one, still gives the split).
 
     HYPOTHESIS: linear, sqrt, log, exp, power:K, table:FILE, or learned (a monotone
     g fitted jointly, its ends pinned by --g-range; the decision threshold is then
@@ -44,7 +51,7 @@ def train_segmenter_cmd(data: Path, hypothesis: str, g_range: str, masks: Path |
             raise SemtileError("--g-range free is not supported: pinned ends keep weak labels from collapsing")
         with Progress(config.epochs * config.steps_per_epoch, "training") as progress:
             path = train_segmenter(data, out, hypothesis=hypothesis, masks=masks, g_range=ends, binary_weight=binary_weight,
-                                   arch=Architecture("segmenter", **arch), config=config, progress=progress)
+                                   loss=loss, arch=Architecture("segmenter", **arch), config=config, progress=progress)
     except SemtileError as exc:
         raise click.UsageError(str(exc)) from exc
     click.echo(f"wrote {path}")
@@ -167,6 +174,38 @@ def train_autoencoder_cmd(data: Path, out: Path, c: int, stages: int, normalise:
     except SemtileError as exc:
         raise click.UsageError(str(exc)) from exc
     _echo_scores(path)
+
+
+@train.command("calibrate-anomaly")
+@click.argument("model", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("normal", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--fpr", default=0.01, show_default=True, type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              help="False-positive rate: the share of normal pixels allowed above the threshold.")
+@click.option("--engine", "engine_name", default="auto", show_default=True,
+              type=click.Choice(["auto", "openvino", "onnxruntime", "torch-cpu"]),
+              help="Engine of the anomaly maps (auto: the fastest available, f32, as `process --anomaly`).")
+@click.option("--page", default=0, show_default=True, type=click.IntRange(0), help="Page of multi-page TIFFs.")
+@click.option("--databar-rows", default=None, type=click.IntRange(0), help="Data-bar rows (default: detected).")
+def calibrate_anomaly_cmd(model: Path, normal: tuple[Path, ...], fpr: float, engine_name: str, page: int,
+                          databar_rows: int | None) -> None:
+    """Calibrate MODEL's anomaly threshold on NORMAL scans (files or folders) known to be free of defects.
+
+    The threshold is the value above which a share FPR of the normal scans'
+    pixels lie; it is written into the model's card (the weights and their
+    sha256 stay) and `semtile process --anomaly MODEL` uses it.
+    """
+    from semtile.execution.anomaly import calibrate_on_scans
+    from semtile.io.discover import discover_scans
+
+    try:
+        found = discover_scans(normal)
+        if not found.scans:
+            raise SemtileError(f"no scans (.tif, .tiff, .png, .jpg, .jpeg) found in {', '.join(map(str, normal))}")
+        t = calibrate_on_scans(model, found.scans, fpr, engine=engine_name, page=page, databar_rows=databar_rows)
+    except SemtileError as exc:
+        raise click.UsageError(str(exc)) from exc
+    click.echo(f"anomaly threshold {t['value']:.6g} (FPR {t['fpr']} on {t['images']} normal scans) written to "
+               f"the card of {model}")
 
 
 def _echo_scores(path: Path) -> None:

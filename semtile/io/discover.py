@@ -22,9 +22,11 @@ from pathlib import Path
 
 from semtile.errors import SemtileError, UnreadableImageError
 
-__all__ = ["TIFF_SUFFIXES", "Discovery", "discover_scans", "find_scans", "sha256_file", "image_sha256"]
+__all__ = ["TIFF_SUFFIXES", "SCAN_SUFFIXES", "Discovery", "discover_scans", "find_scans", "sha256_file", "image_sha256"]
 
 TIFF_SUFFIXES: tuple[str, ...] = (".tif", ".tiff")
+#: What a folder is searched for: TIFFs, and PNG/JPEG (read by :mod:`semtile.io.png`).
+SCAN_SUFFIXES: tuple[str, ...] = TIFF_SUFFIXES + (".png", ".jpg", ".jpeg")
 
 
 @dataclass
@@ -46,14 +48,14 @@ class Discovery:
 
 
 def discover_scans(inputs: Sequence[str | Path] | str | Path) -> Discovery:
-    """Find the TIFF scans named by files and folders; never raises for a bad path.
+    """Find the scans (TIFF, PNG, JPEG) named by files and folders; never raises for a bad path.
 
     Parameters
     ----------
     inputs
         Files and folders. A file is taken as it is, whatever its suffix.
-        A folder is searched recursively for files ending in ``.tif`` or
-        ``.tiff`` (any case); hidden files and folders (names starting with
+        A folder is searched recursively for files ending in ``.tif``,
+        ``.tiff``, ``.png``, ``.jpg`` or ``.jpeg`` (any case); hidden files and folders (names starting with
         ``.``, e.g. macOS ``._x.tif`` resource forks) are skipped. Symbolic
         links to files and folders are followed; a folder reached twice (by a
         link, or another input) is searched once. A single path may be given
@@ -127,7 +129,7 @@ def _search(top: Path, top_stat: os.stat_result, found: set[Path], problems: lis
             if entry.name.startswith("."):
                 continue
             path = Path(entry.path)
-            tiff_name = os.path.splitext(entry.name)[1].lower() in TIFF_SUFFIXES
+            tiff_name = os.path.splitext(entry.name)[1].lower() in SCAN_SUFFIXES
             try:
                 if not entry.is_symlink():
                     if entry.is_dir(follow_symlinks=False):

@@ -1,5 +1,8 @@
 """Open SEM scans (TIFF files) lazily, as gray images in [0, 1].
 
+PNG and JPEG files (told by their first bytes) are handed to
+:mod:`semtile.io.png`, which returns the same :class:`Scan`.
+
 A scan is never read whole into memory. The chosen page is opened through
 tifffile's Zarr store and wrapped in a :mod:`dask` array cut into bands of
 whole rows (:mod:`semtile.io.gray`), so callers compute only the rows they
@@ -203,12 +206,12 @@ class Scan:
 def open_scan(
     path: str | Path, *, page: int = 0, databar_rows: int | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS
 ) -> Scan:
-    """Open one page of a TIFF scan lazily.
+    """Open one page of a TIFF scan lazily (a PNG or JPEG: see :func:`semtile.io.png.open_png_scan`).
 
     Parameters
     ----------
     path
-        The TIFF file.
+        The TIFF file (or a PNG or JPEG, told by its first bytes).
     page
         Index of the page to use (default the first).
     databar_rows
@@ -248,6 +251,10 @@ def open_scan(
         isinstance(databar_rows, bool) or not isinstance(databar_rows, (int, np.integer)) or databar_rows < 0
     ):
         raise SemtileError(f"databar_rows must be a non-negative integer, got {databar_rows!r}")
+    from semtile.io.png import open_png_scan, sniff_format
+
+    if sniff_format(path) is not None:  # a PNG or JPEG, whatever its name: the same Scan, read with Pillow
+        return open_png_scan(path, page=page, databar_rows=databar_rows, max_pixels=int(max_pixels))
     size = check_file(path)
     try:
         tif = tifffile.TiffFile(path)

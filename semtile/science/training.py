@@ -42,7 +42,7 @@ from semtile.science.hypotheses import hypothesis_values, is_learned, parse_hypo
 from semtile.science.training_data import CropSampler, TrainConfig, TrainingData, fixed_crops, load_training_data
 
 __all__ = ["TrainConfig", "LearnedCurve", "LEARNED_BINARY_WEIGHT", "TrainingData", "load_training_data",
-           "train_segmenter", "train_classifier", "pick_device"]
+           "train_segmenter", "train_classifier", "pick_device", "SUPERVISED_LOSSES", "supervised_loss"]
 
 log = get_logger("semtile.train")
 
@@ -54,6 +54,22 @@ CURVE_LR_FACTOR = 50.0
 #: receptive field can estimate t from context and paint a soft g(t) anywhere,
 #: with any monotone g; binary pixels must instead be decided from local texture.
 LEARNED_BINARY_WEIGHT = 2.0
+
+
+#: Per-pixel losses of a supervised segmenter.
+SUPERVISED_LOSSES = ("bce", "dice", "bce+dice")
+
+
+def supervised_loss(logits: torch.Tensor, masks: torch.Tensor, kind: str = "bce+dice") -> torch.Tensor:
+    """Loss of predicted logits against binary masks: BCE, soft Dice over the whole batch (smoothed by 1, so a
+    batch without foreground is defined), or their sum."""
+    total = logits.new_zeros(())
+    if "bce" in kind:
+        total = total + F.binary_cross_entropy_with_logits(logits, masks)
+    if "dice" in kind:
+        p = torch.sigmoid(logits)
+        total = total + 1 - (2 * (p * masks).sum() + 1) / (p.sum() + masks.sum() + 1)
+    return total
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -195,6 +211,7 @@ def train_segmenter(
     masks: str | Path | None = None,
     g_range: tuple[float, float] = (1.0, 0.0),
     binary_weight: float | None = None,
+    loss: str = "bce",
     arch: Architecture | None = None,
     config: TrainConfig = TrainConfig(),
     progress: Callable[[int], None] | None = None,
@@ -208,9 +225,16 @@ def train_segmenter(
     otherwise. A learned g is then read out of the segmenter with its decision
     threshold calibrated on the pinned ends
     (:func:`semtile.science.curve_calibration.read_out_curve`), the threshold folded into
-    the output layer. Supervised (``masks``): per-pixel binary cross-entropy
-    against the masks of the same names.
+    the output layer. Supervised (``masks``): per-pixel loss against the
+    masks of the same names (or stems), ``loss`` = ``bce`` (binary
+    cross-entropy, the default: the built-in segmenter's), ``dice`` (soft
+    Dice over the batch) or ``bce+dice`` (their sum, for masks where one side
+    is rare); ``data`` then needs no labels.csv (the images that have
+    masks are used, split at random).
     """
+    if loss not in SUPERVISED_LOSSES:
+        raise SemtileError(f"--loss {loss!r}: choose from {', '.join(SUPERVISED_LOSSES)}")
+    kind = loss  # the name ``loss`` is the training loss below
     arch = arch or Architecture("segmenter")
     _start(arch, config)
     if not isinstance(data, TrainingData):
@@ -224,7 +248,7 @@ def train_segmenter(
         mode, g_table = "supervised", None
 
         def loss(net, x, m, t):
-            return F.binary_cross_entropy_with_logits(net(x), m)
+            return supervised_loss(net(x), m, kind)
     else:
         parse_hypothesis(hypothesis)
         mode = "weak"
@@ -276,6 +300,7 @@ def train_segmenter(
                   "binary_weight": binary_weight if mode == "weak" else None,
                   "calibration": calibration,
                   "data": data.source, "masks": str(masks) if masks else None,
+                  "loss": kind if mode == "supervised" else None,
                   "config": asdict(config), "best_epoch": best_epoch, "history": history,
                   "split": _split_record(data, config)},
     )

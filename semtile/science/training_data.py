@@ -1,7 +1,9 @@
 """Training data: a dataset read into memory, its split, and the crops training samples from it.
 
-Images are read through the same reader as ``semtile process`` (data bar
-excluded, intensities in [0, 1]) and sampled as random square crops with
+A dataset is a folder with labels.csv or, for a supervised segmenter, a
+folder of images with a folder of masks named like them (no labels needed).
+Images are read through the same reader as ``semtile process`` (TIFF, PNG,
+JPEG; data bar excluded, intensities in [0, 1]) and sampled as random square crops with
 isotropic augmentation (flips and 90-degree turns); validation uses the same
 fixed crops every epoch.
 """
@@ -20,7 +22,11 @@ from semtile.io.dataset import Sample, label_order, read_labels, split_samples
 from semtile.io.tiff import open_scan
 from semtile.logs import get_logger
 
-__all__ = ["TrainConfig", "TrainingData", "load_training_data", "CropSampler", "fixed_crops"]
+__all__ = ["TrainConfig", "TrainingData", "MASK_LABEL", "MASK_SUFFIXES", "find_mask", "masked_samples",
+           "load_training_data", "CropSampler", "fixed_crops"]
+
+#: File types a mask may have, in the order they are looked for.
+MASK_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
 
 log = get_logger("semtile.train")
 
@@ -65,11 +71,72 @@ def _load(path: Path) -> np.ndarray:
         return np.ascontiguousarray(scan.valid().compute(scheduler="threads"), dtype=np.float32)
 
 
+#: The one label of a dataset read from its masks alone (no labels.csv): a supervised segmenter needs no classes.
+MASK_LABEL = "mask"
+
+
+def _has_labels(data: str | Path) -> bool:
+    data = Path(data)
+    return (data / "labels.csv").is_file() if data.is_dir() else data.is_file()
+
+
+def find_mask(folder: Path, image: Path) -> Path | None:
+    """The mask of ``image`` in ``folder``: the same file name, else the same stem with an image suffix.
+
+    The rule ``semtile evaluate --masks`` pairs results with true masks by.
+    """
+    same = folder / image.name
+    if same.is_file():
+        return same
+    for suffix in MASK_SUFFIXES:
+        for candidate in (folder / f"{image.stem}{suffix}", folder / f"{image.stem}{suffix.upper()}"):
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+def masked_samples(data: str | Path, masks: str | Path) -> list[Sample]:
+    """The images of the folder ``data`` that have a mask in ``masks``, without labels (no labels.csv needed).
+
+    ``data`` is searched like ``semtile process`` inputs (TIFF, PNG, JPEG;
+    recursively), leaving out the ``masks`` folder when it lies inside it.
+    Images without a mask are left out (logged with their count); none at
+    all is a DatasetError naming both folders.
+    """
+    from semtile.io.discover import discover_scans
+
+    data, masks = Path(data), Path(masks)
+    if not masks.is_dir():
+        raise DatasetError(f"{masks}: masks folder not found")
+    mask_root = masks.resolve()
+    found = discover_scans(data)
+    images = [p for p in found.scans if mask_root not in p.parents]
+    samples, unmatched = [], []
+    for image in images:
+        mask = find_mask(masks, image)
+        if mask is None:
+            unmatched.append(image.name)
+        else:
+            samples.append(Sample(path=image, label=MASK_LABEL))
+    if not samples:
+        raise DatasetError(f"{data}: none of its {len(images)} images has a mask of the same name (or stem) in {masks}")
+    if unmatched:
+        log.info("images_without_mask", data=str(data), masks=str(masks), left_out=len(unmatched),
+                 examples=unmatched[:5])
+    return samples
+
+
 def load_training_data(data: str | Path, config: TrainConfig, masks: str | Path | None = None) -> TrainingData:
-    samples = read_labels(data)
-    labels = label_order([s.label for s in samples])
-    if len(labels) < 2:
-        raise DatasetError(f"{data}: need at least two labels, found {labels}")
+    """Read a dataset: labels.csv (``path,label[,split]``), or, with ``masks`` and no labels.csv, the images
+    that have masks (:func:`masked_samples`: one label, split at random by the seed)."""
+    if masks is not None and not _has_labels(data):
+        samples = masked_samples(data, masks)
+        labels = [MASK_LABEL]
+    else:
+        samples = read_labels(data)
+        labels = label_order([s.label for s in samples])
+        if masks is None and len(labels) < 2:
+            raise DatasetError(f"{data}: need at least two labels, found {labels}")
     split = split_samples(samples, config.split, config.seed)
     if not split["train"]:
         raise DatasetError(f"{data}: the split leaves no training images")
@@ -82,9 +149,9 @@ def load_training_data(data: str | Path, config: TrainConfig, masks: str | Path 
     if masks is not None:
         mask_arrays = []
         for s, img in zip(samples, images):
-            mpath = Path(masks) / s.path.name
-            if not mpath.is_file():
-                raise DatasetError(f"{mpath}: no mask for {s.path.name}")
+            mpath = find_mask(Path(masks), s.path)
+            if mpath is None:
+                raise DatasetError(f"{Path(masks) / s.path.name}: no mask for {s.path.name}")
             with open_scan(mpath, databar_rows=0) as scan:
                 m = scan.gray().compute(scheduler="threads")
             if m.shape[0] < img.shape[0] or m.shape[1] != img.shape[1]:

@@ -1,0 +1,157 @@
+"""Grad-CAM and CAM of the classifier, per tile, blended into whole-image maps like the mask.
+
+For a batch of tiles and one class ``k`` (the image's predicted label, or a
+chosen one: one class for every tile of an image, so the maps of neighbouring
+tiles agree), :class:`TileExplainer` returns per-tile maps the size of the
+tile, which :func:`explain_array` (in memory, through
+:func:`semtile.inference.run.run_array` and the
+:class:`~semtile.inference.merge.BlendMerger`) or :func:`explain_blocks` (out
+of core, through :mod:`semtile.inference.regions`) blend with the same
+raised-cosine window as the mask. Values are raw, never normalised per tile:
+a tile-wise normalisation would give each tile its own scale and make seams.
+Normalisation by the maximum belongs to the whole map, when it becomes a mask
+(:func:`semtile.explain.masks.heat_to_mask`).
+
+* **Grad-CAM** (Selvaraju et al. 2017): ``A`` = the output of the classifier's
+  last stage (before its max-pool; ``T / 2**(d-1)`` pixels a side), ``alpha_c``
+  = the spatial mean of ``d logit_k / d A_c`` (a backward pass), map =
+  ``ReLU(sum_c alpha_c A_c)``.
+* **CAM** (Zhou et al. 2016): ``F`` = the features the global average pool
+  reads (the last stage's output after its max-pool, ``T / 2**d`` a side), map
+  = ``sum_c w_kc F_c`` with ``w`` the linear head's weights (no bias, no ReLU:
+  the map's mean plus the bias is the tile's logit ``k``; it may be negative).
+
+Both are upsampled to the tile bilinearly. For this architecture (a global
+average pool then one linear layer) the Grad-CAM weights are ``w_kc`` divided
+by the number of positions, so the two maps differ by the layer they read
+(Grad-CAM's is twice as fine) and the ReLU.
+
+Gradients need PyTorch: heat maps always run on a torch network, on the CPU
+or a CUDA device, whatever engine produced the results.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from semtile.errors import SemtileError
+from semtile.inference.regions import RegionPlan, accumulate_block, save_block
+from semtile.inference.run import run_array
+from semtile.inference.split import TileGrid
+from semtile.models.networks import INPUT_MEAN, INPUT_STD, Classifier
+
+__all__ = ["KINDS", "TileExplainer", "explain_array", "explain_blocks", "parse_kinds", "border_jumps"]
+
+#: The heat maps semtile computes.
+KINDS = ("gradcam", "cam")
+
+
+def parse_kinds(value: str | Sequence[str]) -> tuple[str, ...]:
+    """``"gradcam,cam"`` -> ("gradcam", "cam"); SemtileError naming an unknown kind."""
+    items = [v.strip().lower() for v in (value.split(",") if isinstance(value, str) else value) if v.strip()]
+    unknown = [v for v in items if v not in KINDS]
+    if unknown or not items:
+        raise SemtileError(f"heat map kinds {unknown or value!r}: choose from {', '.join(KINDS)}")
+    return tuple(dict.fromkeys(items))
+
+
+class TileExplainer:
+    """A batch of tiles ``(n, T, T)`` in [0, 1] -> ``{kind: (n, T, T) float32}`` for one class index.
+
+    ``network`` is a :class:`~semtile.models.networks.Classifier` (put in eval
+    mode here: BatchNorm uses its running statistics, as in inference).
+    """
+
+    def __init__(self, network: Classifier, class_index: int, kinds: Sequence[str] = KINDS,
+                 device: str | torch.device = "cpu"):
+        if not isinstance(network, Classifier):
+            raise SemtileError(f"heat maps explain a classifier, not a {type(network).__name__}")
+        n_labels = network.head.out_features
+        if not 0 <= int(class_index) < n_labels:
+            raise SemtileError(f"class index {class_index} is outside the classifier's {n_labels} labels")
+        self.network = network.to(device).eval()
+        self.class_index = int(class_index)
+        self.kinds = parse_kinds(kinds)
+        self.device = torch.device(device)
+
+    def last_stage(self, x: torch.Tensor) -> torch.Tensor:
+        """The last stage's output A (before its max-pool) for a batch ``(n, 1, T, T)``: the classifier's own layers."""
+        net = self.network
+        x = net.stem((x - INPUT_MEAN) / INPUT_STD)
+        for stage in net.stages[:-1]:
+            x = F.max_pool2d(stage(x), 2)
+        return net.stages[-1](x)
+
+    def __call__(self, tiles: np.ndarray) -> dict[str, np.ndarray]:
+        tiles = np.asarray(tiles, dtype=np.float32)
+        if tiles.ndim != 3 or tiles.shape[1] != tiles.shape[2]:
+            raise SemtileError(f"tiles must be (n, T, T), got {tiles.shape}")
+        size = tiles.shape[1:]
+        x = torch.from_numpy(np.ascontiguousarray(tiles))[:, None].to(self.device)
+        k, w = self.class_index, self.network.head.weight
+        out: dict[str, torch.Tensor] = {}
+        want_grad = "gradcam" in self.kinds
+        with torch.no_grad():
+            a = self.last_stage(x)
+        # The weights need no gradient: the backward pass runs only from the logit back to A.
+        with torch.set_grad_enabled(want_grad):
+            a.requires_grad_(want_grad)
+            pooled = F.max_pool2d(a, 2)  # what the global average pool reads
+            if want_grad:
+                logits = self.network.head(pooled.mean(dim=(2, 3)))
+                (grads,) = torch.autograd.grad(logits[:, k].sum(), a)
+                alpha = grads.mean(dim=(2, 3), keepdim=True)
+                out["gradcam"] = F.relu((alpha * a).sum(dim=1, keepdim=True)).detach()
+            if "cam" in self.kinds:
+                out["cam"] = torch.einsum("c,nchw->nhw", w[k].detach(), pooled.detach())[:, None]
+        return {kind: F.interpolate(out[kind], size=size, mode="bilinear", align_corners=False)[:, 0]
+                .cpu().numpy().astype(np.float32, copy=False) for kind in self.kinds}
+
+
+def explain_array(image, grid: TileGrid, explainer: TileExplainer, *, batch_size: int = 8) -> dict[str, np.ndarray]:
+    """Heat maps of a whole image held in memory (or any sliceable 2-D array): ``{kind: (H, W) float32}``."""
+    return run_array(image, grid, explainer, batch_size=batch_size)
+
+
+def explain_blocks(image, plan: RegionPlan, explainer: TileExplainer, folder: str | Path, *, batch_size: int = 8,
+                   progress: Callable[[int, int], None] | None = None) -> None:
+    """Out of core: every tile block's unnormalised blend of the heat maps saved under ``folder``.
+
+    Then :func:`semtile.inference.regions.assemble_region` gives each output
+    region's maps, equal to :func:`explain_array`'s up to float32 rounding.
+    Memory: one block of tiles and canvases at a time, whatever the image size.
+    """
+    for i, block in enumerate(plan.blocks):
+        save_block(folder, accumulate_block(image, plan, block, explainer, batch_size=batch_size))
+        if progress is not None:
+            progress(i + 1, len(plan.blocks))
+
+
+def border_jumps(heat: np.ndarray, grid: TileGrid, origin: tuple[int, int] = (0, 0)) -> dict[str, float]:
+    """Seams, measured: the largest (and mean) absolute step between neighbouring pixels across tile-core
+    borders, and the same inside cores (steps between two pixels of one core), over rows and columns.
+
+    ``heat`` is the whole map, or a window of it whose top-left pixel is ``origin`` (to measure a large
+    map band by band). A map without seams has ``border_max <= inside_max`` and ``border_mean`` close to
+    ``inside_mean``.
+    """
+    heat = np.asarray(heat, dtype=np.float64)
+    y0, x0 = origin
+    if heat.ndim != 2 or y0 < 0 or x0 < 0 or y0 + heat.shape[0] > grid.shape[0] or x0 + heat.shape[1] > grid.shape[1]:
+        raise ValueError(f"heat map {heat.shape} at {origin} does not lie in the grid's image {grid.shape}")
+    border, inside = [], []
+    for axis, offset in ((0, y0), (1, x0)):
+        steps = np.abs(np.diff(heat, axis=axis))  # step k lies between pixels k and k + 1
+        crosses = ((np.arange(1, heat.shape[axis]) + offset) % grid.core) == 0
+        take = (lambda m: steps[m]) if axis == 0 else (lambda m: steps[:, m])
+        border.append(take(crosses).ravel())
+        inside.append(take(~crosses).ravel())
+    b, i = np.concatenate(border), np.concatenate(inside)
+    return {"border_max": float(b.max()) if b.size else 0.0, "inside_max": float(i.max()) if i.size else 0.0,
+            "border_mean": float(b.mean()) if b.size else 0.0, "inside_mean": float(i.mean()) if i.size else 0.0,
+            "border_steps": int(b.size), "inside_steps": int(i.size)}

@@ -1,0 +1,262 @@
+"""``semtile explain``: Grad-CAM and CAM heat maps of stored results, written into the result beside the mask.
+
+For each result of a store (read through :func:`semtile.open_results`), the
+tiles are cut again from the normalised image the store keeps (level 0 of the
+result's image), with the tile, halo and region settings recorded in the
+result's provenance, and run through the classifier that produced the result
+(found by the path and sha256 in its provenance; ``model`` overrides). The
+maps are blended like the mask, in memory or, for scans above the recorded
+``region_pixels``, block by block with partial sums saved to scratch and
+assembled region by region into a scratch Zarr array, so memory stays bounded
+whatever the scan's size. They are added to the result with
+:meth:`ResultStore.add_maps` (atomic: readers see the result with all the new
+maps or none).
+
+Why a separate command and not ``semtile process --explain``: gradients need
+PyTorch, while the nightly run uses the fastest engine there is (OpenVINO,
+TensorRT), which has none; and explanations are wanted for some runs, not
+every night. Recomputing the classifier's forward pass on torch is the price
+(measured in the README).
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from semtile.errors import ModelError, SemtileError
+from semtile.explain.heatmaps import KINDS, TileExplainer, explain_array, explain_blocks, parse_kinds
+from semtile.inference.options import ProcessOptions
+from semtile.inference.regions import RegionPlan, assemble_region
+from semtile.inference.split import TileGrid
+from semtile.logs import get_logger
+
+__all__ = ["TORCH_ENGINES", "ExplainOutcome", "torch_device", "explain_store", "REGION"]
+
+log = get_logger("semtile.explain")
+
+#: Engines that can take gradients.
+TORCH_ENGINES = ("torch-cpu", "torch-cuda")
+#: Side of the output regions of the out-of-core path (pixels).
+REGION = 2048
+
+
+@dataclass
+class ExplainOutcome:
+    """What ``semtile explain`` did with one result."""
+
+    name: str
+    status: str  # "ok", "skipped" or "error"
+    kinds: tuple[str, ...] = ()
+    class_label: object = None
+    seconds: float = 0.0
+    megapixels: float = 0.0
+    tiles: int = 0
+    out_of_core: bool = False
+    process_infer_seconds: float | None = None  # the engine time the result's own run recorded
+    error: str = ""
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def torch_device(engine: str) -> tuple[str, str]:
+    """The torch device heat maps run on for ``--engine``, and a sentence saying why (logged, never silent).
+
+    ``auto`` takes CUDA where there is a GPU, else the CPU; a torch engine is
+    taken as asked (SemtileError for torch-cuda without a GPU); any other
+    engine (OpenVINO, ONNX Runtime, TensorRT) cannot take gradients: heat maps
+    then run on torch and the sentence says so.
+    """
+    import torch
+
+    cuda = torch.cuda.is_available()
+    if engine == "auto":
+        return ("cuda", "auto: torch-cuda (a GPU is present)") if cuda else \
+            ("cpu", "auto: torch-cpu (heat maps need gradients, which only the PyTorch engines give)")
+    if engine == "torch-cpu":
+        return "cpu", "torch-cpu as asked"
+    if engine == "torch-cuda":
+        if not cuda:
+            raise SemtileError("--engine torch-cuda: no CUDA device is available here (use torch-cpu or auto)")
+        return "cuda", "torch-cuda as asked"
+    device = "cuda" if cuda else "cpu"
+    return device, (f"heat maps need gradients, which {engine} cannot give: they run on torch-{device} instead "
+                    f"(the results' masks and labels are untouched)")
+
+
+def _classifier_for(result, model: Path | None, cache: dict):
+    """The classifier that produced ``result`` (path and sha256 from its provenance), or ``model``."""
+    from semtile.models.io import builtin_bundle_dir, load_model
+
+    recorded = ((result.provenance.get("model") or {}).get("classifier") or {})
+    if model is not None:
+        path = Path(model)
+        path = path / "classifier.pt" if path.is_dir() else path
+    else:
+        source = (result.provenance.get("model") or {}).get("source")
+        path = Path(recorded["path"]) if recorded.get("path") else None
+        if (path is None or not path.is_file()) and source == "builtin":
+            path = builtin_bundle_dir() / "classifier.pt"
+        if path is None:
+            raise ModelError(f"{result.group_path}: the result's provenance names no classifier; give --model")
+    key = str(path)
+    if key not in cache:
+        cache[key] = load_model(path, "classifier")
+    loaded = cache[key]
+    if recorded.get("sha256") and loaded.sha256 != recorded["sha256"]:
+        if model is None:
+            raise ModelError(f"{path}: not the classifier that produced {result.name} (sha256 {loaded.sha256[:12]}..., "
+                             f"the result's {recorded['sha256'][:12]}...); give the right one with --model")
+        log.warning("explain_other_model", result=result.name, model=str(path), sha256=loaded.sha256,
+                    result_sha256=recorded["sha256"])
+    if list(loaded.labels) != list(result.labels):
+        raise ModelError(f"{path}: its labels {loaded.labels} are not the result's {result.labels}")
+    return loaded
+
+
+def _options_of(result) -> ProcessOptions:
+    """The tiling of the run that produced ``result`` (defaults where the provenance lacks a value)."""
+    params = result.provenance.get("parameters") or {}
+    known = {k: params[k] for k in ("tile", "halo", "batch_size", "region_pixels", "block_pixels")
+             if isinstance(params.get(k), int)}
+    return ProcessOptions(**known)
+
+
+def _class_of(result, class_label) -> tuple[object, int]:
+    labels = list(result.labels)
+    if class_label is None:
+        label = result.label
+    else:
+        matches = [v for v in labels if v == class_label or str(v) == str(class_label)]
+        if not matches:
+            raise SemtileError(f"--class {class_label}: not one of the model's labels {labels}")
+        label = matches[0]
+    if label not in labels:
+        raise SemtileError(f"{result.group_path}: predicted label {label!r} is not among its labels {labels}")
+    return label, labels.index(label)
+
+
+def _explain_regions(image, grid: TileGrid, options: ProcessOptions, explainer: TileExplainer, kinds, scratch: Path,
+                     batch_size: int) -> dict:
+    """Out of core: block partial sums -> regions -> one scratch Zarr array per kind (read back by add_maps)."""
+    import zarr
+
+    plan = RegionPlan.for_grid(grid, region=REGION, block_pixels=options.block_pixels)
+    blocks = scratch / "blocks"
+    explain_blocks(image, plan, explainer, blocks, batch_size=batch_size)
+    h, w = grid.shape
+    out = {kind: zarr.create_array(str(scratch / f"{kind}.zarr"), shape=(h, w), dtype="float32",
+                                   chunks=(min(REGION, h), min(REGION, w)), compressors=None, overwrite=True)
+           for kind in kinds}
+    for index, (y0, y1, x0, x1) in enumerate(plan.regions):
+        maps = assemble_region(blocks, plan, index, names=tuple(kinds))
+        for kind in kinds:
+            out[kind][y0:y1, x0:x1] = maps[kind]
+    shutil.rmtree(blocks, ignore_errors=True)
+    return out
+
+
+def explain_store(store: str | Path, kinds: str | Sequence[str] = KINDS, *, class_label=None,
+                  names: Sequence[str] | None = None, model: str | Path | None = None, engine: str = "auto",
+                  batch_size: int | None = None, threads: int | None = None, region_pixels: int | None = None,
+                  scratch: str | Path | None = None, force: bool = False,
+                  progress: Callable[[ExplainOutcome], None] | None = None) -> list[ExplainOutcome]:
+    """Add heat maps (``kinds``: gradcam, cam) to the results of ``store``; one outcome per result.
+
+    ``class_label``: explain this label for every image (default: each image's
+    predicted label). ``names``: only these results. ``region_pixels``
+    overrides the recorded threshold above which a scan is blended out of core.
+    A result already holding the maps for the same classifier and class is
+    skipped unless ``force``. One result's failure is reported and the others go on.
+    """
+    import torch
+
+    from semtile.results import open_results
+    from semtile.store import open_store
+
+    kinds = parse_kinds(kinds)
+    store = Path(store)
+    results = open_results(store)
+    chosen = list(results.names) if names is None else list(names)
+    missing = [n for n in chosen if n not in results]
+    if missing:
+        raise SemtileError(f"{store}: no result named {', '.join(missing)}")
+    if not chosen:
+        raise SemtileError(f"{store}: no results to explain")
+    device, why = torch_device(engine)
+    log.info("explain_engine", engine=f"torch-{device}", asked=engine, reason=why)
+    if threads:
+        torch.set_num_threads(int(threads))
+    writer = open_store(store, mode="a")
+    cache: dict = {}
+    outcomes = []
+    base = Path(scratch) if scratch is not None else store.parent
+    for name in chosen:
+        result = results[name]
+        outcome = ExplainOutcome(name, "ok", kinds)
+        t0 = time.perf_counter()
+        work = None
+        try:
+            loaded = _classifier_for(result, Path(model) if model else None, cache)
+            label, index = _class_of(result, class_label)
+            outcome.class_label = label
+            setting = {"class": "predicted" if class_label is None else label, "classifier_sha256": loaded.sha256}
+            done = result.stored.maps if hasattr(result.stored, "maps") else {}
+            if not force and all(k in done and all(done[k].get(key) == v for key, v in setting.items())
+                                 for k in kinds):
+                outcome.status = "skipped"
+                outcomes.append(outcome)
+                if progress:
+                    progress(outcome)
+                continue
+            options = _options_of(result)
+            image = result.stored.image  # the normalised valid area, float32 in [0, 1], sliced lazily
+            h, w = image.shape[-2:]
+            grid = TileGrid((int(h), int(w)), options.tile, options.halo)
+            explainer = TileExplainer(loaded.network, index, kinds, device=device)
+            limit = options.region_pixels if region_pixels is None else region_pixels
+            size = batch_size or options.batch_size
+            outcome.tiles, outcome.megapixels = len(grid), h * w / 1e6
+            if h * w > limit:
+                outcome.out_of_core = True
+                work = Path(tempfile.mkdtemp(prefix=f".semtile-explain-{uuid.uuid4().hex[:8]}-", dir=base))
+                maps = _explain_regions(image, grid, options, explainer, kinds, work, size)
+            else:
+                maps = explain_array(np.asarray(image[...], dtype=np.float32), grid, explainer, batch_size=size)
+            seconds = time.perf_counter() - t0
+            attrs = {**setting, "label": label, "class_index": index, "kinds": list(kinds),
+                     "method": {"gradcam": "ReLU(sum_c mean(d logit/d A_c) A_c), A = last stage before its max-pool",
+                                "cam": "sum_c w_kc F_c, F = last stage after its max-pool (what the average pool reads)"},
+                     "values": "raw, blended like the mask; normalise the whole map by its max to threshold it",
+                     "classifier_path": str(loaded.path), "engine": f"torch-{device}", "tile": options.tile,
+                     "halo": options.halo, "out_of_core": outcome.out_of_core, "seconds": round(seconds, 3)}
+            writer.add_maps(name, {kind: maps[kind] for kind in kinds}, attrs)
+            outcome.seconds = time.perf_counter() - t0
+            timings = result.attrs.get("timings")
+            if isinstance(timings, dict) and isinstance(timings.get("infer"), (int, float)):
+                outcome.process_infer_seconds = float(timings["infer"])
+            log.info("explained", result=name, kinds=list(kinds), label=label, seconds=round(outcome.seconds, 3),
+                     tiles=outcome.tiles, out_of_core=outcome.out_of_core)
+        except SemtileError as exc:
+            outcome.status, outcome.error = "error", str(exc)
+            log.error("explain_failed", result=name, error=str(exc))
+        except Exception as exc:  # noqa: BLE001 - one result's failure must not stop the others
+            outcome.status, outcome.error = "error", f"{type(exc).__name__}: {exc}"
+            log.error("explain_failed", result=name, error=outcome.error, exc_info=exc)
+        finally:
+            if work is not None:
+                shutil.rmtree(work, ignore_errors=True)
+        outcome.seconds = outcome.seconds or time.perf_counter() - t0
+        outcomes.append(outcome)
+        if progress:
+            progress(outcome)
+    return outcomes
