@@ -16,7 +16,7 @@
    network's reach gives the whole-image pass there exactly), in the bands
    where tiles are blended and elsewhere. Halo 0 for contrast.
 
-    python benchmarks/defects.py --out /tmp/defects-bench --json defects.json [--quick]
+    python benchmarks/defects.py --out defects-bench --json defects.json [--quick]
 
 Everything runs on the CPU with ``--threads`` torch/engine threads (1 by
 default). Takes about 12 minutes on 2 cores (``--quick``: about 3).

@@ -13,7 +13,7 @@ here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/.." && pwd)"
 wheels="${WHEELS:-$here/wheels}"
 python="${PYTHON:-python3}"
-site="${SEMTILE_GPU_SITE:-/tmp/semtile-gpu-site}"
+site="${SEMTILE_GPU_SITE:-${TMPDIR:-/tmp}/semtile-gpu-site}"
 if compgen -G "$wheels/*.whl" >/dev/null; then
     "$python" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" "$wheels"/*.whl
     export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"

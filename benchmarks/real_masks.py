@@ -23,7 +23,7 @@ segmenter (torch-cpu), explained (``semtile explain``), and scored with
 images, scored on the rest). The tables are printed and kept in the work
 folder.
 
-    python benchmarks/real_masks.py [--work /tmp/semtile-real-masks] [--epochs 30] [--steps 25] [--c 16] [--threads 2]
+    python benchmarks/real_masks.py [--work DIR] [--epochs 30] [--steps 25] [--c 16] [--threads 2]
 
 The segmenter is the paper's architecture made small (c = 16, d = 4, n = 1,
 N = 1; 128-pixel crops, batches of 8, 30 x 25 steps) so that training takes a
@@ -38,6 +38,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -140,7 +141,9 @@ def trivial_baseline(work: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--work", type=Path, default=Path("/tmp/semtile-real-masks"))
+    parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "semtile-real-masks",
+                        help="work folder: symbolic links to the data, models, stores, tables (default: "
+                             "semtile-real-masks in the system's temporary folder)")
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--c", type=int, default=16, help="Segmenter channels (d=4, n=1, N=1: a few minutes on 2 cores).")
     parser.add_argument("--steps", type=int, default=25)

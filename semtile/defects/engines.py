@@ -10,6 +10,8 @@ PyTorch takes any tile that is a multiple of ``2**stages``.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import numpy as np
 
 from semtile.defects.modelio import DefectModel
@@ -21,7 +23,7 @@ __all__ = ["DefectEngine", "TorchDefectEngine", "OnnxRuntimeDefectEngine", "Open
 DEFECT_ENGINES = ("torch-cpu", "onnxruntime", "openvino")
 
 
-class DefectEngine:
+class DefectEngine(ABC):
     """One defect model on one backend. Not thread-safe: one per thread."""
 
     name = "engine"
@@ -43,8 +45,9 @@ class DefectEngine:
             raise ValueError(f"the {self.name} engine runs {self.tile}-pixel tiles, got {side}")
         return np.ascontiguousarray(tiles, dtype=np.float32)
 
+    @abstractmethod
     def run(self, tiles: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
+        """Per-pixel output of a batch of tiles (n, T, T), float32."""
 
     @staticmethod
     def _shape(out: np.ndarray) -> np.ndarray:

@@ -26,7 +26,7 @@ from semtile.defects.modelio import DefectModel
 from semtile.defects.networks import inference_module
 from semtile.errors import ModelError
 from semtile.io.discover import sha256_file
-from semtile.models.export import OPSET, cache_root
+from semtile.models.export import OPSET, cache_root, read_manifest
 
 __all__ = ["export_defect_model", "exported_defect_model", "export_defect_model_checked", "read_export_manifest",
            "ONNX_NAME"]
@@ -109,16 +109,7 @@ def export_defect_model_checked(path: str | Path, out: str | Path, *, tile: int 
 
 def read_export_manifest(folder: str | Path, *, verify: bool = True) -> dict:
     """Read ``export.json`` and (by default) check the ONNX file's sha256."""
-    folder = Path(folder)
-    path = folder / MANIFEST
-    if not path.is_file():
-        raise ModelError(f"{folder}: no {MANIFEST}; not a defect model export")
-    manifest = json.loads(path.read_text())
-    if verify:
-        for name, digest in manifest["sha256"].items():
-            if not (folder / name).is_file() or sha256_file(folder / name) != digest:
-                raise ModelError(f"{folder / name}: missing or changed since export (sha256 mismatch)")
-    return manifest
+    return read_manifest(folder, MANIFEST, "not a defect model export", verify=verify)
 
 
 def _verified(folder: Path, sha: str, tile: int) -> bool:

@@ -19,7 +19,7 @@ from torch import nn
 from semtile.defects.networks import DefectArchitecture, build_defect_model
 from semtile.errors import ModelError
 from semtile.io.discover import sha256_file
-from semtile.models.io import card_path
+from semtile.models.io import card_path, load_weights
 
 __all__ = ["CARD_FORMAT", "DefectModel", "save_defect_model", "load_defect_model", "update_card"]
 
@@ -96,14 +96,5 @@ def load_defect_model(path: str | Path, expect: tuple[str, ...] | None = None) -
         raise ModelError(f"{card_file}: not a valid defect model card ({exc})") from exc
     if expect and arch.kind not in expect:
         raise ModelError(f"{path}: expected a {' or '.join(expect)}, the card says {arch.kind}")
-    sha = sha256_file(path)
-    if card.get("sha256") and card["sha256"] != sha:
-        raise ModelError(f"{path}: weights do not match the sha256 in {card_file.name}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        network = build_defect_model(arch)
-        network.load_state_dict(state, strict=True)
-    except Exception as exc:  # torch raises many types for bad files
-        raise ModelError(f"{path}: cannot load weights ({exc})") from exc
-    network.eval()
+    network, sha = load_weights(path, card, lambda: build_defect_model(arch))
     return DefectModel(network=network, arch=arch, card=card, path=path, sha256=sha)

@@ -133,7 +133,7 @@ def _results(paths: list[Path], engine: Engine, bundle: ModelBundle, options: Pr
         from semtile.execution.anomaly import anomaly_engine
 
         runner = anomaly_engine(anomaly)
-    merger = engine.merger_factory() if hasattr(engine, "merger_factory") else None  # GPU engines blend on the GPU
+    merger = engine.merger_factory()  # GPU engines blend on the GPU; None: the in-memory CPU merger
     extra = {"make_merger": merger} if merger is not None else {}
     for job in stream_scans(paths, engine, options, scratch, n_labels=len(bundle.labels), **extra):
         result = None

@@ -262,6 +262,7 @@ def cluster_store(store: str | Path, out: str | Path, *, k: int | None = None, f
     """
     import torch
 
+    from semtile.explain.run import chosen_names
     from semtile.results import open_results
     from semtile.store import open_store
 
@@ -269,12 +270,7 @@ def cluster_store(store: str | Path, out: str | Path, *, k: int | None = None, f
         raise SemtileError(f"--features {features!r}: choose from {', '.join(FEATURES)}")
     store, out = Path(store), Path(out)
     results = open_results(store)
-    chosen = list(results.names) if names is None else list(names)
-    missing = [n for n in chosen if n not in results]
-    if missing:
-        raise SemtileError(f"{store}: no result named {', '.join(missing)}")
-    if not chosen:
-        raise SemtileError(f"{store}: no results to cluster")
+    chosen = chosen_names(results, names, store, "cluster")
     if threads:
         torch.set_num_threads(int(threads))
     dev = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device

@@ -68,6 +68,17 @@ class ExplainOutcome:
         return asdict(self)
 
 
+def chosen_names(results, names: Sequence[str] | None, store: Path, what: str) -> list[str]:
+    """``names`` (default: every result of the store), each checked to be there."""
+    chosen = list(results.names) if names is None else list(names)
+    missing = [n for n in chosen if n not in results]
+    if missing:
+        raise SemtileError(f"{store}: no result named {', '.join(missing)}")
+    if not chosen:
+        raise SemtileError(f"{store}: no results to {what}")
+    return chosen
+
+
 def torch_device(engine: str) -> tuple[str, str]:
     """The torch device heat maps run on for ``--engine``, and a sentence saying why (logged, never silent).
 
@@ -186,12 +197,7 @@ def explain_store(store: str | Path, kinds: str | Sequence[str] = KINDS, *, clas
     kinds = parse_kinds(kinds)
     store = Path(store)
     results = open_results(store)
-    chosen = list(results.names) if names is None else list(names)
-    missing = [n for n in chosen if n not in results]
-    if missing:
-        raise SemtileError(f"{store}: no result named {', '.join(missing)}")
-    if not chosen:
-        raise SemtileError(f"{store}: no results to explain")
+    chosen = chosen_names(results, names, store, "explain")
     device, why = torch_device(engine)
     log.info("explain_engine", engine=f"torch-{device}", asked=engine, reason=why)
     if threads:

@@ -214,7 +214,7 @@ def stream_scans(paths: list[Path], engine: Engine, options: ProcessOptions, scr
     producer.start()
     # Batches submitted to the engine and not yet collected, oldest first: (batch, live parts, handle, t0).
     pending: collections.deque = collections.deque()
-    depth = max(1, int(getattr(engine, "in_flight", 1)))
+    depth = max(1, engine.in_flight)
 
     def collect_oldest() -> None:
         item, live, handle, t0 = pending.popleft()

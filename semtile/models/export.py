@@ -105,10 +105,18 @@ def export_bundle(bundle: ModelBundle, out: str | Path, *, tile: int = 256, halo
 
 def read_bundle_manifest(folder: str | Path, *, verify: bool = True) -> dict:
     """Read ``bundle.json`` and (by default) check every file's sha256."""
+    return read_manifest(folder, MANIFEST, "run `semtile export` first", verify=verify)
+
+
+def read_manifest(folder: str | Path, name: str, missing: str, *, verify: bool = True) -> dict:
+    """Read the export manifest ``name`` in ``folder`` and (by default) check the sha256 of every file it lists.
+
+    ``missing`` completes the error when there is no manifest.
+    """
     folder = Path(folder)
-    path = folder / MANIFEST
+    path = folder / name
     if not path.is_file():
-        raise ModelError(f"{folder}: no {MANIFEST}; run `semtile export` first")
+        raise ModelError(f"{folder}: no {name}; {missing}")
     manifest = json.loads(path.read_text())
     if verify:
         for name, digest in manifest["sha256"].items():

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import Callable
 from importlib import resources
 from pathlib import Path
 
@@ -97,17 +98,25 @@ def load_model(path: str | Path, expect_kind: str | None = None) -> LoadedModel:
         raise ModelError(f"{card_file}: not a valid model card ({exc})") from exc
     if expect_kind and arch.kind != expect_kind:
         raise ModelError(f"{path}: expected a {expect_kind}, the card says {arch.kind}")
+    network, sha = load_weights(path, card, lambda: build_model(arch))
+    return LoadedModel(network=network, arch=arch, labels=labels, card=card, path=path, sha256=sha)
+
+
+def load_weights(path: Path, card: dict, build: Callable[[], nn.Module]) -> tuple[nn.Module, str]:
+    """The network ``build()`` makes, with the state dict at ``path`` checked against the card's sha256.
+
+    Returns the network in eval mode on the CPU and the weights' sha256.
+    """
     sha = sha256_file(path)
     if card.get("sha256") and card["sha256"] != sha:
-        raise ModelError(f"{path}: weights do not match the sha256 in {card_file.name}")
+        raise ModelError(f"{path}: weights do not match the sha256 in {card_path(path).name}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-        network = build_model(arch)
+        network = build()
         network.load_state_dict(state, strict=True)
     except Exception as exc:  # torch raises many types for bad files
         raise ModelError(f"{path}: cannot load weights ({exc})") from exc
-    network.eval()
-    return LoadedModel(network=network, arch=arch, labels=labels, card=card, path=path, sha256=sha)
+    return network.eval(), sha
 
 
 def builtin_bundle_dir() -> Path:
