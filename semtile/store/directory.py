@@ -151,8 +151,12 @@ class DirectoryStore(ResultStore):
         if not self.read_only and self.path.is_dir() and not (self.path / "zarr.json").is_file() \
                 and any(self.path.iterdir()):
             raise SemtileError(f"{self.path}: a folder that is not a Zarr store; refusing to write results into it")
+        # A new root is written once with its format's attributes (zarr writes zarr.json atomically), so a
+        # reader never finds a root that has zarr.json but is not yet marked as a semtile store.
+        new = not self.read_only and not (self.path / "zarr.json").is_file()
         try:
-            self.root = zarr.open_group(str(self.path), mode=mode, zarr_format=3)
+            self.root = zarr.open_group(str(self.path), mode=mode, zarr_format=3,
+                                        **({"attributes": self._new_root_attrs()} if new else {}))
         except Exception as exc:  # noqa: BLE001 - whatever zarr says, this is no store of ours
             raise SemtileError(f"{self.path}: not a semtile result store ({type(exc).__name__}: {exc})") from None
         self._adopt_root(dict(self.root.attrs))
@@ -161,6 +165,10 @@ class DirectoryStore(ResultStore):
         self._occupied: set[str] = set()  # the root's entries then, case-folded
 
     # -- what a format gives --------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def _new_root_attrs(self) -> dict:
+        """The attributes of a new root of this format."""
 
     @abc.abstractmethod
     def _adopt_root(self, attrs: dict) -> None:

@@ -297,6 +297,9 @@ class _Converted:
 class OmeZarrStore(DirectoryStore):
     """A local OME-Zarr (NGFF 0.5, Zarr v3) folder holding one image group per scan; see the module docstring."""
 
+    def _new_root_attrs(self) -> dict:
+        return {"semtile": dict(ROOT_ATTRS)}
+
     def _adopt_root(self, attrs: dict) -> None:
         if "semtile_store" in attrs:
             raise SemtileError(f"{self.path}: a semtile store of the older Zarr-directory format, not OME-Zarr "

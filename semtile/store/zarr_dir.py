@@ -39,6 +39,9 @@ CHUNK = 512
 class ZarrDirectoryStore(DirectoryStore):
     """A local Zarr v3 directory holding one plain group per image (semtile's format before OME-Zarr)."""
 
+    def _new_root_attrs(self) -> dict:
+        return {ROOT_KEY: 1}
+
     def _adopt_root(self, attrs: dict) -> None:
         if isinstance(attrs.get("semtile"), dict) and attrs["semtile"].get("store") == "ome-zarr":
             raise SemtileError(f"{self.path}: an OME-Zarr result store, not a Zarr-directory one "

@@ -311,6 +311,32 @@ def test_read_only_opening_creates_nothing(backend, tmp_path):
     assert [p.name for p in (tmp_path / "other").iterdir()] == ["notes.txt"]
 
 
+def test_a_new_root_is_readable_from_its_first_write(backend, tmp_path, monkeypatch):
+    """A reader polling a store being created never finds zarr.json without the store's mark."""
+    import zarr.storage._local as local
+    real, seen = local._put, []
+
+    def put_checked(path, value, exclusive=False):
+        written = real(path, value, exclusive)
+        if Path(path) == tmp_path / "results" / "zarr.json":
+            seen.append(1)
+            backend.open(tmp_path / "results", "r")  # raises SemtileError if not yet a semtile store
+        return written
+
+    monkeypatch.setattr(local, "_put", put_checked)
+    backend.open(tmp_path / "results", "a")
+    assert seen
+
+
+def test_an_unmarked_zarr_root_is_adopted_for_writing_only(backend, tmp_path):
+    """A bare Zarr group (a run of an older semtile killed while creating it) is marked on "a", refused on "r"."""
+    zarr.open_group(str(tmp_path / "results"), mode="w-", zarr_format=3)
+    with pytest.raises(SemtileError, match="not a semtile result store"):
+        backend.open(tmp_path / "results", "r")
+    put(backend.open(tmp_path / "results", "a"), tmp_path / "a.tif")
+    assert backend.open(tmp_path / "results", "r").names()
+
+
 def test_a_read_only_store_refuses_writes(backend, tmp_path):
     name, result = put(backend.open(tmp_path / "results", "a"), tmp_path / "a.tif")
     reader = backend.open(tmp_path / "results", "r")
