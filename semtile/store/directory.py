@@ -25,6 +25,10 @@ the file owns the name. A result is written whole as a Zarr group under
 renamed aside (``retired``) and deleted once the new one is in. Renames are
 atomic, so a reader sees a complete result or none.
 
+A new store is built beside its path (``.<name>.new~<pid>~<token>``, holding
+only the marked root) and renamed into place, so nobody ever sees a store
+half-created; of two runs creating one store at once, the first rename wins.
+
 ``add_maps`` copies a committed result beside it under ``.semtile/tmp`` (hard
 links, so no bytes are copied and the old result's files are never written:
 Zarr writes every file anew and renames it into place), writes the new maps
@@ -151,18 +155,37 @@ class DirectoryStore(ResultStore):
         if not self.read_only and self.path.is_dir() and not (self.path / "zarr.json").is_file() \
                 and any(self.path.iterdir()):
             raise SemtileError(f"{self.path}: a folder that is not a Zarr store; refusing to write results into it")
-        # A new root is written once with its format's attributes (zarr writes zarr.json atomically), so a
-        # reader never finds a root that has zarr.json but is not yet marked as a semtile store.
-        new = not self.read_only and not (self.path / "zarr.json").is_file()
+        if not self.read_only and not (self.path / "zarr.json").is_file():
+            self._create_root()
         try:
-            self.root = zarr.open_group(str(self.path), mode=mode, zarr_format=3,
-                                        **({"attributes": self._new_root_attrs()} if new else {}))
+            self.root = zarr.open_group(str(self.path), mode=mode, zarr_format=3)
         except Exception as exc:  # noqa: BLE001 - whatever zarr says, this is no store of ours
             raise SemtileError(f"{self.path}: not a semtile result store ({type(exc).__name__}: {exc})") from None
         self._adopt_root(dict(self.root.attrs))
         self._hidden = self.path / HIDDEN
         self._owners: dict[str, str] | None = None  # results when first needed (and this object's writes)
         self._occupied: set[str] = set()  # the root's entries then, case-folded
+
+    def _create_root(self) -> None:
+        """Create the store's folder whole: its marked root is written beside it and renamed into place.
+
+        A reader or a second writer therefore finds no folder, or a folder whose zarr.json carries the
+        store's mark; never a folder being filled (which a second run would refuse as "not a Zarr store")
+        nor an unmarked root. When two runs create one store at once, the first rename wins and the
+        other run opens the winner's store.
+        """
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        staged = self.path.parent / f".{self.path.name}.new~{os.getpid()}~{uuid.uuid4().hex[:12]}"
+        try:
+            zarr.open_group(str(staged), mode="w-", zarr_format=3, attributes=self._new_root_attrs())
+            try:
+                os.rename(staged, self.path)  # replaces an empty folder; fails on a non-empty one
+            except OSError:
+                if not (self.path / "zarr.json").is_file():
+                    raise SemtileError(f"{self.path}: a folder that is not a Zarr store; "
+                                       "refusing to write results into it") from None
+        finally:
+            shutil.rmtree(staged, ignore_errors=True)
 
     # -- what a format gives --------------------------------------------------------------------------
 

@@ -15,6 +15,7 @@ Claims, completion records and temporaries are tested in
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import time
@@ -311,21 +312,64 @@ def test_read_only_opening_creates_nothing(backend, tmp_path):
     assert [p.name for p in (tmp_path / "other").iterdir()] == ["notes.txt"]
 
 
-def test_a_new_root_is_readable_from_its_first_write(backend, tmp_path, monkeypatch):
-    """A reader polling a store being created never finds zarr.json without the store's mark."""
+def at_each_root_write(monkeypatch, folder, action):
+    """Call ``action()`` whenever Zarr is about to publish a root ``zarr.json`` directly under ``folder``.
+
+    The hook runs inside Zarr's atomic write, once its temporary file exists beside the target: the
+    moment another process would find the folder being filled.
+    """
     import zarr.storage._local as local
-    real, seen = local._put, []
+    real, calls = local._atomic_write, []
 
-    def put_checked(path, value, exclusive=False):
-        written = real(path, value, exclusive)
-        if Path(path) == tmp_path / "results" / "zarr.json":
-            seen.append(1)
+    @contextlib.contextmanager
+    def hooked(path, mode, exclusive=False):
+        with real(path, mode, exclusive) as f:
+            if Path(path).name == "zarr.json" and Path(path).parent.parent == folder:
+                calls.append(Path(path))
+                action()
+            yield f
+
+    monkeypatch.setattr(local, "_atomic_write", hooked)
+    return calls
+
+
+def test_a_new_root_is_readable_from_its_first_write(backend, tmp_path, monkeypatch):
+    """A reader polling a store being created finds no store, or a marked one; never an unmarked root."""
+    def read():
+        if (tmp_path / "results").exists():
+            assert (tmp_path / "results" / "zarr.json").is_file()
             backend.open(tmp_path / "results", "r")  # raises SemtileError if not yet a semtile store
-        return written
 
-    monkeypatch.setattr(local, "_put", put_checked)
+    calls = at_each_root_write(monkeypatch, tmp_path, read)
     backend.open(tmp_path / "results", "a")
-    assert seen
+    assert calls
+    read()
+
+
+def test_two_writers_creating_one_store_at_once_both_open_it(backend, tmp_path, monkeypatch):
+    """A second run that starts while the first is creating the store opens it (CI saw it refused as
+    "a folder that is not a Zarr store"); both write into one store, and no staging folder is left."""
+    second = []
+
+    def start_second():
+        if not second:
+            second.append(None)
+            second[0] = backend.open(tmp_path / "results", "a")
+
+    calls = at_each_root_write(monkeypatch, tmp_path, start_second)
+    first = backend.open(tmp_path / "results", "a")
+    assert calls and second[0] is not None
+    put(first, tmp_path / "a.tif")
+    put(second[0], tmp_path / "b.tif")
+    assert len(backend.open(tmp_path / "results", "r").names()) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results"]
+
+
+def test_an_empty_folder_becomes_a_store(backend, tmp_path):
+    (tmp_path / "results").mkdir()
+    put(backend.open(tmp_path / "results", "a"), tmp_path / "a.tif")
+    assert backend.open(tmp_path / "results", "r").names()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results"]
 
 
 def test_an_unmarked_zarr_root_is_adopted_for_writing_only(backend, tmp_path):
