@@ -111,7 +111,7 @@ class OpenVINODefectEngine(DefectEngine):
         except ImportError as exc:
             raise SemtileError("openvino is not installed (pip install openvino)") from exc
         from semtile.defects.export import ONNX_NAME, exported_defect_model
-        from semtile.engines.openvino import openvino_default_precision
+        from semtile.engines.openvino import openvino_cpu_config, openvino_default_precision
 
         if precision not in ("auto", "f32", "bf16"):
             raise SemtileError(f"the openvino defect engine runs f32 or bf16 (or auto), not {precision!r}")
@@ -121,10 +121,8 @@ class OpenVINODefectEngine(DefectEngine):
         core = ov.Core()
         network = core.read_model(str(folder / ONNX_NAME))
         network.reshape({"tiles": ov.PartialShape([-1, 1, self.tile, self.tile])})
-        config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": self.precision}
-        if threads:
-            config["INFERENCE_NUM_THREADS"] = threads
-        self._request = core.compile_model(network, "CPU", config).create_infer_request()
+        self._request = core.compile_model(network, "CPU", openvino_cpu_config(self.precision, threads)
+                                           ).create_infer_request()
 
     def run(self, tiles: np.ndarray) -> np.ndarray:
         return self._shape(np.array(self._request.infer({0: self.check(tiles)[:, None]})[0]))
