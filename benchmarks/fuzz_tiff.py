@@ -94,6 +94,7 @@ class Pipeline:
 
     def batch(self, index: int, cases: list[tuple[Path, str, str]]) -> None:
         from semtile.execution.local import process_scans
+        from semtile.inference.segment import SegmentPass
         from semtile.store import open_store
 
         folder = self.work / f"batch-{index:03d}"
@@ -109,8 +110,8 @@ class Pipeline:
         self.counts["batches"] += 1
         with capture_logs() as events:
             try:
-                summary = process_scans(inputs, self.store_path, engine=self.engine, bundle=self.bundle,
-                                        options=self.options, table=table)
+                summary = process_scans(inputs, self.store_path, options=self.options, table=table,
+                                        passes=[SegmentPass.of_engine(self.engine, self.bundle, self.options)])
             except BaseException as exc:  # noqa: BLE001
                 self.failures.append(f"batch {index} crashed: {type(exc).__name__}: {exc}")
                 self.counts["batch crashes"] += 1

@@ -49,6 +49,7 @@ from semtile.kernels.window import blend_window
 from semtile.models.io import load_bundle
 from semtile.results import open_results
 from semtile.synth import SynthConfig, write_dataset
+from semtile.inference.segment import SegmentPass, segment_pass
 
 TILE, HALO = 256, 32
 
@@ -199,13 +200,13 @@ def main() -> None:
             engine = TorchCUDAEngine(bundle, precision="fp16", batch_size=batch, tile=TILE, compile=best_mode,
                                      keep_on_device=on_device)
             label = "e2e in process, stitch on " + ("GPU" if on_device else "CPU (Numba)")
-            process_scans(scans[:4], work / "warm.zarr", engine=engine, bundle=bundle, options=options,
+            process_scans(scans[:4], work / "warm.zarr", passes=[SegmentPass.of_engine(engine, bundle, options)], options=options,
                           table=work / "warm.csv")
             best = float("inf")
             for i in range(2):
                 out = work / f"e2e-{on_device}-{i}.zarr"
                 t0 = time.perf_counter()
-                summary = process_scans(scans, out, engine=engine, bundle=bundle, options=options,
+                summary = process_scans(scans, out, passes=[SegmentPass.of_engine(engine, bundle, options)], options=options,
                                         table=work / f"e2e-{on_device}-{i}.csv")
                 seconds = time.perf_counter() - t0
                 assert not summary.failed, [o.error for o in summary.failed]
@@ -236,12 +237,13 @@ def main() -> None:
         for workers in [int(w) for w in args.workers.split(",") if w]:
             spec = ClusterSpec(kind="local", workers=workers)
             settings = EngineSettings(tile=TILE, halo=HALO, batch_size=batch, precision="fp16", threads=1)
-            run_process(scans[: 2 * workers], work / "warm-c.zarr", bundle=bundle, engine="torch-cuda",
-                        settings=settings, options=options, force=True, cluster=spec)
+            passes = [segment_pass(bundle, "torch-cuda", settings, options)]
+            run_process(scans[: 2 * workers], work / "warm-c.zarr", passes=passes, options=options, force=True,
+                        cluster=spec)
             shutil.rmtree(work / "warm-c.zarr", ignore_errors=True)
             t0 = time.perf_counter()
-            summary = run_process(scans, work / f"cluster{workers}.zarr", bundle=bundle, engine="torch-cuda",
-                                  settings=settings, options=options, force=True, cluster=spec)
+            summary = run_process(scans, work / f"cluster{workers}.zarr", passes=passes, options=options,
+                                  force=True, cluster=spec)
             label = f"e2e Dask local cluster, {workers} workers sharing the GPU"
             rows[label] = time.perf_counter() - t0
             assert summary.exit_code == 0, [o.error for o in summary.failed]

@@ -37,12 +37,13 @@ from semtile.engines import EngineSettings, create_engine
 from semtile.execution.local import process_scans
 from semtile.inference.options import ProcessOptions
 from semtile.models.io import load_bundle
+from semtile.inference.segment import SegmentPass
 scan, out, region_pixels = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
 bundle, options = load_bundle(None), ProcessOptions(region_pixels=region_pixels)
 engine, _ = create_engine("auto", bundle, EngineSettings(tile=options.tile, halo=options.halo,
                                                           batch_size=options.batch_size))
 t0 = time.perf_counter()
-summary = process_scans([scan], out, engine=engine, bundle=bundle, options=options, table=out.with_suffix(".csv"))
+summary = process_scans([scan], out, passes=[SegmentPass.of_engine(engine, bundle, options)], options=options, table=out.with_suffix(".csv"))
 print(json.dumps({"ok": not summary.failed, "seconds": time.perf_counter() - t0,
                   "engine": engine.describe(), "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """

@@ -57,6 +57,7 @@ from semtile.engines import EngineSettings, create_engine
 from semtile.execution.local import process_scans
 from semtile.inference.options import ProcessOptions
 from semtile.models.io import load_bundle
+from semtile.inference.segment import SegmentPass
 out, scans = Path(sys.argv[1]), [Path(p) for p in sys.argv[2:]]
 bundle, options = load_bundle(None), ProcessOptions()
 engine, _ = create_engine("auto", bundle, EngineSettings(tile=options.tile, halo=options.halo,
@@ -72,7 +73,7 @@ def floor(seconds=4.0):
     return (time.perf_counter() - t0) / (n * batch.size / 1e6)
 before = floor()
 t0 = time.perf_counter()
-summary = process_scans(scans, out, engine=engine, bundle=bundle, options=options, table=out.with_suffix(".csv"))
+summary = process_scans(scans, out, passes=[SegmentPass.of_engine(engine, bundle, options)], options=options, table=out.with_suffix(".csv"))
 seconds = time.perf_counter() - t0
 after = floor()
 print(json.dumps({"code": int(bool(summary.failed)), "seconds": seconds, "engine": engine.describe()["name"],

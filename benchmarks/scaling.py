@@ -34,6 +34,7 @@ from semtile.execution.distributed import ClusterSpec
 from semtile.inference.options import ProcessOptions
 from semtile.models.io import load_bundle
 from semtile.synth import SynthConfig, write_dataset
+from semtile.inference.segment import segment_pass
 
 
 def make_scans(folder: Path, count: int) -> list[Path]:
@@ -47,7 +48,7 @@ def timed_run(scans, out, bundle, engine, threads, cluster=None) -> float:
     options = ProcessOptions()
     settings = EngineSettings(tile=options.tile, halo=options.halo, batch_size=options.batch_size, threads=threads)
     t0 = time.perf_counter()
-    summary = run_process(scans, out, bundle=bundle, engine=engine, settings=settings, options=options,
+    summary = run_process(scans, out, passes=[segment_pass(bundle, engine, settings, options)], options=options,
                           force=True, cluster=cluster)
     seconds = time.perf_counter() - t0
     if summary.exit_code:

@@ -39,6 +39,7 @@ from semtile.inference.sampling import calibration_tiles
 from semtile.io.tiff import open_scan
 from semtile.synth import SynthConfig, synth_surface, write_dataset
 from semtile.inference.split import TileGrid, read_windows
+from semtile.inference.segment import SegmentPass
 
 
 def make_scans(folder: Path, count: int, big: bool) -> list[Path]:
@@ -111,7 +112,7 @@ def main() -> None:
 
     # (a) end to end
     def e2e(paths, name):
-        t, summary = timed(lambda: process_scans(paths, work / f"{name}.zarr", engine=engine, bundle=bundle,
+        t, summary = timed(lambda: process_scans(paths, work / f"{name}.zarr", passes=[SegmentPass.of_engine(engine, bundle, options)],
                                                  options=options, table=work / f"{name}.csv"))
         assert not summary.failed, summary.failed
         return t

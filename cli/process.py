@@ -77,6 +77,7 @@ def process(inputs, out, csv_path, model, classifier, segmenter, engine_name, pr
     from semtile.engines import EngineSettings, check_options
     from semtile.execution.batch import run_process
     from semtile.inference.options import ProcessOptions
+    from semtile.inference.segment import segment_pass
     from semtile.io.discover import discover_scans
     from semtile.models.io import load_bundle
 
@@ -96,20 +97,18 @@ def process(inputs, out, csv_path, model, classifier, segmenter, engine_name, pr
             raise SemtileError(f"--torch-compile applies to the torch-cuda and torch-cpu engines, not {engine_name!r}")
         settings = EngineSettings(tile=tile, halo=options.halo, batch_size=batch_size, precision=precision,
                                   threads=threads, compile=torch_compile)
-        anomaly = None
+        passes = [segment_pass(bundle, engine_name, settings, options)]  # refused here: nothing written yet
         if anomaly_model is not None:
-            from semtile.execution.anomaly import anomaly_spec
+            from semtile.defects.anomaly_pass import anomaly_pass
 
-            anomaly = anomaly_spec(anomaly_model, engine=anomaly_engine, threshold=anomaly_threshold,
-                                   batch_size=batch_size, threads=threads)
+            passes.append(anomaly_pass(anomaly_model, engine=anomaly_engine, threshold=anomaly_threshold,
+                                       batch_size=batch_size, threads=threads))
         elif anomaly_threshold is not None:
             raise SemtileError("--anomaly-threshold goes with --anomaly MODEL")
         with Progress(len(scans), "images") as progress:
-            summary = run_process(scans, out, bundle=bundle, engine=engine_name, settings=settings, options=options,
-                                  csv_path=csv_path, scratch=scratch, force=force, problems=found.problems,
-                                  calibration=lambda todo: _calibration_tiles(todo, options),
-                                  on_image=(lambda _: progress(1)) if progress else None, cluster=where,
-                                  anomaly=anomaly)
+            summary = run_process(scans, out, passes=passes, options=options, csv_path=csv_path, scratch=scratch,
+                                  force=force, problems=found.problems,
+                                  on_image=(lambda _: progress(1)) if progress else None, cluster=where)
     except SemtileError as exc:
         raise click.UsageError(str(exc)) from exc
     for outcome in summary.failed:
@@ -120,9 +119,3 @@ def process(inputs, out, csv_path, model, classifier, segmenter, engine_name, pr
     click.echo(f"{done} done, {len(summary.skipped)} skipped (already complete), {len(summary.failed)} failed"
                + (f"; interrupted by {summary.interrupted}" if summary.interrupted else ""), err=True)
     sys.exit(summary.exit_code)
-
-
-def _calibration_tiles(scans, options):
-    from semtile.inference.sampling import calibration_tiles  # only for int8, only when there is work
-
-    return calibration_tiles(scans, options)

@@ -194,7 +194,7 @@ def calibrate_anomaly_cmd(model: Path, normal: tuple[Path, ...], fpr: float, eng
     pixels lie; it is written into the model's card (the weights and their
     sha256 stay) and `semtile process --anomaly MODEL` uses it.
     """
-    from semtile.execution.anomaly import calibrate_on_scans
+    from semtile.defects.anomaly_pass import calibrate_on_scans
     from semtile.io.discover import discover_scans
 
     try:

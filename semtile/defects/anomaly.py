@@ -53,25 +53,6 @@ def _check_image(image):
     return a
 
 
-def _halo(tile: int, halo: int | None, multiple: int, rule: int) -> int:
-    """The halo, such that every tile sees the image in the same phase of the network's stride grid.
-
-    The network downsamples by ``multiple``; tiles start every ``tile - 2 * halo``
-    pixels, so unless ``2 * halo`` is a multiple of ``multiple`` neighbouring
-    tiles see the scan shifted against that grid and give different maps of the
-    same pixels. The default (``halo=None``) is the rule ``tile // 8`` moved up
-    to the next such value (down where that would break ``4 * halo <= tile``).
-    """
-    step = max(1, multiple // 2)
-    if halo is None:
-        up = -(-rule // step) * step
-        return up if 4 * up <= tile else rule // step * step
-    if (2 * int(halo)) % multiple:
-        raise SemtileError(f"anomaly map: halo {halo} must be a multiple of {step}: the network works on a grid of "
-                           f"{multiple} pixels, and tiles shifted against it would not agree where they overlap")
-    return int(halo)
-
-
 def anomaly_map(image, model_or_engine: DefectModel | DefectEngine, *, tile: int | None = None,
                 halo: int | None = None, batch_size: int = 8,
                 threshold: float | None = None) -> tuple[np.ndarray, float | None]:
@@ -82,7 +63,7 @@ def anomaly_map(image, model_or_engine: DefectModel | DefectEngine, *, tile: int
     image : 2-D float gray in [0, 1] (numpy, or any array :func:`read_windows` reads: a Zarr array...).
     model_or_engine : a loaded autoencoder/VAE (run by PyTorch) or a :class:`DefectEngine`.
     tile, halo : the tile grid; default the engine's tile, else the card's, and the halo rule ``tile // 8``
-        (moved to a multiple of half the network's stride, see :func:`_halo`).
+        (moved to a multiple of half the network's stride: :meth:`~semtile.inference.split.GridRule.derive`).
     batch_size : tiles per engine call.
     threshold : pixel threshold for the fraction; default the one calibrated in the model's card.
 
@@ -92,20 +73,18 @@ def anomaly_map(image, model_or_engine: DefectModel | DefectEngine, *, tile: int
     fraction : share of pixels above the threshold, or None when there is no threshold.
     """
     from semtile.inference.run import run_array
-    from semtile.inference.split import TileGrid, default_halo
+    from semtile.inference.split import GridRule
 
     engine = as_engine(model_or_engine)
     image = _check_image(image)
     tile = int(tile or engine.tile or engine.model.tile)
     if engine.tile is not None and tile != engine.tile:
         raise SemtileError(f"anomaly map: the {engine.name} engine runs {engine.tile}-pixel tiles, not {tile}")
-    if tile % engine.model.arch.multiple:
-        raise SemtileError(f"anomaly map: tile {tile} must be a multiple of {engine.model.arch.multiple} "
-                           f"({engine.model.path})")
-    halo = _halo(tile, halo if halo is not None else (engine.model.halo if tile == engine.model.tile else None),
-                 engine.model.arch.multiple, default_halo(tile))
+    rule = GridRule.derive(tile, halo if halo is not None else (engine.model.halo if tile == engine.model.tile
+                                                                 else None),
+                           multiple=engine.model.arch.multiple, aligned=True, what=f"anomaly map ({engine.model.path})")
     try:
-        grid = TileGrid(tuple(image.shape), tile, int(halo))
+        grid = rule.grid(tuple(image.shape))
     except (TypeError, ValueError) as exc:
         raise SemtileError(f"anomaly map: {exc}") from exc
     merged = run_array(image, grid, lambda tiles: {"anomaly": engine.run(tiles)}, batch_size=batch_size)

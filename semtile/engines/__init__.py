@@ -18,9 +18,10 @@ from semtile.engines.registry import (
     EngineSettings,
     available_engines,
     check_options,
+    is_gpu_engine,
     create_engine,
     resolve_engine,
 )
 
 __all__ = ["Engine", "EngineOutput", "EngineSettings", "ENGINE_NAMES", "AUTO_ORDER", "PRECISIONS",
-           "available_engines", "check_options", "create_engine", "resolve_engine"]
+           "available_engines", "check_options", "is_gpu_engine", "create_engine", "resolve_engine"]

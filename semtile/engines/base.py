@@ -26,7 +26,7 @@ class EngineOutput:
 
     class_logits: np.ndarray  # (n, n_labels) float32
     mask_probs: np.ndarray  # (n, T, T) float32 adhesive probability in [0, 1]; a device tensor where
-    # the engine keeps maps on its device (then its merger_factory() blends them there)
+    # the engine keeps maps on its device (then maps_device() names it, and they are blended there)
 
 
 @dataclass
@@ -61,8 +61,8 @@ class Engine(ABC):
         """The results of a submitted batch (waits for them)."""
         return handle.state
 
-    def merger_factory(self):
-        """A ``TileGrid -> Merger`` for this engine's outputs, or None for the in-memory CPU merger."""
+    def maps_device(self):
+        """``(torch device, stream)`` where this engine leaves its mask maps, or None when they come back as numpy."""
         return None
 
     def describe(self) -> dict:

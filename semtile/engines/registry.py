@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from semtile.models.io import ModelBundle
 
 __all__ = ["PRECISIONS", "EngineEntry", "EngineSettings", "REGISTRY", "ENGINES", "AUTO_ORDER", "ENGINE_NAMES",
-           "canonical_precision", "check_options", "available_engines", "create_engine", "resolve_engine"]
+           "canonical_precision", "check_options", "is_gpu_engine", "available_engines", "create_engine", "resolve_engine"]
 
 PRECISIONS = ("f32", "bf16", "fp16", "int8")  # canonical spellings
 _ALIASES = {"fp32": "f32", "float32": "f32", "float16": "fp16", "half": "fp16", "bfloat16": "bf16"}
@@ -156,6 +156,15 @@ ENGINE_NAMES = ("auto", *AUTO_ORDER)
 
 
 # -- checks --------------------------------------------------------------------------------------
+
+
+#: Engines that run on a GPU: their Dask tasks need the ``GPU`` resource.
+GPU_ENGINES = frozenset({"tensorrt", "torch-cuda"})
+
+
+def is_gpu_engine(name: str) -> bool:
+    """Whether engine ``name`` runs on a GPU."""
+    return name in GPU_ENGINES
 
 
 def canonical_precision(precision: str) -> str:

@@ -24,8 +24,8 @@ run eagerly (same networks, same dtype); ``describe()`` counts those batches.
 
 **Maps on the device.** With ``keep_on_device=True`` the masks that
 ``collect`` returns are CUDA tensors (a view of the slot's buffer, valid
-until the slot is reused), and :meth:`merger_factory` gives a merger that
-blends them into a canvas on the GPU, on the compute stream: only finished
+until the slot is reused), and :meth:`maps_device` names the device and the compute stream, where
+the device merger blends them into a canvas on the GPU: only finished
 whole-image maps come back. ``run`` always returns numpy.
 
 Precision ``f32`` follows PyTorch's TF32 setting for convolutions
@@ -273,12 +273,8 @@ class TorchCUDAEngine(Engine):
         probs = slot.host_probs[:n].numpy().copy() if to_host else slot.dev_probs[:n]
         return EngineOutput(class_logits=logits, mask_probs=probs)
 
-    def merger_factory(self):
-        if not self.keep_on_device:
-            return None
-        from semtile.inference.merge_device import DeviceMerger
-
-        return lambda grid: DeviceMerger(grid, self.device, self.compute_stream)
+    def maps_device(self):
+        return (self.device, self.compute_stream) if self.keep_on_device else None
 
     # -- Engine: synchronous -------------------------------------------------------------------
 

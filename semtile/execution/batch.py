@@ -33,23 +33,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Sequence
 
-from semtile.engines import EngineSettings, create_engine, resolve_engine
 from semtile.errors import SemtileError
+from semtile.execution.outcome import ImageOutcome
 from semtile.execution.resume import output_key, plan_run
 from semtile.inference.options import ProcessOptions
 from semtile.logs import get_logger
 from semtile.store import RunTable, default_csv_path, open_store
 from semtile.store.directory import host_name, process_alive
-
-from semtile.execution.outcome import ImageOutcome
+from semtile.store.table import new_run_id, run_columns, runs_folder, write_current_table
 
 if TYPE_CHECKING:  # the runner (dask, numba) is imported only when there is work: a rerun that skips all is quick
-    from semtile.execution.anomaly import AnomalySpec
     from semtile.execution.distributed import ClusterSpec
-    from semtile.models.io import ModelBundle
-from semtile.store.table import new_run_id, run_columns, runs_folder, write_current_table
+    from semtile.inference.passes import Pass
 
 __all__ = ["Interrupted", "BatchSummary", "run_process", "clean_stale_scratch", "EXIT_OK", "EXIT_FAILED",
            "EXIT_USAGE", "EXIT_INTERRUPTED"]
@@ -126,17 +123,10 @@ def clean_stale_scratch(root: Path) -> int:
     return removed
 
 
-def _run_distributed(todo, store, cluster, engine_name, precision, settings, tiles, bundle, options, key, run_id,
-                     scratch_root, run_table, seen, anomaly=None) -> None:
+def _run_distributed(todo, store, cluster, passes, options, key, run_id, scratch_root, run_table, seen) -> None:
     """The scans to do as tasks on a Dask cluster; outcomes reach the run table as they arrive."""
-    from semtile.execution.distributed import EngineSpec, connect, process_scans_distributed
+    from semtile.execution.distributed import connect, process_scans_distributed
     from semtile.execution.local import add_table_row, scratch_prefix
-
-    spec = EngineSpec(engine=engine_name, precision=precision, tile=settings.tile, halo=options.halo,
-                      batch_size=settings.batch_size, threads=settings.threads,
-                      classifier=str(bundle.classifier.path), segmenter=str(bundle.segmenter.path),
-                      source=bundle.source, sha256=(bundle.classifier.sha256, bundle.segmenter.sha256),
-                      calibration=tiles, compile=settings.compile)
 
     def arrived(outcome: ImageOutcome) -> None:
         add_table_row(run_table, outcome)
@@ -145,47 +135,44 @@ def _run_distributed(todo, store, cluster, engine_name, precision, settings, til
     # Workers write their scratch here: on a cluster it must be a folder every node sees (--scratch).
     with tempfile.TemporaryDirectory(prefix=scratch_prefix(), dir=scratch_root) as tmp, \
             connect(cluster) as (client, workers_on_host):
-        process_scans_distributed(todo, store, client=client, spec=spec, bundle=bundle, options=options, key=key,
+        process_scans_distributed(todo, store, client=client, passes=passes, options=options, key=key,
                                   run_id=run_id, scratch=Path(tmp), workers_on_host=workers_on_host,
-                                  on_outcome=arrived, anomaly=anomaly)
+                                  on_outcome=arrived)
 
 
 def run_process(
     scans: list[Path],
     out: Path,
     *,
-    bundle: ModelBundle,
-    engine: str = "auto",
-    settings: EngineSettings = EngineSettings(),
+    passes: Sequence["Pass"],
     options: ProcessOptions = ProcessOptions(),
     csv_path: Path | None = None,
     scratch: Path | None = None,
     force: bool = False,
     problems: list[tuple[Path, str]] = (),
-    calibration: Callable[[list[Path]], object] | None = None,
     on_image: Callable[[ImageOutcome], None] | None = None,
     cluster: "ClusterSpec | None" = None,
-    anomaly: "AnomalySpec | None" = None,
 ) -> BatchSummary:
-    """Run ``semtile process`` over ``scans`` into the store ``out``; see the module docstring.
+    """Run ``semtile process`` over ``scans`` through ``passes`` into the store ``out``; see the module docstring.
 
-    ``problems`` are inputs that discovery could not list (a symlink loop, an
-    unreadable folder): each is reported as a failed input, and the run goes
-    on. ``calibration`` gives int8 calibration tiles from the scans to do.
-    ``anomaly`` (:func:`semtile.execution.anomaly.anomaly_spec`) adds a whole-scan
-    anomaly map and anomaly fraction per scan. Raises SemtileError for setup
+    ``passes``: the segmenter + classifier pass first
+    (:func:`semtile.inference.segment.segment_pass`), then any other (an
+    anomaly map, a new kind of map). ``problems`` are inputs that discovery
+    could not list (a symlink loop, an unreadable folder): each is reported as
+    a failed input, and the run goes on. Raises SemtileError for setup
     problems, before any image is processed.
     """
     started = time.perf_counter()
     summary = BatchSummary(run_id=new_run_id())
-    options.validate(max(bundle.classifier.arch.multiple, bundle.segmenter.arch.multiple))
-    engine_name, precision, why = resolve_engine(engine, settings.precision)  # refused here: nothing written yet
+    if not passes:
+        raise SemtileError("process needs at least one pass (the segmenter + classifier)")
+    passes = list(passes)
     store = open_store(out)
     table = Path(csv_path) if csv_path else default_csv_path(out)
     summary.table, summary.run_table = table, runs_folder(table) / f"{summary.run_id}.csv"
     scratch_root = Path(scratch) if scratch else Path(tempfile.gettempdir())
     try:
-        run_table = RunTable(summary.run_table, run_id=summary.run_id, columns=run_columns(anomaly))
+        run_table = RunTable(summary.run_table, run_id=summary.run_id, columns=run_columns(passes))
         scratch_root.mkdir(parents=True, exist_ok=True)
         tempfile.TemporaryDirectory(prefix="semtile-probe-", dir=scratch_root).cleanup()
         probe = table.with_name(f".{table.name}.probe-{os.getpid()}")
@@ -194,15 +181,12 @@ def run_process(
     except OSError as exc:
         raise SemtileError(f"{exc.filename or table}: cannot write here ({exc.strerror or exc})") from None
     stale = store.clean_stale(), clean_stale_scratch(scratch_root)
-    key = output_key(bundle, engine_name, precision, options, anomaly)
+    key = output_key(passes)
     plan = plan_run(scans, store, key, force=force)
     summary.skipped = [path for path, _ in plan.skipped]
+    facts = {k: v for p in passes for k, v in p.run_facts().items()}
     log.info("run_start", run_id=summary.run_id, images=len(scans), to_do=len(plan.todo), skipped=len(plan.skipped),
-             stale_temporaries_removed=stale[0], stale_scratch_removed=stale[1], store=str(out), model=bundle.source,
-             engine=engine_name, precision=precision, engine_reason=why,
-             **({"anomaly_model": anomaly.model, "anomaly_engine": anomaly.engine,
-                 "anomaly_engine_reason": anomaly.engine_reason, "anomaly_threshold": anomaly.threshold}
-                if anomaly is not None else {}))
+             stale_temporaries_removed=stale[0], stale_scratch_removed=stale[1], store=str(out), **facts)
     def seen(outcome: ImageOutcome) -> None:  # collected as they come: an interrupted run keeps what it did
         summary.outcomes.append(outcome)
         if on_image:
@@ -217,18 +201,15 @@ def run_process(
                 run_table.add(path=str(path), status="error", error=reason)
                 seen(ImageOutcome(path=Path(path), status="error", error=reason))
             if plan.todo:
-                tiles = calibration(plan.todo) if calibration and precision == "int8" else None
+                ready = [p.prepared(plan.todo) for p in passes]  # e.g. int8 calibration tiles from these scans
                 if cluster is not None:
-                    _run_distributed(plan.todo, store, cluster, engine_name, precision, settings, tiles, bundle,
-                                     options, key, summary.run_id, scratch_root, run_table, seen, anomaly)
+                    _run_distributed(plan.todo, store, cluster, ready, options, key, summary.run_id, scratch_root,
+                                     run_table, seen)
                 else:
                     from semtile.execution.local import process_scans
 
-                    built, _ = create_engine(engine_name, bundle, EngineSettings(**{**settings.__dict__,
-                                                                                    "precision": precision}),
-                                             calibration_tiles=tiles)
-                    process_scans(plan.todo, store, engine=built, bundle=bundle, options=options, table=run_table,
-                                  scratch=scratch_root, on_image=seen, run_id=summary.run_id, anomaly=anomaly)
+                    process_scans(plan.todo, store, passes=ready, options=options, table=run_table,
+                                  scratch=scratch_root, on_image=seen, run_id=summary.run_id)
         except Interrupted as stop:
             summary.interrupted = str(stop)
             log.warning("run_interrupted", run_id=summary.run_id, signal=str(stop))

@@ -4,23 +4,18 @@ The driver (this process) plans, claims and writes the run table; workers
 do the work and write results straight into the store (a shared folder):
 
 * **Small scans** go a few to a task (:func:`process_group`): the worker
-  streams their tiles through its engine, batched across the scans it holds,
-  exactly as the in-process runner does, and writes each result atomically.
+  streams their tiles through the run's passes, batched across the scans it
+  holds, exactly as the in-process runner does, and writes each result atomically.
 * **Large scans** are split into tasks (:mod:`semtile.execution.regions`):
-  prepare -> one task per tile block (engine) -> one task per output region
-  (each region's chunks have one writer) -> finish (commit).
+  prepare -> one task per tile block of each pass -> one task per output
+  region (each region's chunks have one writer; it waits for the blocks of
+  every pass that reach it) -> finish (commit).
 
-Each worker loads its engine once (:class:`EnginePlugin`, a worker plugin)
-and keeps it for all its tasks. Workers run one task at a time
-(``--nthreads 1``; engines are not thread-safe) and give the engine the
-cores of their share of the host. GPU engines' tasks ask for the ``GPU``
-resource, so they run only on workers started with ``--resources GPU=1``.
-
-With ``--anomaly`` every worker also builds the anomaly model's engine
-(:func:`semtile.execution.anomaly.anomaly_engine`, once per process): small
-scans get their anomaly map in :func:`process_group`; a large scan gets one
-task per block of the anomaly model's tiles, and each region task waits for
-the blocks of both grids that reach it.
+Each worker builds the runners of the run's passes once (:class:`PassPlugin`,
+a worker plugin) and keeps them for all its tasks. Workers run one task at a
+time (``--nthreads 1``; engines are not thread-safe) and give the engine the
+cores of their share of the host. Tasks of a pass that runs on a GPU ask for
+the ``GPU`` resource, so they run only on workers started with ``--resources GPU=1``.
 
 A worker that dies (kill -9, a node lost) loses its tasks; the scheduler
 runs them again elsewhere. Every task is idempotent: a result written twice
@@ -34,24 +29,20 @@ import os
 import tempfile
 from collections import Counter
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
-
-import numpy as np
+from typing import Callable, Iterator, Sequence
 
 from semtile.errors import SemtileError
 from semtile.execution.outcome import ImageOutcome
 from semtile.inference.options import ProcessOptions
+from semtile.inference.passes import Pass
 from semtile.logs import get_logger
 
-__all__ = ["ClusterSpec", "EngineSpec", "EnginePlugin", "worker_engine", "connect", "slurm_cluster",
-           "process_scans_distributed", "process_group", "GPU_ENGINES"]
+__all__ = ["ClusterSpec", "PassPlugin", "connect", "slurm_cluster", "process_scans_distributed", "process_group"]
 
 log = get_logger("semtile.process")
 
-#: Engines whose tasks need a GPU worker (``--resources GPU=1``).
-GPU_ENGINES = frozenset({"torch-cuda", "tensorrt"})
 #: Small scans per task: enough pixels to batch across scans, enough tasks to keep every worker busy.
 GROUP_PIXELS = 8 * 2**20
 MAX_GROUP = 8
@@ -76,85 +67,33 @@ class ClusterSpec:
     gpus: int = 0  # per job: --gres=gpu:N and the GPU resource for its worker
 
 
-@dataclass(frozen=True)
-class EngineSpec:
-    """What a worker needs to build the run's engine: picklable, and checked against the model's sha256s."""
-
-    engine: str
-    precision: str
-    tile: int
-    halo: int
-    batch_size: int
-    threads: int | None
-    classifier: str
-    segmenter: str
-    source: str
-    sha256: tuple[str, str]
-    calibration: np.ndarray | None = None
-    compile: str | None = None  # torch engines: a torch.compile mode
-
-    @property
-    def token(self) -> tuple:
-        return (self.engine, self.precision, self.tile, self.halo, self.batch_size, self.threads, self.sha256,
-                self.compile)
-
-
-_ENGINES: dict = {}  # per process: spec token -> (bundle, engine)
-
-
-def worker_engine(spec: EngineSpec):
-    """This process's bundle and engine for ``spec``, built on first use and kept for every later task."""
-    found = _ENGINES.get(spec.token)
-    if found is not None:
-        return found
-    from semtile.engines import EngineSettings, create_engine
-    from semtile.models.io import load_bundle
-
-    bundle = replace(load_bundle(None, classifier=spec.classifier, segmenter=spec.segmenter), source=spec.source)
-    got = (bundle.classifier.sha256, bundle.segmenter.sha256)
-    if got != spec.sha256:
-        raise SemtileError(f"the model files changed since the run started ({spec.classifier}, {spec.segmenter}): "
-                           f"sha256 {got} != {spec.sha256}")
-    threads = spec.threads
-    if threads is None:  # this worker's share of the host's cores
-        threads = max(1, len(os.sched_getaffinity(0)) // max(1, int(os.environ.get("SEMTILE_WORKERS_ON_HOST", 1))))
-    engine, _ = create_engine(spec.engine, bundle, EngineSettings(tile=spec.tile, halo=spec.halo,
-                                                                  batch_size=spec.batch_size,
-                                                                  precision=spec.precision, threads=threads,
-                                                                  compile=spec.compile,
-                                                                  device=int(os.environ.get("SEMTILE_CUDA_DEVICE", 0))),
-                              calibration_tiles=spec.calibration)
-    _ENGINES.clear()  # one engine per worker: a new run's spec replaces the last
-    _ENGINES[spec.token] = (bundle, engine)
-    return bundle, engine
-
-
 try:
     from distributed.diagnostics.plugin import WorkerPlugin as _WorkerPlugin
 except ImportError:  # dask.distributed is a dependency; this only keeps the module importable without it
     _WorkerPlugin = object
 
 
-class EnginePlugin(_WorkerPlugin):
-    """Builds the run's engine on every worker when it joins (warm before its first task)."""
+class PassPlugin(_WorkerPlugin):
+    """Builds the runners of the run's passes on every worker when it joins (warm before its first task)."""
 
-    name = "semtile-engine"
+    name = "semtile-passes"
 
-    def __init__(self, spec: EngineSpec, workers_on_host: dict[str, int] | None = None):
-        self.spec, self.workers_on_host = spec, workers_on_host or {}
+    def __init__(self, passes: Sequence[Pass], workers_on_host: dict[str, int] | None = None):
+        self.passes, self.workers_on_host = tuple(passes), workers_on_host or {}
 
     def setup(self, worker) -> None:
         share = self.workers_on_host.get(worker.address)
         if share:
             os.environ["SEMTILE_WORKERS_ON_HOST"] = str(share)
-        if self.spec.engine in GPU_ENGINES:
+        if any(p.gpu for p in self.passes):
             # Workers of one host take its GPUs in turn (worker k: GPU k mod count). A worker whose
             # CUDA_VISIBLE_DEVICES names one GPU (a SLURM job, a launcher) sees it as device 0.
             host = _host(worker.address)
             peers = sorted(a for a in self.workers_on_host if _host(a) == host) or [worker.address]
             rank = peers.index(worker.address) if worker.address in peers else 0
             os.environ["SEMTILE_CUDA_DEVICE"] = str(rank % max(1, _cuda_devices()))
-        worker_engine(self.spec)
+        for p in self.passes:
+            p.runner()
 
 
 def _host(address: str) -> str:
@@ -174,51 +113,39 @@ def _cuda_devices() -> int:
 # -- tasks (run on workers) ------------------------------------------------------------------------------
 
 
-def process_group(spec: EngineSpec, paths: list[str], store_path: str, options: ProcessOptions, run_id: str,
-                  scratch: str, anomaly=None) -> list[ImageOutcome]:
-    """A few small scans through this worker's engine (batched across them) into the store."""
-    from semtile.execution.local import _results, _store_one, scratch_prefix
+def process_group(passes: Sequence[Pass], paths: list[str], store_path: str, options: ProcessOptions, run_id: str,
+                  scratch: str) -> list[ImageOutcome]:
+    """A few small scans through this worker's runners (batched across them) into the store."""
+    from semtile.execution.local import scan_results, scratch_prefix, store_one
     from semtile.store import open_store
 
-    bundle, engine = worker_engine(spec)
     store = open_store(store_path)
     outcomes = []
     with tempfile.TemporaryDirectory(prefix=scratch_prefix(), dir=scratch) as tmp:
-        for job, result in _results([Path(p) for p in paths], engine, bundle, options, Path(tmp), run_id, anomaly):
+        for job, result, row in scan_results([Path(p) for p in paths], passes, options, Path(tmp), run_id):
             try:
-                outcomes.append(_store_one(job, result, store))
+                outcomes.append(store_one(job, result, row, store))
             finally:
                 job.release()
     return outcomes
 
 
-def _block_task(spec: EngineSpec, rs, block: int, prepared: float):
+def _block_task(rs, pass_name: str, block: int, prepared: float):
     from semtile.execution.regions import run_block
 
-    _, engine = worker_engine(spec)
-    return run_block(rs, block, engine)
-
-
-def _anomaly_block_task(rs, block: int, prepared: float) -> tuple[float, dict]:
-    from semtile.execution.anomaly import anomaly_engine
-    from semtile.execution.regions import run_anomaly_block
-
-    runner = anomaly_engine(rs.anomaly)
-    return run_anomaly_block(rs, block, runner), runner.describe()
+    return run_block(rs, pass_name, block)
 
 
 def _region_task(rs, region: int, *blocks):
     from semtile.execution.regions import write_region_output
 
-    return write_region_output(rs, region)
+    return write_region_output(rs, region, blocks)
 
 
-def _finish_task(rs, blocks: list, regions: list, context, prepared: float, anomaly_blocks: list = ()) -> ImageOutcome:
+def _finish_task(rs, blocks: list, regions: list, key: dict, run_id: str, prepared: float) -> ImageOutcome:
     from semtile.execution.regions import finish_region_scan
 
-    anomaly_blocks = list(anomaly_blocks)
-    return finish_region_scan(rs, blocks, regions, context, prepared, sum(b[0] for b in anomaly_blocks),
-                              anomaly_blocks[0][1] if anomaly_blocks else None)
+    return finish_region_scan(rs, blocks, regions, key, run_id, prepared)
 
 
 # -- the driver ------------------------------------------------------------------------------------------
@@ -303,35 +230,41 @@ def _groups(paths: list[Path], pixels: dict[Path, int], workers: int) -> list[li
     return groups
 
 
-def process_scans_distributed(scans: list[Path], store, *, client, spec: EngineSpec, bundle, options: ProcessOptions,
+def process_scans_distributed(scans: list[Path], store, *, client, passes: Sequence[Pass], options: ProcessOptions,
                               key: dict, run_id: str, scratch: Path, workers_on_host: dict[str, int],
-                              on_outcome: Callable[[ImageOutcome], None], anomaly=None) -> list[ImageOutcome]:
+                              on_outcome: Callable[[ImageOutcome], None]) -> list[ImageOutcome]:
     """Every scan as tasks on ``client``'s cluster; ``on_outcome`` sees each outcome as it arrives."""
     from distributed import as_completed
 
-    from semtile.execution.local import failed_outcome, region_outcome
-    from semtile.execution.regions import (FinishContext, discard_region_scan, prepare_region_scan, scan_pixels,
-                                           start_region_scan)
+    from semtile.execution.local import large_scans
+    from semtile.execution.outcome import failed_outcome, log_outcome
+    from semtile.execution.regions import discard_region_scan, prepare_region_scan, start_region_scan
+    from semtile.io.tiff import scan_pixels
 
-    client.register_plugin(EnginePlugin(spec, workers_on_host), name=EnginePlugin.name)
+    passes = tuple(passes)
+    client.register_plugin(PassPlugin(passes, workers_on_host), name=PassPlugin.name)
     n_workers = max(1, len(workers_on_host))
     log.info("dask_cluster", dashboard=client.dashboard_link, scheduler=client.scheduler.address, workers=n_workers)
-    resources = {"GPU": 1} if spec.engine in GPU_ENGINES else None
-    pixels = {p: scan_pixels(p, options) for p in scans}
-    large = [p for p in scans if store.supports_regions and pixels[p] > options.region_pixels]
-    chosen = frozenset(large)
+    gpu = {"GPU": 1}
+
+    def resources(needs_gpu: bool):
+        return gpu if needs_gpu else None
+
+    any_gpu = any(p.gpu for p in passes)
+    pixels = {p: scan_pixels(p, options.page) for p in scans}
+    chosen = frozenset(large_scans(scans, options, store))
+    large = [p for p in scans if p in chosen]
     small = [p for p in scans if p not in chosen]
-    context = FinishContext(bundle.provenance(), list(bundle.labels), key, run_id, anomaly)
     outcomes: list[ImageOutcome] = []
     futures = {}  # future -> (kind, what)
     for i, group in enumerate(_groups(small, pixels, n_workers)):
-        future = client.submit(process_group, spec, [str(p) for p in group], str(store.path), options, run_id,
-                               str(scratch), anomaly, key=f"semtile-group-{run_id}-{i}", resources=resources)
+        future = client.submit(process_group, passes, [str(p) for p in group], str(store.path), options, run_id,
+                               str(scratch), key=f"semtile-group-{run_id}-{i}", resources=resources(any_gpu))
         futures[future] = ("group", group)
     staged = {}
     for index, path in enumerate(large):
         try:
-            rs = start_region_scan(index, path, options, store, scratch, anomaly)
+            rs = start_region_scan(index, path, passes, options, store, scratch)
         except Exception as exc:  # noqa: BLE001 - a bad header: this scan fails, the run goes on
             outcome = failed_outcome(path, exc)
             outcomes.append(outcome)
@@ -340,16 +273,13 @@ def process_scans_distributed(scans: list[Path], store, *, client, spec: EngineS
         staged[path] = rs
         tag = f"{run_id}-{index}"
         prepared = client.submit(prepare_region_scan, rs, key=f"semtile-prepare-{tag}")
-        blocks = [client.submit(_block_task, spec, rs, b.index, prepared, key=f"semtile-block-{tag}-{b.index}",
-                                resources=resources) for b in rs.plan.blocks]
-        anomaly_blocks = [] if rs.anomaly_plan is None else [
-            client.submit(_anomaly_block_task, rs, b.index, prepared, key=f"semtile-anomaly-{tag}-{b.index}")
-            for b in rs.anomaly_plan.blocks]
-        regions = [client.submit(_region_task, rs, i, *[blocks[c] for c in rs.plan.contributors(region)],
-                                 *([anomaly_blocks[c] for c in rs.anomaly_plan.contributors(region)]
-                                   if rs.anomaly_plan is not None else []),
-                                 key=f"semtile-region-{tag}-{i}") for i, region in enumerate(rs.plan.regions)]
-        finish = client.submit(_finish_task, rs, blocks, regions, context, prepared, anomaly_blocks,
+        blocks = {(p.name, b.index): client.submit(_block_task, rs, p.name, b.index, prepared,
+                                                   key=f"semtile-block-{tag}-{p.name}-{b.index}",
+                                                   resources=resources(p.gpu))
+                  for p in passes for b in rs.plans[p.name].blocks}
+        regions = [client.submit(_region_task, rs, i, *[blocks[c] for c in rs.contributors(i)],
+                                 key=f"semtile-region-{tag}-{i}") for i in range(len(rs.regions))]
+        finish = client.submit(_finish_task, rs, list(blocks.values()), regions, key, run_id, prepared,
                                key=f"semtile-finish-{tag}")
         futures[finish] = ("large", path)
     try:
@@ -363,7 +293,10 @@ def process_scans_distributed(scans: list[Path], store, *, client, spec: EngineS
                     log.error("task_failed", scans=[str(p) for p in what], error=reason)
                     done = [ImageOutcome(path=Path(p), status="error", error=reason) for p in what]
             else:
-                done = [region_outcome(what, future.result)]
+                try:
+                    done = [log_outcome(future.result())]
+                except Exception as exc:  # noqa: BLE001 - one bad scan never stops the others
+                    done = [failed_outcome(what, exc)]
                 discard_region_scan(staged.pop(what))
             for outcome in done:
                 outcomes.append(outcome)

@@ -19,29 +19,22 @@ from pathlib import Path
 from semtile.io.discover import image_sha256
 from semtile.store import ResultStore
 
-__all__ = ["RECORD_FORMAT", "OUTPUT_PARAMETERS", "output_key", "input_identity", "completion_record", "Plan",
-           "plan_run"]
+__all__ = ["RECORD_FORMAT", "output_key", "input_identity", "completion_record", "Plan", "plan_run"]
 
 RECORD_FORMAT = "semtile-completion/1"
-#: The ProcessOptions fields that change a result.
-OUTPUT_PARAMETERS = ("tile", "halo", "threshold", "page", "databar_rows")
 
 
-def output_key(bundle, engine_name: str, precision: str, options, anomaly=None) -> dict:
-    """Everything besides the input that decides a result, as stored in its record.
+def output_key(passes) -> dict:
+    """Everything besides the input that decides a result, as stored in its record: each pass's part.
 
     The one place the key is made: the plan of a rerun (before any engine is
-    built) and the record written with each result must agree exactly.
-    ``anomaly`` (an :class:`~semtile.execution.anomaly.AnomalySpec`) adds the
-    anomaly model's sha256, engine, grid and threshold: a rerun with another
-    anomaly model or threshold redoes the image.
+    built) and the record written with each result must agree exactly. A
+    rerun with another model, engine, grid or threshold of any pass redoes
+    the image.
     """
-    key = {"format": RECORD_FORMAT,
-           "model_sha256": {"classifier": bundle.classifier.sha256, "segmenter": bundle.segmenter.sha256},
-           "engine": {"name": engine_name, "precision": precision},
-           "parameters": {k: getattr(options, k) for k in OUTPUT_PARAMETERS}}
-    if anomaly is not None:
-        key["anomaly"] = anomaly.key()
+    key: dict = {"format": RECORD_FORMAT}
+    for p in passes:
+        key.update(p.key())
     return key
 
 

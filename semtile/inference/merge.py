@@ -8,8 +8,17 @@ merger is blended with the same raised-cosine window (a partition of unity,
 so there are no seams and no tile-wise normalisation) and divided by the same
 accumulated weights.
 
-:class:`BlendMerger` keeps its canvases in memory; an out-of-core merger
-writing region by region into the result store implements the same interface.
+Three implementations of one interface:
+
+* :class:`BlendMerger`: canvases in memory (numpy, the Numba kernel);
+* :class:`~semtile.inference.merge_device.DeviceMerger`: canvases on the
+  engine's torch device (the GPU), so tile maps never leave it;
+* :class:`~semtile.inference.regions.RegionMerger`: out of core, tile block by
+  tile block into partial sums on disk, read back region by region.
+
+A merger takes the tiles in its own :attr:`Merger.order` (row-major, or
+block by block out of core). :func:`make_merger` builds the one that
+:func:`~semtile.inference.strategy.merge_strategy` chose.
 """
 
 from __future__ import annotations
@@ -22,7 +31,7 @@ from semtile.inference.split import TileGrid
 from semtile.kernels.stitch import accumulate_tiles, normalise_canvas
 from semtile.kernels.window import blend_window
 
-__all__ = ["Merger", "BlendMerger"]
+__all__ = ["Merger", "BlendMerger", "make_merger"]
 
 
 class Merger(ABC):
@@ -31,9 +40,19 @@ class Merger(ABC):
     def __init__(self, grid: TileGrid):
         self.grid = grid
 
+    @property
+    def order(self) -> np.ndarray:
+        """Grid indices of the tiles in the order :meth:`add` takes them (default: row-major)."""
+        return np.arange(len(self.grid), dtype=np.int64)
+
+    def batches(self, batch_size: int) -> list[tuple[int, int]]:
+        """(first, count) of the batches of at most ``batch_size`` tiles a runner feeds this merger."""
+        n = len(self.order)
+        return [(f, min(batch_size, n - f)) for f in range(0, n, batch_size)]
+
     @abstractmethod
     def add(self, first: int, **maps: np.ndarray) -> None:
-        """Add the maps of tiles ``first .. first + n - 1`` of the grid (row-major order).
+        """Add the maps of tiles ``order[first .. first + n - 1]`` of the grid.
 
         Each keyword is one named output, float32 ``(n, T, T)`` or ``(n, C, T, T)``;
         every call names the same outputs.
@@ -41,7 +60,7 @@ class Merger(ABC):
 
     @abstractmethod
     def finish(self) -> dict[str, np.ndarray]:
-        """The blended maps, ``(H, W)`` or ``(C, H, W)`` float32 each; the merger is spent."""
+        """The blended maps, ``(H, W)`` or ``(C, H, W)`` float32 each (array-likes out of core); the merger is spent."""
 
 
 class BlendMerger(Merger):
@@ -94,3 +113,26 @@ class BlendMerger(Merger):
             out[name] = canvas
         self._canvases, self._weights = {}, None
         return out
+
+
+def make_merger(strategy: str, grid: TileGrid, *, device=None, stream=None, folder=None, block_pixels=None,
+                region: int | None = None) -> Merger:
+    """The merger of ``strategy`` (:func:`~semtile.inference.strategy.merge_strategy`) for ``grid``.
+
+    ``device``/``stream``: where a runner keeps its maps (device); ``folder``,
+    ``block_pixels`` and ``region``: the partial sums' folder and the plan (regions).
+    """
+    from semtile.inference.strategy import DEVICE, MEMORY, REGION_SIDE, REGIONS
+
+    if strategy == MEMORY:
+        return BlendMerger(grid)
+    if strategy == DEVICE:
+        from semtile.inference.merge_device import DeviceMerger
+
+        return DeviceMerger(grid, device, stream)
+    if strategy == REGIONS:
+        from semtile.inference.regions import RegionMerger, RegionPlan
+
+        plan = RegionPlan.for_grid(grid, region=region or REGION_SIDE, block_pixels=block_pixels)
+        return RegionMerger(plan, folder)
+    raise ValueError(f"unknown merge strategy {strategy!r}")

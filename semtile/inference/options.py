@@ -5,15 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from semtile.errors import SemtileError
-from semtile.kernels.window import default_halo
+from semtile.inference.split import GridRule
+from semtile.inference.strategy import BLOCK_PIXELS, REGION_PIXELS
 
 __all__ = ["MIN_SIDE", "REGION_PIXELS", "ProcessOptions"]
 
 #: Smallest valid area (either side) semtile will analyse; smaller ones are reported.
 MIN_SIDE = 16
-#: Scans whose frame (from the header) has more pixels than this are blended region by region, out of core (bounded memory);
-#: smaller ones in memory, several at once, batched across scans.
-REGION_PIXELS = 16 * 2**20
 
 
 @dataclass(frozen=True)
@@ -28,17 +26,18 @@ class ProcessOptions:
     databar_rows: int | None = None
     max_pixels: int | None = None  # pixel budget per scan, from its header (None: the reader's default)
     region_pixels: int = REGION_PIXELS  # larger scans go region by region (0: every scan)
-    block_pixels: int = 3072  # region by region: side of the tile blocks one engine task blends (~150 MB each)
+    block_pixels: int = BLOCK_PIXELS  # region by region: side of the tile blocks one engine task blends
 
     def __post_init__(self) -> None:
         if self.halo is None:
-            object.__setattr__(self, "halo", default_halo(self.tile))
+            object.__setattr__(self, "halo", GridRule.derive(self.tile).halo)
+
+    def rule(self, multiple: int) -> GridRule:
+        """The segmenter's grid rule for these options (SemtileError when the tile or halo does not fit)."""
+        return GridRule.derive(self.tile, self.halo, multiple=multiple)
 
     def validate(self, multiple: int) -> None:
-        if self.tile % multiple:
-            raise SemtileError(f"--tile {self.tile} must be a multiple of {multiple} (2**d of the model)")
-        if self.halo < 0 or 4 * self.halo > self.tile:
-            raise SemtileError(f"--halo {self.halo} must be between 0 and tile/4 = {self.tile // 4}")
+        self.rule(multiple)
         if self.batch_size < 1:
             raise SemtileError("--batch-size must be at least 1")
         if not 0.0 < self.threshold < 1.0:

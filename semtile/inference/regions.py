@@ -36,17 +36,16 @@ from typing import Callable, Mapping
 
 import numpy as np
 
+from semtile.inference.merge import Merger
 from semtile.inference.split import TileGrid, read_windows
 from semtile.kernels.stitch import accumulate_tiles
 from semtile.kernels.window import blend_window
 
-__all__ = ["RegionPlan", "TileBlock", "BlockSums", "accumulate_block", "save_block", "load_block_part",
-           "assemble_region", "WEIGHTS"]
+__all__ = ["RegionPlan", "TileBlock", "BlockSums", "RegionMerger", "BlendedMap", "accumulate_block", "save_block",
+           "load_block_part", "assemble", "assemble_region", "WEIGHTS"]
 
 #: Name of the weight canvas among a block's saved partial sums.
 WEIGHTS = "weights"
-#: Side of a tile block's cores, in pixels, aimed at: ~80 MB of canvases, ~64 MB of tiles per block.
-BLOCK_PIXELS = 3072
 
 
 @dataclass(frozen=True)
@@ -57,6 +56,10 @@ class TileBlock:
     rows: tuple[int, int]
     cols: tuple[int, int]
     extent: tuple[int, int, int, int]  # (y0, y1, x0, x1), clipped to the image
+
+    @property
+    def tile_count(self) -> int:
+        return (self.rows[1] - self.rows[0]) * (self.cols[1] - self.cols[0])
 
     def tile_indices(self, grid: TileGrid) -> np.ndarray:
         """Row-major grid indices of the block's tiles."""
@@ -84,6 +87,8 @@ class RegionPlan:
     @classmethod
     def for_grid(cls, grid: TileGrid, *, region: int, block_pixels: int | None = None) -> "RegionPlan":
         """Blocks of about ``block_pixels`` (default :data:`BLOCK_PIXELS`) per side, whole tiles."""
+        from semtile.inference.strategy import BLOCK_PIXELS
+
         return cls(grid, max(1, (block_pixels or BLOCK_PIXELS) // grid.core), region)
 
     @cached_property
@@ -129,6 +134,134 @@ class BlockSums:
     collected: dict  # per-tile outputs gathered in tile order (e.g. class logits)
 
 
+class RegionMerger(Merger):
+    """The out-of-core merger: tiles block by block into partial sums saved under ``folder``.
+
+    It takes the tiles of ``blocks`` (default: all of the plan's) block after
+    block (:attr:`order`); each block's canvases (a numerator per map and one
+    weight canvas, unnormalised) are saved as soon as its last tile is added,
+    and ``on_block(index)`` is called. :meth:`finish` gives each map as a
+    :class:`BlendedMap`, which reads any window of the blended map back from
+    the saved partial sums of the blocks that reach it. Memory: one block of
+    canvases at a time, whatever the scan's size.
+    """
+
+    def __init__(self, plan: RegionPlan, folder: str | Path | None, blocks: list[int] | None = None,
+                 on_block: Callable[[int], None] | None = None, save: bool = True):
+        super().__init__(plan.grid)
+        self.plan, self.folder, self.on_block, self.save = plan, folder, on_block, save
+        self.blocks = [plan.blocks[b] for b in (range(len(plan.blocks)) if blocks is None else blocks)]
+        self._order = np.concatenate([b.tile_indices(plan.grid) for b in self.blocks]) if self.blocks else \
+            np.zeros(0, dtype=np.int64)
+        self._ends = np.cumsum([b.tile_count for b in self.blocks])
+        self.window = blend_window(plan.grid.tile, plan.grid.halo)
+        self._current = 0  # index into self.blocks of the block being filled
+        self._added = 0
+        self._sums: BlockSums | None = None
+        self.saved: list[BlockSums] = []  # with save=False: every block's sums, kept in memory
+        self._names: dict[str, int] = {}  # map -> channels (0: one plane)
+
+    @property
+    def order(self) -> np.ndarray:
+        return self._order
+
+    def batches(self, batch_size: int) -> list[tuple[int, int]]:
+        """(first, count) of batches of at most ``batch_size`` tiles that never straddle two blocks."""
+        out, start = [], 0
+        for end in self._ends:
+            out += [(f, min(batch_size, int(end) - f)) for f in range(start, int(end), batch_size)]
+            start = int(end)
+        return out
+
+    def _open(self) -> BlockSums:
+        if self._sums is None:
+            block = self.blocks[self._current]
+            y0, y1, x0, x1 = block.extent
+            self._sums = BlockSums(block, {}, np.zeros((y1 - y0, x1 - x0), dtype=np.float32), {})
+        return self._sums
+
+    def _close(self) -> None:
+        sums = self._sums
+        if self.save:
+            save_block(self.folder, sums)
+        else:
+            self.saved.append(sums)
+        self._sums = None
+        self._current += 1
+        if self.on_block is not None:
+            self.on_block(sums.block.index)
+
+    def add(self, first: int, **maps) -> None:
+        if not maps:
+            raise ValueError("add() needs at least one named map")
+        n = len(next(iter(maps.values())))
+        if first != self._added:
+            raise ValueError(f"tiles must come in order: expected tile {self._added} of the merger, got {first}")
+        if first + n > len(self._order):
+            raise ValueError(f"tiles {first}..{first + n - 1} are outside the merger's {len(self._order)} tiles")
+        done = 0
+        while done < n:
+            sums = self._open()
+            end = int(self._ends[self._current])
+            take = min(n - done, end - (first + done))
+            y0, _, x0, _ = sums.block.extent
+            origins = self.grid.origins[self._order[first + done: first + done + take]] - \
+                np.array([y0, x0], dtype=np.int64)
+            add_weights = True
+            for name, value in maps.items():
+                value = np.ascontiguousarray(np.asarray(value[done: done + take]), dtype=np.float32)
+                channels = value.shape[1] if value.ndim == 4 else 0
+                if self._names.setdefault(name, channels) != channels:
+                    raise ValueError(f"map {name!r} changed its number of channels")
+                if name not in sums.maps:
+                    shape = sums.weights.shape if not channels else (channels, *sums.weights.shape)
+                    sums.maps[name] = np.zeros(shape, dtype=np.float32)
+                planes = [(sums.maps[name], value)] if not channels else \
+                    [(sums.maps[name][c], np.ascontiguousarray(value[:, c])) for c in range(channels)]
+                for plane, plane_tiles in planes:
+                    accumulate_tiles(plane, sums.weights if add_weights else None, plane_tiles, origins, self.window)
+                    add_weights = False
+            done += take
+            if first + done == end:
+                self._close()
+        self._added += n
+
+    def finish(self) -> dict:
+        if self._added != len(self._order):
+            raise ValueError(f"the merger got {self._added} of its {len(self._order)} tiles")
+        return {name: BlendedMap(self.folder, self.plan, name, channels) for name, channels in self._names.items()}
+
+
+class BlendedMap:
+    """One blended map of an out-of-core merge, read window by window from the saved partial sums.
+
+    ``shape`` is ``(H, W)`` (or ``(C, H, W)``); ``map[y0:y1, x0:x1]`` gives that
+    window, float32, equal to :class:`~semtile.inference.merge.BlendMerger`'s
+    up to the order of float32 additions. Small and picklable: a task on
+    another worker reads the same window.
+    """
+
+    def __init__(self, folder: str | Path, plan: RegionPlan, name: str, channels: int = 0):
+        self.folder, self.plan, self.name, self.channels = str(folder), plan, name, channels
+        self.shape = (*((channels,) if channels else ()), *plan.grid.shape)
+        self.dtype = np.dtype(np.float32)
+        self.ndim = len(self.shape)
+
+    def __getitem__(self, key) -> np.ndarray:
+        h, w = self.plan.grid.shape
+        if key is Ellipsis:
+            key = (slice(None), slice(None))
+        if not (isinstance(key, tuple) and len(key) == 2 and all(isinstance(k, slice) and k.step in (None, 1)
+                                                                 for k in key)):
+            raise TypeError(f"a blended map is read by a window [y0:y1, x0:x1], got {key!r}")
+        (y0, y1, _), (x0, x1, _) = key[0].indices(h), key[1].indices(w)
+        return assemble(self.folder, self.plan, (y0, y1, x0, x1), (self.name,))[self.name]
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        out = self[...]
+        return out if dtype is None else out.astype(dtype)
+
+
 def accumulate_block(image, plan: RegionPlan, block: TileBlock,
                      infer: Callable[[np.ndarray], Mapping[str, np.ndarray]], *, batch_size: int = 8,
                      collect: tuple[str, ...] = ()) -> BlockSums:
@@ -137,35 +270,17 @@ def accumulate_block(image, plan: RegionPlan, block: TileBlock,
     ``infer`` maps a batch ``(n, T, T)`` to named outputs: those in ``collect``
     are gathered per tile, the others are maps ``(n, T, T)`` or ``(n, C, T, T)``.
     """
-    grid = plan.grid
-    y0, y1, x0, x1 = block.extent
-    window = blend_window(grid.tile, grid.halo)
-    origins = grid.origins[block.tile_indices(grid)]
-    local = origins - np.array([y0, x0], dtype=np.int64)  # canvas coordinates; what falls outside is clipped
-    weights = np.zeros((y1 - y0, x1 - x0), dtype=np.float32)
-    maps: dict[str, np.ndarray] = {}
+    merger = RegionMerger(plan, None, blocks=[block.index], save=False)
     gathered: dict[str, list] = {name: [] for name in collect}
-    for first in range(0, len(origins), batch_size):
-        tiles = read_windows(image, origins[first: first + batch_size], grid.tile)
-        outputs = infer(tiles)
-        add_weights = True
-        for name, value in outputs.items():
-            value = np.asarray(value)
-            if name in gathered:
-                gathered[name].append(value)
-                continue
-            value = np.ascontiguousarray(value, dtype=np.float32)
-            if name not in maps:
-                shape = weights.shape if value.ndim == 3 else (value.shape[1], *weights.shape)
-                maps[name] = np.zeros(shape, dtype=np.float32)
-            planes = [(maps[name], value)] if value.ndim == 3 else \
-                [(maps[name][c], np.ascontiguousarray(value[:, c])) for c in range(value.shape[1])]
-            for plane, plane_tiles in planes:
-                accumulate_tiles(plane, weights if add_weights else None, plane_tiles,
-                                 local[first: first + len(value)], window)
-                add_weights = False
-    collected = {name: np.concatenate(parts) for name, parts in gathered.items()}
-    return BlockSums(block, maps, weights, collected)
+    origins = plan.grid.origins[merger.order]
+    for first, count in merger.batches(batch_size):
+        outputs = infer(read_windows(image, origins[first: first + count], plan.grid.tile))
+        for name in gathered:
+            gathered[name].append(np.asarray(outputs[name]))
+        merger.add(first, **{k: v for k, v in outputs.items() if k not in gathered})
+    sums = merger.saved[0]
+    sums.collected = {name: np.concatenate(parts) for name, parts in gathered.items()}
+    return sums
 
 
 def _block_file(folder: Path, block: int, name: str) -> Path:
@@ -200,8 +315,14 @@ def load_block_part(folder: str | Path, block: TileBlock, name: str,
 
 def assemble_region(folder: str | Path, plan: RegionPlan, region_index: int,
                     names: tuple[str, ...] = ("mask",)) -> dict[str, np.ndarray]:
-    """The blended maps of one output region, from the saved partial sums of the blocks that reach it."""
-    region = plan.regions[region_index]
+    """The blended maps of output region ``region_index`` of ``plan``, from the saved partial sums."""
+    return assemble(folder, plan, plan.regions[region_index], names)
+
+
+def assemble(folder: str | Path, plan: RegionPlan, region: tuple[int, int, int, int],
+             names: tuple[str, ...] = ("mask",)) -> dict[str, np.ndarray]:
+    """The blended maps of the window ``region`` (y0, y1, x0, x1), from the saved partial sums of the blocks
+    that reach it."""
     y0, y1, x0, x1 = region
     contributors = [plan.blocks[b] for b in plan.contributors(region)]
     weights = np.zeros((y1 - y0, x1 - x0), dtype=np.float32)

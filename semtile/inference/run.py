@@ -1,18 +1,19 @@
-"""The runner: tiles of many scans through one engine, batch by batch, into mergers.
+"""The runner: the tiles of many scans through a list of passes, batch by batch, into mergers.
 
-Two stages run at once, joined by a bounded queue, so that the engine never
-waits on files:
+Two stages run at once, joined by a bounded queue, so that no runner waits on files:
 
 * **prepare** (a thread): open each scan lazily (tifffile -> Zarr store ->
   Dask), drop the data bar, write the normalised image with Dask as a chunked
-  Zarr array in a scratch store, read overlapping tiles from it with a halo
-  (reflected at the edges) and pack them into batches. Batches run across
-  scans: the tail of one scan's tiles shares a batch with the head of the next.
-* **infer** (the calling thread): run each batch through the engine, hand each
-  scan's tile maps to its merger and keep its tile class logits.
+  Zarr array in a scratch store, and for every pass read the tiles of its own
+  grid (tile and halo of its :class:`~semtile.inference.split.GridRule`,
+  reflected at the edges) into that pass's batches. Batches run across scans:
+  the tail of one scan's tiles shares a batch with the head of the next.
+* **infer** (the calling thread): each batch through its pass's runner; the
+  maps into the scan's merger for that pass, the per-tile vectors in tile order.
 
-:func:`run_array` is the same split -> run -> merge path for one image held in
-memory, with any function of a batch of tiles (training and search use it).
+:func:`run_pass` is the same split -> run -> merge path for one image held in
+an array, for one pass, in memory or out of core; :func:`run_array` the same
+with any function of a batch of tiles (training and search use it).
 
 One bad scan is marked failed and skipped; the others go on.
 """
@@ -27,25 +28,27 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Mapping
+from typing import Callable, Iterator, Mapping, Sequence
 
 import dask.array as da
 import numpy as np
 import zarr
 
-from semtile.engines import Engine
 from semtile.errors import ImageError, ImageTooSmallError, SemtileError
-from semtile.inference.merge import BlendMerger, Merger
+from semtile.inference.merge import BlendMerger, Merger, make_merger
 from semtile.inference.options import MIN_SIDE, ProcessOptions
+from semtile.inference.passes import Pass, PassRunner
 from semtile.inference.split import TileGrid, read_windows
+from semtile.inference.strategy import REGIONS, merge_strategy
 from semtile.io.tiff import ScanInfo, open_scan
 from semtile.logs import get_logger
 
-__all__ = ["MIN_SIDE", "ProcessOptions", "TileJob", "stream_scans", "run_array"]
+__all__ = ["MIN_SIDE", "ProcessOptions", "ScanJob", "stream_scans", "run_pass", "run_array", "infer_timing_key",
+           "normalised_copy"]
 
 log = get_logger("semtile.process")
 
-#: Batches of tiles prepared ahead of the engine.
+#: Batches of tiles prepared ahead of the runners.
 QUEUE_DEPTH = 4
 #: Columns of one chunk of the scratch array (its rows are one tile core): a row of
 #: tiles is then a read of a few chunks, not of one chunk per tile.
@@ -54,17 +57,22 @@ SCRATCH_BAND_COLS = 4096
 SYNCHRONOUS_PREPARE_PIXELS = 16 * 2**20
 
 
+def infer_timing_key(index: int, p: Pass) -> str:
+    """The timing a pass's runner time is recorded under: ``infer`` for the first pass, else the pass's name."""
+    return "infer" if index == 0 else p.name
+
+
 @dataclass(eq=False)
-class TileJob:
-    """One scan on its way through the stages; ``maps`` and ``logits`` are complete at its end."""
+class ScanJob:
+    """One scan on its way through the stages; ``maps`` and ``vectors`` (by pass name) are complete at its end."""
 
     index: int
     path: Path
     info: ScanInfo | None = None
-    grid: TileGrid | None = None
-    merger: Merger | None = None
-    logits: np.ndarray | None = None  # (tiles, labels), filled in tile order
-    maps: dict[str, np.ndarray] = field(default_factory=dict)
+    grids: dict[str, TileGrid] = field(default_factory=dict)
+    mergers: dict[str, Merger] = field(default_factory=dict)
+    vectors: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # pass -> name -> (tiles, K)
+    maps: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # pass -> name -> blended map
     image: zarr.Array | None = None  # the normalised valid area (scratch), until release()
     error: str | None = None
     error_kind: str = ""
@@ -86,57 +94,75 @@ class TileJob:
             shutil.rmtree(self.scratch, ignore_errors=True)
             self.scratch = None
 
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.info.valid_shape
+
 
 @dataclass
 class _Batch:
+    index: int  # which pass
     tiles: np.ndarray  # (n, T, T)
-    parts: list  # (job, first tile index in the job, first row in the batch, count)
+    parts: list  # (job, first tile index in the job's merger order, first row in the batch, count)
 
 
 @dataclass
 class _End:
-    job: TileJob
+    job: ScanJob
 
 
-def _prepare(job: TileJob, options: ProcessOptions, scratch: Path, n_labels: int,
-             make_merger: Callable[[TileGrid], Merger]) -> zarr.Array:
-    """Open the scan and write its normalised valid area to a scratch Zarr array."""
-    t0 = time.perf_counter()
-    with open_scan(job.path, page=options.page, databar_rows=options.databar_rows,
+def normalised_copy(path: Path, options: ProcessOptions, target: Path, core: int, *, threads: bool | None = None):
+    """Open the scan and write its normalised valid area to a new Zarr array at ``target``; (info, array).
+
+    Chunked by tile core: tiles are then cheap rectangular reads whatever the TIFF's own
+    strip or tile layout. Uncompressed: it lives only for this run.
+    """
+    with open_scan(path, page=options.page, databar_rows=options.databar_rows,
                    max_pixels=options.max_pixels) as scan:
-        job.info = info = scan.info
+        info = scan.info
         rows, cols = info.valid_shape
         if rows < MIN_SIDE or cols < MIN_SIDE:
-            raise ImageTooSmallError(job.path, f"valid area {rows}x{cols} pixels is smaller than {MIN_SIDE}x{MIN_SIDE}")
-        job.grid = grid = TileGrid((rows, cols), options.tile, options.halo)
-        # Chunked by tile core: tiles are then cheap rectangular reads whatever the TIFF's
-        # own strip or tile layout. Uncompressed: it lives only for this run.
-        job.scratch = scratch / f"{job.path.stem[:40]}-{uuid.uuid4().hex[:8]}.zarr"
-        normalised = zarr.create_array(str(job.scratch), shape=(rows, cols), dtype="float32",
-                                       chunks=(min(grid.core, rows), min(SCRATCH_BAND_COLS, cols)),
+            raise ImageTooSmallError(path, f"valid area {rows}x{cols} pixels is smaller than {MIN_SIDE}x{MIN_SIDE}")
+        normalised = zarr.create_array(str(target), shape=(rows, cols), dtype="float32",
+                                       chunks=(min(core, rows), min(SCRATCH_BAND_COLS, cols)),
                                        compressors=None, overwrite=True)
         # Dask blocks aligned with the Zarr chunks: every chunk has exactly one writer.
         # Small scans are written on this thread: the engine already has the cores, and
         # handing a few dozen blocks to a thread pool costs more than it saves.
-        small = rows * cols <= SYNCHRONOUS_PREPARE_PIXELS
+        small = rows * cols <= SYNCHRONOUS_PREPARE_PIXELS if threads is None else not threads
         da.store(scan.valid().rechunk(normalised.chunks), normalised, lock=False,
                  scheduler="synchronous" if small else "threads")
-    job.merger = make_merger(grid)
+    return info, normalised
+
+
+def _prepare(job: ScanJob, passes: Sequence[Pass], runners: Sequence[PassRunner], options: ProcessOptions,
+             scratch: Path) -> zarr.Array:
+    """Open the scan, write its normalised valid area to scratch, and give it a grid and merger per pass."""
+    t0 = time.perf_counter()
+    job.scratch = scratch / f"{job.path.stem[:40]}-{uuid.uuid4().hex[:8]}.zarr"
+    core = passes[0].rule.tile - 2 * passes[0].rule.halo
+    job.info, normalised = normalised_copy(job.path, options, job.scratch, core)
+    for p, runner in zip(passes, runners):
+        grid = job.grids[p.name] = p.rule.grid(job.shape)
+        strategy = merge_strategy(0, regions_possible=False, device=runner.device)
+        job.mergers[p.name] = make_merger(strategy, grid, device=runner.device, stream=runner.stream)
+        # Preallocated: each batch fills its rows, so a scan of any number of tiles costs O(tiles).
+        job.vectors[p.name] = {name: np.empty((len(grid), width), dtype=np.float32)
+                               for name, width in p.vector_widths().items()}
     job.image = normalised
-    # Preallocated: each batch fills its rows, so a scan of any number of tiles costs O(tiles).
-    job.logits = np.empty((len(grid), n_labels), dtype=np.float32)
     job.timings["read"] += time.perf_counter() - t0
     return normalised
 
 
-def _produce(paths: list[Path], options: ProcessOptions, scratch: Path, n_labels: int,
-             make_merger: Callable[[TileGrid], Merger], out: queue.Queue, stop: threading.Event) -> None:
-    """Prepare scans in order and emit full batches of tiles (across scans), then job ends."""
-    size, tile = options.batch_size, options.tile
-    buffer = np.empty((size, tile, tile), dtype=np.float32)
-    parts: list = []
-    filled = 0
-    waiting_ends: list[TileJob] = []
+def _produce(paths: list[Path], passes: Sequence[Pass], runners: Sequence[PassRunner], options: ProcessOptions,
+             scratch: Path, out: queue.Queue, stop: threading.Event) -> None:
+    """Prepare scans in order and emit full batches of tiles (per pass, across scans), then job ends."""
+    sizes = [p.batch_size for p in passes]
+    tiles = [p.rule.tile for p in passes]
+    buffers = [np.empty((n, t, t), dtype=np.float32) for n, t in zip(sizes, tiles)]
+    parts: list[list] = [[] for _ in passes]
+    filled = [0 for _ in passes]
+    waiting_ends: list[ScanJob] = []
 
     def put(item) -> None:
         while not stop.is_set():
@@ -146,80 +172,90 @@ def _produce(paths: list[Path], options: ProcessOptions, scratch: Path, n_labels
             except queue.Full:
                 continue
 
-    def flush() -> None:
-        nonlocal buffer, parts, filled
-        if filled:
-            put(_Batch(tiles=buffer[:filled], parts=parts))
-            buffer = np.empty((size, tile, tile), dtype=np.float32)
-            parts, filled = [], 0
-        for job in waiting_ends:
+    def emit(i: int) -> None:
+        if filled[i]:
+            put(_Batch(index=i, tiles=buffers[i][:filled[i]], parts=parts[i]))
+            buffers[i] = np.empty((sizes[i], tiles[i], tiles[i]), dtype=np.float32)
+            parts[i], filled[i] = [], 0
+
+    def ends() -> None:
+        # A job ends once no partial batch of any pass holds its tiles.
+        held = {id(part[0]) for pass_parts in parts for part in pass_parts}
+        for job in [j for j in waiting_ends if id(j) not in held]:
+            waiting_ends.remove(job)
             put(_End(job))
-        waiting_ends.clear()
 
     try:
         for index, path in enumerate(paths):
             if stop.is_set():
                 return
-            job = TileJob(index, path)
+            job = ScanJob(index, path)
             try:
-                source = _prepare(job, options, scratch, n_labels, make_merger)
-                origins = job.grid.origins
-                done = 0
-                while done < len(origins):
-                    take = min(size - filled, len(origins) - done)
-                    t0 = time.perf_counter()
-                    buffer[filled: filled + take] = read_windows(source, origins[done: done + take], tile)
-                    job.timings["read"] += time.perf_counter() - t0
-                    parts.append((job, done, filled, take))
-                    filled += take
-                    done += take
-                    if filled == size:
-                        flush()
+                source = _prepare(job, passes, runners, options, scratch)
+                for i, p in enumerate(passes):
+                    merger = job.mergers[p.name]
+                    origins = job.grids[p.name].origins[merger.order]
+                    done = 0
+                    while done < len(origins):
+                        take = min(sizes[i] - filled[i], len(origins) - done)
+                        t0 = time.perf_counter()
+                        buffers[i][filled[i]: filled[i] + take] = read_windows(source, origins[done: done + take],
+                                                                              tiles[i])
+                        job.timings["read"] += time.perf_counter() - t0
+                        parts[i].append((job, done, filled[i], take))
+                        filled[i] += take
+                        done += take
+                        if filled[i] == sizes[i]:
+                            emit(i)
+                            ends()
             except Exception as exc:  # noqa: BLE001 - one file's failure must not stop the batch
                 job.fail(exc)
             waiting_ends.append(job)
-            if not filled:
-                flush()
-        flush()
+            ends()
+        for i in range(len(passes)):
+            emit(i)
+        ends()
     finally:
         put(None)
 
 
-def _end(job: TileJob) -> TileJob:
+def _end(job: ScanJob) -> ScanJob:
     if job.error is None:
         t0 = time.perf_counter()
         try:
-            job.maps = job.merger.finish()
+            job.maps = {name: merger.finish() for name, merger in job.mergers.items()}
         except Exception as exc:  # noqa: BLE001
             job.fail(exc)
         job.timings["stitch"] += time.perf_counter() - t0
-    job.merger = None
+    job.mergers = {}
     if job.error is not None:
         job.release()
     return job
 
 
-def stream_scans(paths: list[Path], engine: Engine, options: ProcessOptions, scratch: Path, *, n_labels: int,
-                 make_merger: Callable[[TileGrid], Merger] = BlendMerger) -> Iterator[TileJob]:
+def stream_scans(paths: list[Path], passes: Sequence[Pass], options: ProcessOptions,
+                 scratch: Path) -> Iterator[ScanJob]:
     """Run the prepare and infer stages; yield each job, in input order, when its last tile is merged.
 
-    A yielded job holds ``maps`` (``mask``: the blended adhesive probability),
-    ``logits`` (one row per tile) and ``image`` (the normalised scan in scratch,
-    kept until the caller's ``job.release()``), or ``error``.
+    A yielded job holds ``maps`` and ``vectors`` by pass name and ``image``
+    (the normalised scan in scratch, kept until the caller's ``job.release()``),
+    or ``error``.
     """
+    runners = [p.runner() for p in passes]
     items: queue.Queue = queue.Queue(maxsize=QUEUE_DEPTH)
     stop = threading.Event()
-    producer = threading.Thread(target=_produce, args=(paths, options, scratch, n_labels, make_merger, items, stop),
+    producer = threading.Thread(target=_produce, args=(paths, passes, runners, options, scratch, items, stop),
                                 name="semtile-prepare", daemon=True)
     producer.start()
-    # Batches submitted to the engine and not yet collected, oldest first: (batch, live parts, handle, t0).
-    pending: collections.deque = collections.deque()
-    depth = max(1, engine.in_flight)
+    # Per pass, batches submitted and not yet collected, oldest first: (batch, live parts, handle, t0).
+    pending: list[collections.deque] = [collections.deque() for _ in passes]
+    timing = [infer_timing_key(i, p) for i, p in enumerate(passes)]
 
-    def collect_oldest() -> None:
-        item, live, handle, t0 = pending.popleft()
+    def collect_oldest(i: int) -> None:
+        item, live, handle, t0 = pending[i].popleft()
+        p = passes[i]
         try:
-            out = engine.collect(handle)
+            out = runners[i].collect(handle)
         except Exception as exc:  # noqa: BLE001 - the batch's scans fail, the run goes on
             for job, *_ in live:
                 job.fail(exc)
@@ -229,39 +265,103 @@ def stream_scans(paths: list[Path], engine: Engine, options: ProcessOptions, scr
         for job, first, row, count in live:
             if job.error is not None:
                 continue
-            job.merger.add(first, mask=out.mask_probs[row: row + count])
-            job.logits[first: first + count] = out.class_logits[row: row + count]
-            job.timings["infer"] += (t1 - t0) * count / n
+            merger = job.mergers[p.name]
+            if out.maps:
+                merger.add(first, **{k: v[row: row + count] for k, v in out.maps.items()})
+            where = merger.order[first: first + count]
+            for name, values in out.vectors.items():
+                job.vectors[p.name][name][where] = values[row: row + count]
+            job.timings[timing[i]] = job.timings.get(timing[i], 0.0) + (t1 - t0) * count / n
         t2 = time.perf_counter()
         for job, _, _, count in live:
             job.timings["stitch"] += (t2 - t1) * count / n
+
+    def holds(job: ScanJob) -> bool:
+        return any(part[0] is job for queue_ in pending for entry in queue_ for part in entry[1])
 
     try:
         while (item := items.get()) is not None:
             if isinstance(item, _End):
                 # Its last batches first: collect until no pending batch holds this job.
-                while any(p[0] is item.job for entry in pending for p in entry[1]):
-                    collect_oldest()
+                while holds(item.job):
+                    for i in range(len(passes)):
+                        if any(part[0] is item.job for entry in pending[i] for part in entry[1]):
+                            collect_oldest(i)
                 yield _end(item.job)
                 continue
-            live = [p for p in item.parts if p[0].error is None]
+            live = [part for part in item.parts if part[0].error is None]
             if not live:
                 continue
+            i = item.index
             t0 = time.perf_counter()
             try:
-                handle = engine.submit(item.tiles)
+                handle = runners[i].submit(item.tiles)
             except Exception as exc:  # noqa: BLE001 - the batch's scans fail, the run goes on
                 for job, *_ in live:
                     job.fail(exc)
                 continue
-            pending.append((item, live, handle, t0))
-            if len(pending) >= depth:
-                collect_oldest()
-        while pending:
-            collect_oldest()
+            pending[i].append((item, live, handle, t0))
+            if len(pending[i]) >= max(1, runners[i].in_flight):
+                collect_oldest(i)
+        for i in range(len(passes)):
+            while pending[i]:
+                collect_oldest(i)
     finally:
         stop.set()
         producer.join()
+
+
+def run_pass(image, p: Pass, *, region_pixels: int | None = None, block_pixels: int | None = None,
+             scratch: Path | None = None, runner: PassRunner | None = None) -> tuple[dict, dict]:
+    """Every tile of pass ``p``'s grid over ``image`` (2-D, sliceable: numpy or zarr) through its runner.
+
+    Blended in memory, or out of core when the image has more than
+    ``region_pixels`` pixels (partial sums under ``scratch``; each map then
+    written region by region into a scratch Zarr array there). Returns
+    ``(maps, vectors)``: the blended maps by name and the per-tile vectors in
+    row-major tile order.
+    """
+    runner = runner if runner is not None else p.runner()
+    shape = tuple(int(s) for s in image.shape[-2:])
+    grid = p.rule.grid(shape)
+    strategy = merge_strategy(shape[0] * shape[1], region_pixels=region_pixels if region_pixels is not None
+                              else ProcessOptions().region_pixels, regions_possible=scratch is not None,
+                              device=runner.device)
+    blocks = None
+    if strategy == REGIONS:
+        blocks = Path(scratch) / f"blocks-{uuid.uuid4().hex[:8]}"
+    merger = make_merger(strategy, grid, device=runner.device, stream=runner.stream, folder=blocks,
+                         block_pixels=block_pixels)
+    order = merger.order
+    origins = grid.origins[order]
+    vectors = {name: np.empty((len(grid), width), dtype=np.float32) for name, width in p.vector_widths().items()}
+    merged = False
+    for first, count in merger.batches(p.batch_size):
+        out = runner.run(read_windows(image, origins[first: first + count], grid.tile))
+        for name, values in out.vectors.items():
+            vectors[name][order[first: first + count]] = values
+        if out.maps:
+            merger.add(first, **out.maps)
+            merged = True
+    maps = merger.finish() if merged else {}
+    if strategy == REGIONS and maps:
+        maps = _materialise(maps, merger.plan, Path(scratch))
+        shutil.rmtree(blocks, ignore_errors=True)
+    return maps, vectors
+
+
+def _materialise(maps: dict, plan, scratch: Path) -> dict:
+    """Out-of-core maps written region by region into scratch Zarr arrays (bounded memory)."""
+    out = {}
+    for name, blended in maps.items():
+        target = zarr.create_array(str(scratch / f"{name}-{uuid.uuid4().hex[:8]}.zarr"), shape=blended.shape,
+                                   dtype="float32", chunks=(*blended.shape[:-2], *(min(plan.region, s)
+                                                                                   for s in blended.shape[-2:])),
+                                   compressors=None, overwrite=True)
+        for y0, y1, x0, x1 in plan.regions:
+            target[..., y0:y1, x0:x1] = blended[y0:y1, x0:x1]
+        out[name] = target
+    return out
 
 
 def run_array(image, grid: TileGrid, infer: Callable[[np.ndarray], Mapping[str, np.ndarray]], *,

@@ -23,9 +23,7 @@ import numpy as np
 
 from semtile.kernels.window import default_halo  # the one halo rule, beside the window it shapes
 
-__all__ = ["TileGrid", "default_halo", "read_windows"]
-
-
+__all__ = ["GridRule", "TileGrid", "default_halo", "read_windows"]
 
 def _check_int(name: str, value: object) -> int:
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
@@ -127,6 +125,52 @@ class TileGrid:
         y1 = np.minimum(o[:, 0] + self.core, h)
         x1 = np.minimum(o[:, 1] + self.core, w)
         return np.stack([o[:, 0], o[:, 1], y1, x1], axis=1)
+
+
+@dataclass(frozen=True)
+class GridRule:
+    """A pass's tile and halo: derived and checked here once, then trusted by every runner and merger.
+
+    ``multiple`` is the network's stride (``2**d``): the tile must be a multiple
+    of it. ``aligned`` passes also need every tile to see the image in the same
+    phase of that stride grid (``2 * halo`` a multiple of it): otherwise
+    neighbouring tiles see the scan shifted and give different maps of the
+    same pixels. Build one with :meth:`derive`.
+    """
+
+    tile: int
+    halo: int
+    multiple: int = 1
+
+    @classmethod
+    def derive(cls, tile: int, halo: int | None = None, *, multiple: int = 1, aligned: bool = False,
+               what: str = "") -> "GridRule":
+        """The rule for ``tile`` and ``halo`` (``None``: :func:`default_halo`, moved onto the phase grid when
+        ``aligned``); SemtileError naming ``what`` (e.g. ``--tile``, a model file) when a value is out of range."""
+        from semtile.errors import SemtileError
+
+        where = f"{what}: " if what else ""
+        tile, multiple = _check_int("tile", tile), _check_int("multiple", multiple)
+        if tile < 1 or tile % multiple:
+            raise SemtileError(f"{where}--tile {tile} must be a multiple of {multiple} (2**d of the model)")
+        step = max(1, multiple // 2)
+        if halo is None:
+            rule = default_halo(tile)
+            halo = rule
+            if aligned:
+                up = -(-rule // step) * step
+                halo = up if 4 * up <= tile else rule // step * step
+        halo = _check_int("halo", halo)
+        if halo < 0 or 4 * halo > tile:
+            raise SemtileError(f"{where}--halo {halo} must be between 0 and tile/4 = {tile // 4}")
+        if aligned and (2 * halo) % multiple:
+            raise SemtileError(f"{where}halo {halo} must be a multiple of {step}: the network works on a grid of "
+                               f"{multiple} pixels, and tiles shifted against it would not agree where they overlap")
+        return cls(tile, halo, multiple)
+
+    def grid(self, shape: tuple[int, int]) -> "TileGrid":
+        """The tile grid of this rule over an image of ``shape`` (rows, cols)."""
+        return TileGrid(tuple(int(s) for s in shape), self.tile, self.halo)
 
 
 def _reflect_index(idx: np.ndarray, n: int) -> np.ndarray:

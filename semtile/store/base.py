@@ -183,6 +183,30 @@ class ResultStore(abc.ABC):
         store is read-only.
         """
 
+    # -- results written region by region (large scans, maybe from many processes) --------------------
+    # Stores with ``supports_regions`` implement these; the others refuse.
+
+    def stage(self, shape: tuple[int, int], pixel_size_m: Any = None, maps: Any = ()) -> Path:
+        """A new temporary result of ``shape`` with empty arrays (and the extra ``maps``), for region writes."""
+        raise SemtileError(f"{self.path}: this store cannot write results region by region")
+
+    def region_levels(self, shape: tuple[int, int], side: int) -> int:
+        """Pyramid levels ``0..k`` a region of ``side`` pixels writes itself (the coarser ones are built at commit)."""
+        raise SemtileError(f"{self.path}: this store cannot write results region by region")
+
+    def write_region(self, staged: str | Path, y0: int, x0: int, *, image: Any, binary_mask: Any, mask: Any,
+                     levels: int, maps: Mapping[str, Any] | None = None) -> None:
+        """Write one region of a staged result at ``(y0, x0)``; regions must be aligned so no chunk has two writers."""
+        raise SemtileError(f"{self.path}: this store cannot write results region by region")
+
+    def staged_arrays(self, staged: str | Path) -> dict[str, Any]:
+        """The staged result's ``image``, ``mask`` and ``binary_mask`` arrays (to build its ImageResult)."""
+        raise SemtileError(f"{self.path}: this store cannot write results region by region")
+
+    def commit(self, name: str, staged: str | Path, result: ImageResult, *, built_levels: int) -> None:
+        """Finish a staged result whose regions are all written and publish it under ``name``, atomically."""
+        raise SemtileError(f"{self.path}: this store cannot write results region by region")
+
     @abc.abstractmethod
     def names(self) -> list[str]:
         """The names of the completed results, sorted; never temporary or partial ones."""

@@ -54,7 +54,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 import zarr
@@ -403,6 +403,20 @@ class OmeZarrStore(DirectoryStore):
         for name, dtype in specs.items():
             _create_map_group(group, name, shape, map_dtype(np.zeros(0, dtype)), jsonable(pixel_size_m))
         return staged
+
+    def region_levels(self, shape: tuple[int, int], side: int) -> int:
+        if side % CHUNK:
+            raise ValueError(f"regions of {side} pixels are not whole chunks of {CHUNK}")
+        return min(int(side // CHUNK).bit_length() - 1, len(level_shapes(tuple(shape))) - 1)
+
+    def write_region(self, staged: str | Path, y0: int, x0: int, *, image: Any, binary_mask: Any, mask: Any,
+                     levels: int, maps: Mapping[str, Any] | None = None) -> None:
+        write_region(staged, y0, x0, image=image, binary_mask=binary_mask, mask=mask, levels=levels,
+                     maps=dict(maps or {}))
+
+    def staged_arrays(self, staged: str | Path) -> dict[str, Any]:
+        group = zarr.open_group(str(staged), mode="r")
+        return {"image": group["0"], "mask": group["mask"], "binary_mask": group[f"labels/{LABEL}/0"]}
 
     def commit(self, name: str, staged: str | Path, result: ImageResult, *, built_levels: int) -> None:
         """Finish a staged group whose regions are all written (levels ``0..built_levels``) and publish it.

@@ -24,9 +24,10 @@ RUN_COLUMNS = ("path", "status", "label", "adhesive_ratio", "pixel_size_m", "dat
 OPTIONAL_COLUMNS = ("anomaly_fraction",)
 
 
-def run_columns(anomaly: object = None) -> tuple:
-    """A run table's columns: ``anomaly_fraction`` joins them when the run computes anomaly maps (``anomaly``)."""
-    return (*RUN_COLUMNS, *OPTIONAL_COLUMNS) if anomaly else RUN_COLUMNS
+def run_columns(passes=()) -> tuple:
+    """A run table's columns: the standard ones, then those the run's passes fill (e.g. ``anomaly_fraction``)."""
+    extra = [c for p in passes for c in p.columns() if c not in RUN_COLUMNS]
+    return (*RUN_COLUMNS, *dict.fromkeys(extra))
 
 
 def default_csv_path(store: Path) -> Path:

@@ -24,12 +24,13 @@ from semtile.cli.main import main
 from semtile.defects.anomaly import anomaly_map
 from semtile.defects.modelio import load_defect_model
 from semtile.engines import EngineSettings
-from semtile.execution.anomaly import anomaly_spec
+from semtile.defects.anomaly_pass import anomaly_pass
 from semtile.execution.batch import run_process
 from semtile.inference.options import ProcessOptions
 from semtile.io.tiff import open_scan
 from semtile.models.io import load_bundle
 from semtile.results import open_results
+from semtile.inference.segment import segment_pass
 
 OPTIONS = ["--tile", "64", "--halo", "8", "--batch-size", "8", "--engine", "torch-cpu"]
 
@@ -93,12 +94,12 @@ def test_process_anomaly_stores_the_blended_map_and_its_fraction(in_memory, scan
 
 def test_region_by_region_anomaly_map_equals_the_in_memory_one(in_memory, scans, tiny_bundle, copper_autoencoder,
                                                                tmp_path):
-    spec = anomaly_spec(copper_autoencoder, engine="torch-cpu")
+    spec = anomaly_pass(copper_autoencoder, engine="torch-cpu")
     out = tmp_path / "regions.zarr"
-    summary = run_process(sorted(scans.iterdir()), out, bundle=load_bundle(tiny_bundle), engine="torch-cpu",
-                          settings=EngineSettings(tile=64, halo=8, batch_size=8),
-                          options=ProcessOptions(tile=64, halo=8, batch_size=8, region_pixels=0,
-                                                 block_pixels=200), anomaly=spec)
+    options = ProcessOptions(tile=64, halo=8, batch_size=8, region_pixels=0, block_pixels=200)
+    summary = run_process(sorted(scans.iterdir()), out, options=options,
+                          passes=[segment_pass(load_bundle(tiny_bundle), "torch-cpu",
+                                               EngineSettings(tile=64, halo=8, batch_size=8), options), spec])
     assert summary.exit_code == 0, [o.error for o in summary.failed]
     memory, regions = open_results(in_memory), open_results(out)
     assert memory.names == regions.names
@@ -151,7 +152,7 @@ def test_calibrate_then_score_the_stored_maps_against_the_defect_masks(in_memory
     assert result.exit_code == 0, result.output
     card = json.loads(model.with_suffix(".json").read_text())
     assert card["threshold"]["fpr"] == 0.02 and card["threshold"]["images"] == 6
-    assert anomaly_spec(model, engine="torch-cpu").threshold == card["threshold"]["value"]
+    assert anomaly_pass(model, engine="torch-cpu").threshold == card["threshold"]["value"]
 
     out = tmp_path / "eval"
     scored = run_cli("evaluate", in_memory, "--defect-masks", copper_defects, "--out", out)
@@ -181,12 +182,13 @@ def test_anomaly_maps_on_a_dask_cluster_equal_the_in_memory_ones(in_memory, scan
     pytest.importorskip("distributed")
     from semtile.execution.distributed import ClusterSpec
 
-    spec = anomaly_spec(copper_autoencoder, engine="torch-cpu")
+    spec = anomaly_pass(copper_autoencoder, engine="torch-cpu")
     out = tmp_path / "cluster.zarr"
-    summary = run_process(sorted(scans.iterdir()), out, bundle=load_bundle(tiny_bundle), engine="torch-cpu",
-                          settings=EngineSettings(tile=64, halo=8, batch_size=8, threads=1),
-                          options=ProcessOptions(tile=64, halo=8, batch_size=8, region_pixels=200_000,
-                                                 block_pixels=200), anomaly=spec,
+    options = ProcessOptions(tile=64, halo=8, batch_size=8, region_pixels=200_000, block_pixels=200)
+    summary = run_process(sorted(scans.iterdir()), out, options=options,
+                          passes=[segment_pass(load_bundle(tiny_bundle), "torch-cpu",
+                                               EngineSettings(tile=64, halo=8, batch_size=8, threads=1), options),
+                                  spec],
                           cluster=ClusterSpec(kind="local", workers=1))
     assert summary.exit_code == 0, [o.error for o in summary.failed]
     memory, cluster = open_results(in_memory), open_results(out)

@@ -21,6 +21,7 @@ from semtile.engines.base import EngineOutput, Submitted
 from semtile.engines.torch_cpu import TorchCPUEngine
 from semtile.execution.local import ProcessOptions, process_scans
 from semtile.models.io import load_bundle
+from semtile.inference.segment import SegmentPass
 
 OPTIONS = ProcessOptions(tile=64, halo=8, batch_size=3)  # 3: batches straddle scans
 
@@ -62,7 +63,7 @@ def test_cpu_engines_submit_then_collect_equals_run(name, tiny_bundle, monkeypat
     want = engine.run(tiles)
     np.testing.assert_array_equal(np.concatenate([g.mask_probs for g in got]), want.mask_probs)
     np.testing.assert_array_equal(np.concatenate([g.class_logits for g in got]), want.class_logits)
-    assert engine.in_flight >= 1 and engine.merger_factory() is None
+    assert engine.in_flight >= 1 and engine.maps_device() is None
 
 
 @pytest.mark.parametrize("depth", [2, 3])
@@ -74,7 +75,7 @@ def test_runner_with_batches_in_flight_gives_the_same_results(depth, tiny_datase
     scans = scans[:3] + [broken] + scans[3:]
     summaries = {}
     for label, engine in (("sync", TorchCPUEngine(bundle)), ("deferred", DeferredEngine(bundle, depth))):
-        summaries[label] = process_scans(scans, tmp_path / f"{label}.zarr", engine=engine, bundle=bundle,
+        summaries[label] = process_scans(scans, tmp_path / f"{label}.zarr", passes=[SegmentPass.of_engine(engine, bundle, OPTIONS)],
                                          options=OPTIONS, table=tmp_path / f"{label}.csv")
         if label == "deferred":
             assert engine.deepest == depth and not engine.queued  # really that deep, and drained
@@ -101,10 +102,8 @@ class DeviceMapsEngine(DeferredEngine):
         out = super().collect(handle)
         return EngineOutput(class_logits=out.class_logits, mask_probs=torch.from_numpy(out.mask_probs))
 
-    def merger_factory(self):
-        from semtile.inference.merge_device import DeviceMerger
-
-        return lambda grid: DeviceMerger(grid, "cpu")
+    def maps_device(self):
+        return ("cpu", None)
 
 
 def test_runner_blends_device_maps_with_the_device_merger(tiny_dataset, tiny_bundle, tmp_path):
@@ -112,7 +111,7 @@ def test_runner_blends_device_maps_with_the_device_merger(tiny_dataset, tiny_bun
     scans = sorted((tiny_dataset / "images").glob("*.tif"))[:4]
     runs = {}
     for label, engine in (("cpu", TorchCPUEngine(bundle)), ("device", DeviceMapsEngine(bundle, 3))):
-        summary = process_scans(scans, tmp_path / f"{label}.zarr", engine=engine, bundle=bundle, options=OPTIONS,
+        summary = process_scans(scans, tmp_path / f"{label}.zarr", passes=[SegmentPass.of_engine(engine, bundle, OPTIONS)], options=OPTIONS,
                                 table=tmp_path / f"{label}.csv")
         assert all(o.status == "ok" for o in summary.outcomes), label
         runs[label] = (summary, zarr.open_group(str(tmp_path / f"{label}.zarr"), mode="r"))

@@ -13,6 +13,7 @@ import pytest
 from semtile.engines import AUTO_ORDER, EngineSettings, available_engines, create_engine
 from semtile.models.io import load_bundle
 from semtile.execution.local import ProcessOptions, analyse_scan
+from semtile.inference.segment import SegmentPass
 from semtile.inference.sampling import calibration_tiles
 from semtile.synth import SynthConfig, write_dataset
 
@@ -55,7 +56,7 @@ def bundle():
 def reference(scans, bundle, tmp_path_factory):
     engine, _ = create_engine("torch-cpu", bundle, EngineSettings(precision="f32"))
     scratch = tmp_path_factory.mktemp("scratch")
-    return [analyse_scan(path, engine, bundle, OPTIONS, scratch)[0] for path in scans]
+    return [analyse_scan(path, [SegmentPass.of_engine(engine, bundle, OPTIONS)], OPTIONS, scratch)[0] for path in scans]
 
 
 @pytest.mark.parametrize("name,precision", CASES, ids=[f"{n}-{p}" for n, p in CASES])
@@ -66,7 +67,7 @@ def test_engine_matches_pytorch_fp32(name, precision, scans, bundle, reference, 
     calibration = calibration_tiles(scans, OPTIONS) if precision == "int8" else None
     engine, _ = create_engine(name, bundle, EngineSettings(precision=precision), calibration_tiles=calibration)
     assert engine.describe()["precision"] == precision
-    results = [analyse_scan(path, engine, bundle, OPTIONS, tmp_path)[0] for path in scans]
+    results = [analyse_scan(path, [SegmentPass.of_engine(engine, bundle, OPTIONS)], OPTIONS, tmp_path)[0] for path in scans]
     tol = TOLERANCE.get(precision)
     diffs = np.concatenate([np.abs(r.mask - ref.mask).ravel() for r, ref in zip(results, reference)])
     agreement = np.mean([np.mean(r.binary_mask == ref.binary_mask) for r, ref in zip(results, reference)])

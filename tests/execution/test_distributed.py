@@ -18,6 +18,7 @@ from semtile.execution.batch import run_process
 from semtile.execution.distributed import ClusterSpec
 from semtile.inference.options import ProcessOptions
 from semtile.models.io import load_bundle
+from semtile.inference.segment import segment_pass
 
 distributed = pytest.importorskip("distributed")
 
@@ -38,7 +39,7 @@ def scans(tmp_path, tiny_dataset) -> list[Path]:
 @pytest.fixture()
 def reference(tmp_path, scans, tiny_bundle) -> Path:
     out = tmp_path / "local.zarr"
-    assert run_process(scans, out, bundle=load_bundle(tiny_bundle), engine="torch-cpu", settings=SETTINGS,
+    assert run_process(scans, out, passes=[segment_pass(load_bundle(tiny_bundle), "torch-cpu", SETTINGS, OPTIONS)],
                        options=OPTIONS).exit_code == 0
     return out
 
@@ -59,7 +60,8 @@ def test_a_worker_killed_mid_run_changes_nothing(tmp_path, scans, reference, tin
             os.kill(pids[busy[0]], signal.SIGKILL)  # kill -9: no clean-up, whatever it was writing
 
         out = tmp_path / "cluster.zarr"
-        summary = run_process(scans, out, bundle=load_bundle(tiny_bundle), engine="torch-cpu", settings=SETTINGS,
+        summary = run_process(scans, out, passes=[segment_pass(load_bundle(tiny_bundle), "torch-cpu", SETTINGS,
+                                                               OPTIONS)],
                               options=OPTIONS, on_image=kill_a_busy_worker,
                               cluster=ClusterSpec(kind="address", address=cluster.scheduler_address))
         assert killed

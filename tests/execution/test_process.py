@@ -18,6 +18,7 @@ from semtile.models.io import load_bundle
 from semtile.execution.local import ProcessOptions, process_scans
 from semtile.io.discover import find_scans
 from semtile.store import open_store
+from semtile.inference.segment import SegmentPass
 
 OPTIONS = ["--tile", "64", "--halo", "8", "--batch-size", "3", "--engine", "torch-cpu"]
 
@@ -134,8 +135,9 @@ def test_other_layouts_are_processed(kind, tiny_bundle, tmp_path):
         tifffile.imwrite(path, np.full((70, 70), 128, np.uint8))
     bundle = load_bundle(tiny_bundle)
     engine, _ = create_engine("torch-cpu", bundle, EngineSettings(tile=64, halo=8))
-    summary = process_scans(find_scans([path]), tmp_path / "r.zarr", engine=engine, bundle=bundle,
-                            options=ProcessOptions(tile=64, halo=8, batch_size=4), table=tmp_path / "r.csv")
+    options = ProcessOptions(tile=64, halo=8, batch_size=4)
+    summary = process_scans(find_scans([path]), tmp_path / "r.zarr", options=options,
+                            passes=[SegmentPass.of_engine(engine, bundle, options)], table=tmp_path / "r.csv")
     assert summary.outcomes[0].status == "ok", summary.outcomes[0].error
     stored = open_store(tmp_path / "r.zarr", mode="r").read(kind)
     expected = {"small": (20, 30), "constant": (70, 70)}.get(kind, (100, 90))
@@ -187,7 +189,7 @@ def test_scratch_preparation_paths_agree(tiny_dataset, tiny_bundle, tmp_path, mo
         monkeypatch.setattr(pipeline, "SYNCHRONOUS_PREPARE_PIXELS", pixels)
         monkeypatch.setattr(pipeline, "SCRATCH_BAND_COLS", band)
         out = tmp_path / f"{name}.zarr"
-        process_scans(scans, out, engine=engine, bundle=bundle, options=options, table=tmp_path / f"{name}.csv")
+        process_scans(scans, out, passes=[SegmentPass.of_engine(engine, bundle, options)], options=options, table=tmp_path / f"{name}.csv")
         store = open_store(out, mode="r")
         masks.append([store.read(p.stem).mask[...] for p in scans])
     for a, b in zip(*masks):

@@ -14,6 +14,7 @@ from semtile.inference.options import ProcessOptions
 from semtile.models.io import load_bundle
 from semtile.inference.regions import RegionPlan
 from semtile.inference.split import TileGrid
+from semtile.inference.segment import segment_pass
 
 OPTIONS = ["--tile", "64", "--halo", "8", "--batch-size", "8", "--engine", "torch-cpu"]
 
@@ -29,9 +30,10 @@ def test_region_by_region_equals_in_memory(tmp_path, tiny_bundle):
     result = run_cli("process", scans, "--out", tmp_path / "memory.zarr", "--model", tiny_bundle, *OPTIONS)
     assert result.exit_code == 0, result.output
     # Region by region, with blocks small enough that they also cross the region boundary.
-    summary = run_process(sorted(scans.iterdir()), tmp_path / "regions.zarr", bundle=load_bundle(tiny_bundle),
-                          engine="torch-cpu", settings=EngineSettings(tile=64, halo=8, batch_size=8),
-                          options=ProcessOptions(tile=64, halo=8, batch_size=8, region_pixels=0, block_pixels=500))
+    options = ProcessOptions(tile=64, halo=8, batch_size=8, region_pixels=0, block_pixels=500)
+    summary = run_process(sorted(scans.iterdir()), tmp_path / "regions.zarr", options=options,
+                          passes=[segment_pass(load_bundle(tiny_bundle), "torch-cpu",
+                                               EngineSettings(tile=64, halo=8, batch_size=8), options)])
     assert summary.exit_code == 0
     names = assert_same_results(tmp_path / "regions.zarr", tmp_path / "memory.zarr")
     group = zarr.open_group(str(tmp_path / "regions.zarr" / names[0]), mode="r")

@@ -1,0 +1,211 @@
+"""``semtile process --anomaly MODEL``: the anomaly pass, a whole-scan anomaly map and anomaly fraction per result.
+
+The anomaly map is a pass (:class:`~semtile.inference.passes.Pass`) over the
+same normalised valid area the mask is computed on, with the autoencoder's
+own fixed tile and halo, blended by the same mergers as every pass: in memory
+for ordinary scans, region by region from per-block partial sums for large
+ones, so the two agree to float32 rounding and neither has seams. The *anomaly fraction* is the share
+of pixels above the threshold calibrated in the model's card
+(``semtile train calibrate-anomaly``) or given with ``--anomaly-threshold``.
+
+The engine is chosen like the others: the fastest available CPU engine for
+defect models (OpenVINO, then ONNX Runtime, then PyTorch), at f32 so that the
+threshold calibrated with PyTorch keeps its meaning. What decides the map
+(model sha256, engine, precision, tile, halo, threshold) joins the run's
+completion key, so a rerun with another model or threshold redoes the image.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from semtile.errors import SemtileError
+from semtile.inference.passes import Pass, PassResult, PassRunner, RegionJudgement, TileOutputs, register_pass
+from semtile.inference.split import GridRule, TileGrid
+from semtile.logs import get_logger
+
+__all__ = ["AnomalyPass", "ANOMALY_ENGINES", "MAP_NAME", "anomaly_pass", "pick_anomaly_engine",
+           "calibrate_on_scans"]
+
+log = get_logger("semtile.process")
+
+#: The stored map's name (a pyramid group ``anomaly/0, 1, ...`` in OME-Zarr).
+MAP_NAME = "anomaly"
+#: Fastest first: what ``auto`` tries.
+ANOMALY_ENGINES = ("openvino", "onnxruntime", "torch-cpu")
+
+
+def pick_anomaly_engine(name: str = "auto") -> tuple[str, str]:
+    """The defect engine to run (``auto``: the fastest available here) and why."""
+    from semtile.engines import available_engines
+
+    if name not in ("auto", *ANOMALY_ENGINES):
+        raise SemtileError(f"--anomaly-engine {name!r}: choose auto or one of {', '.join(ANOMALY_ENGINES)}")
+    found = available_engines()
+    if name != "auto":
+        ok, why = found.get(name, (False, "unknown"))
+        if not ok:
+            raise SemtileError(f"anomaly engine {name} is not available here: {why}")
+        return name, f"asked for ({why})"
+    for candidate in ANOMALY_ENGINES:
+        ok, why = found.get(candidate, (False, "unknown"))
+        if ok:
+            skipped = [f"{n}: {found[n][1]}" for n in ANOMALY_ENGINES[: ANOMALY_ENGINES.index(candidate)]]
+            return candidate, f"auto: {candidate} is the fastest available ({why})" + \
+                ("; not available: " + "; ".join(skipped) if skipped else "")
+    raise SemtileError("no engine for the anomaly model is available here")  # torch-cpu always is
+
+
+class _AnomalyRunner(PassRunner):
+    def __init__(self, engine):
+        self.engine = engine
+
+    def run(self, tiles: np.ndarray) -> TileOutputs:
+        return TileOutputs(maps={MAP_NAME: self.engine.run(tiles)})
+
+    def describe(self) -> dict:
+        return self.engine.describe()
+
+
+@register_pass
+@dataclass(frozen=True)
+class AnomalyPass(Pass):
+    """An autoencoder's (or VAE's) anomaly map over every tile, and the share of pixels above its threshold."""
+
+    kind = "anomaly"
+
+    model: str  # the weights (.pt) with their card beside
+    sha256: str
+    model_kind: str  # autoencoder or vae
+    engine: str
+    precision: str
+    grid_rule: GridRule
+    threshold: float
+    threshold_source: str  # "card" or "option"
+    batch: int = 8
+    threads: int | None = None
+    engine_reason: str = ""
+
+    @property
+    def rule(self) -> GridRule:
+        return self.grid_rule
+
+    @property
+    def batch_size(self) -> int:
+        return self.batch
+
+    def build_runner(self) -> PassRunner:
+        from semtile.defects.engines import create_defect_engine
+        from semtile.defects.modelio import load_defect_model
+
+        model = load_defect_model(self.model, expect=("autoencoder", "vae"))
+        if model.sha256 != self.sha256:
+            raise SemtileError(f"{self.model}: the anomaly model changed since the run started "
+                               f"(sha256 {model.sha256[:12]}... != {self.sha256[:12]}...)")
+        tile = self.rule.tile if self.engine != "torch-cpu" else None
+        return _AnomalyRunner(create_defect_engine(model, self.engine, tile=tile, precision=self.precision,
+                                                   threads=self.threads))
+
+    def map_names(self) -> tuple[str, ...]:
+        return (MAP_NAME,)
+
+    def parameters(self) -> dict:
+        return {"tile": self.rule.tile, "halo": self.rule.halo, "batch_size": self.batch,
+                "threshold": self.threshold, "threshold_source": self.threshold_source}
+
+    def judge_region(self, maps: dict) -> RegionJudgement:
+        values = np.asarray(maps[MAP_NAME])
+        return RegionJudgement(arrays={MAP_NAME: values},
+                               counts={"anomalous": int(np.count_nonzero(values > self.threshold)),
+                                       "pixels": int(values.size)})
+
+    def finish(self, counts: dict, vectors: dict, grid: TileGrid, runner_facts: dict) -> PassResult:
+        fraction = counts["anomalous"] / counts["pixels"]
+        facts = dict(runner_facts or {"name": self.engine, "precision": self.precision})
+        model = {"path": self.model, "sha256": self.sha256, "kind": self.model_kind}
+        return PassResult(
+            attrs={"anomaly_fraction": float(fraction),
+                   MAP_NAME: {"threshold": self.threshold, "threshold_source": self.threshold_source,
+                              "model": model, "engine": facts, "parameters": self.parameters(), "map": MAP_NAME}},
+            provenance={"model": {MAP_NAME: model}, "engine": {MAP_NAME: facts},
+                        "parameters": {MAP_NAME: self.parameters()}},
+            map_attrs={MAP_NAME: {"kind": "anomaly", "model": model, "engine": facts, **self.parameters(),
+                                  "fraction_above_threshold": float(fraction)}},
+            row={"anomaly_fraction": float(fraction)})
+
+    def key(self) -> dict:
+        """What decides the map and the fraction."""
+        return {MAP_NAME: {"model_sha256": self.sha256, "engine": self.engine, "precision": self.precision,
+                           "tile": self.rule.tile, "halo": self.rule.halo, "threshold": self.threshold}}
+
+    def columns(self) -> tuple[str, ...]:
+        return ("anomaly_fraction",)
+
+    def run_facts(self) -> dict:
+        return {"anomaly_model": self.model, "anomaly_engine": self.engine,
+                "anomaly_engine_reason": self.engine_reason, "anomaly_threshold": self.threshold}
+
+
+def anomaly_pass(model_path: str | Path, *, engine: str = "auto", threshold: float | None = None,
+                 batch_size: int = 8, threads: int | None = None) -> AnomalyPass:
+    """Check the anomaly model and settle its engine, grid and threshold (SemtileError naming the file)."""
+    from semtile.defects.modelio import load_defect_model
+    from semtile.errors import ModelError
+
+    try:
+        model = load_defect_model(model_path)
+    except ModelError as exc:
+        raise SemtileError(f"--anomaly: {exc}") from None
+    if not model.arch.is_anomaly:
+        raise SemtileError(f"--anomaly {model_path}: a {model.arch.kind} gives no anomaly map; "
+                           "train one with `semtile train autoencoder`")
+    rule = GridRule.derive(model.tile, model.halo, multiple=model.arch.multiple, aligned=True,
+                           what=f"--anomaly {model_path}")
+    source = "option"
+    if threshold is None:
+        threshold, source = model.threshold, "card"
+    if threshold is None:
+        raise SemtileError(f"--anomaly {model_path}: its card has no calibrated threshold; run "
+                           "`semtile train calibrate-anomaly MODEL NORMAL_SCANS...` or give --anomaly-threshold")
+    if not np.isfinite(threshold):
+        raise SemtileError(f"--anomaly-threshold {threshold}: must be a finite number")
+    name, why = pick_anomaly_engine(engine)
+    return AnomalyPass(model=str(Path(model_path).resolve()), sha256=model.sha256, model_kind=model.arch.kind,
+                       engine=name, precision="f32", grid_rule=rule, threshold=float(threshold),
+                       threshold_source=source, batch=int(batch_size), threads=threads, engine_reason=why)
+
+
+def calibrate_on_scans(model_path: str | Path, scans: list[Path], fpr: float, *, engine: str = "auto",
+                       page: int = 0, databar_rows: int | None = None) -> dict:
+    """Calibrate an anomaly model's pixel threshold on normal ``scans`` at false-positive rate ``fpr``.
+
+    Each scan is read like ``semtile process`` reads it (the normalised valid
+    area, data bar excluded) and mapped through the same tiled path with the
+    model's own tile and halo; the ``1 - fpr`` quantile of all their pixels is
+    written into the model's card (``threshold``), which ``process --anomaly``
+    then uses. Returns the card's new ``threshold`` entry.
+    """
+    from semtile.defects.anomaly import calibrate_model
+    from semtile.defects.engines import create_defect_engine
+    from semtile.defects.modelio import load_defect_model
+    from semtile.io.tiff import open_scan
+
+    if not scans:
+        raise SemtileError(f"{model_path}: no normal scans to calibrate the threshold on")
+    model = load_defect_model(model_path, expect=("autoencoder", "vae"))
+    name, why = pick_anomaly_engine(engine)
+    runner = create_defect_engine(model, name, tile=model.tile if name != "torch-cpu" else None, precision="f32")
+
+    def images():
+        for path in scans:
+            with open_scan(path, page=page, databar_rows=databar_rows) as scan:
+                yield np.ascontiguousarray(scan.valid().compute(), dtype=np.float32)
+
+    threshold = calibrate_model(model_path, images(), fpr, engine=runner,
+                                note=f"{len(scans)} normal scans, engine {name} f32 ({why})")
+    log.info("anomaly_threshold_calibrated", model=str(model_path), threshold=threshold["value"], fpr=fpr,
+             scans=len(scans), engine=name)
+    return threshold
