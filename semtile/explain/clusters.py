@@ -42,8 +42,12 @@ from pathlib import Path
 
 import numpy as np
 
+from typing import Any
+
 from semtile.errors import ModelError, SemtileError
-from semtile.inference.split import TileGrid, read_windows
+from semtile.inference.passes import Pass, PassRunner, TileOutputs, register_pass
+from semtile.inference.run import run_pass
+from semtile.inference.split import GridRule, TileGrid, read_windows
 from semtile.logs import get_logger
 
 __all__ = ["FEATURES", "MAP_NAME", "K_RANGE", "TileEmbedder", "embed_tiles", "choose_k", "cluster_features",
@@ -99,14 +103,53 @@ class TileEmbedder:
             return x.mean(dim=(2, 3)).float().cpu().numpy()
 
 
+class _EmbedderRunner(PassRunner):
+    def __init__(self, embedder: TileEmbedder):
+        self.embedder = embedder
+
+    def run(self, tiles: np.ndarray) -> TileOutputs:
+        return TileOutputs(vectors={"embedding": self.embedder(tiles)})
+
+    def describe(self) -> dict:
+        return {"name": f"torch-{self.embedder.device.type}", "precision": "f32"}
+
+
+@register_pass
+@dataclass(frozen=True)
+class EmbeddingPass(Pass):
+    """Per-tile embeddings (a network's pooled features), gathered in tile order: no maps."""
+
+    kind = "embedding"
+
+    grid_rule: GridRule
+    width: int
+    device: str = "cpu"
+    batch: int = 16
+    network: Any = field(default=None, repr=False, compare=False)  # the loaded network (this process)
+
+    @property
+    def rule(self) -> GridRule:
+        return self.grid_rule
+
+    @property
+    def batch_size(self) -> int:
+        return self.batch
+
+    def token(self):
+        return (id(self.network), self.device)
+
+    def build_runner(self) -> PassRunner:
+        return _EmbedderRunner(TileEmbedder(self.network, self.device))
+
+    def vector_widths(self) -> dict[str, int]:
+        return {"embedding": self.width}
+
+
 def embed_tiles(image, grid: TileGrid, embedder: TileEmbedder, batch_size: int = 16) -> np.ndarray:
     """Embeddings ``(len(grid), c)`` of the grid's tiles of ``image`` (2-D, sliceable: numpy or zarr), row-major."""
-    origins = grid.origins
-    out = np.empty((len(origins), embedder.width), dtype=np.float32)
-    for start in range(0, len(origins), batch_size):
-        batch = origins[start:start + batch_size]
-        out[start:start + len(batch)] = embedder(read_windows(image, batch, grid.tile))
-    return out
+    p = EmbeddingPass(GridRule(grid.tile, grid.halo), embedder.width, str(embedder.device), batch_size,
+                      network=embedder.network)
+    return run_pass(image, p, runner=_EmbedderRunner(embedder))[1]["embedding"]
 
 
 def _kmeans(x: np.ndarray, k: int, seed: int):
@@ -239,12 +282,13 @@ def _network_for(result, features: str, model: Path | None, cache: dict):
     return loaded
 
 
-def _grid_of(result, shape: tuple[int, int], tile: int | None, halo: int | None) -> TileGrid:
+def _grid_of(result, shape: tuple[int, int], tile: int | None, halo: int | None, multiple: int = 1) -> TileGrid:
+    """The grid of the run that produced ``result`` (tile and halo from its provenance), or the one given."""
     params = result.provenance.get("parameters") or {}
     t = tile or (params.get("tile") if isinstance(params.get("tile"), int) else 256)
     h = halo if halo is not None else (params.get("halo") if tile is None and isinstance(params.get("halo"), int)
-                                       else t // 8)
-    return TileGrid((int(shape[0]), int(shape[1])), int(t), int(h))
+                                       else None)
+    return GridRule.derive(int(t), h, multiple=multiple, what=f"{result.name}").grid((int(shape[0]), int(shape[1])))
 
 
 def cluster_store(store: str | Path, out: str | Path, *, k: int | None = None, features: str = "classifier",
@@ -283,9 +327,7 @@ def cluster_store(store: str | Path, out: str | Path, *, k: int | None = None, f
         try:
             loaded = _network_for(result, features, Path(model) if model else None, cache)
             image = result.stored.image  # the normalised valid area, float32 in [0, 1], sliced lazily
-            grid = _grid_of(result, image.shape[-2:], tile, halo)
-            if grid.tile % loaded.arch.multiple:
-                raise SemtileError(f"tile {grid.tile} is not a multiple of {loaded.arch.multiple} (the {features}'s 2**d)")
+            grid = _grid_of(result, image.shape[-2:], tile, halo, loaded.arch.multiple)
             emb = embed_tiles(image, grid, TileEmbedder(loaded.network, dev), batch_size)
             per_image[name] = {"grid": grid, "features": emb, "model": loaded}
             if progress:

@@ -7,7 +7,9 @@ tile, which :func:`explain_array` (in memory, through
 :func:`semtile.inference.run.run_array` and the
 :class:`~semtile.inference.merge.BlendMerger`) or :func:`explain_blocks` (out
 of core, through :mod:`semtile.inference.regions`) blend with the same
-raised-cosine window as the mask. Values are raw, never normalised per tile:
+raised-cosine window as the mask; :class:`HeatMapPass` makes them a pass
+(:mod:`semtile.inference.passes`), run in memory or out of core by
+:func:`semtile.inference.run.run_pass`. Values are raw, never normalised per tile:
 a tile-wise normalisation would give each tile its own scale and make seams.
 Normalisation by the maximum belongs to the whole map, when it becomes a mask
 (:func:`semtile.explain.masks.heat_to_mask`).
@@ -39,13 +41,18 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from dataclasses import dataclass, field
+from typing import Any
+
 from semtile.errors import SemtileError
+from semtile.inference.passes import Pass, PassRunner, TileOutputs, register_pass
 from semtile.inference.regions import RegionPlan, accumulate_block, save_block
 from semtile.inference.run import run_array
-from semtile.inference.split import TileGrid
+from semtile.inference.split import GridRule, TileGrid
 from semtile.models.networks import INPUT_MEAN, INPUT_STD, Classifier
 
-__all__ = ["KINDS", "TileExplainer", "explain_array", "explain_blocks", "parse_kinds", "border_jumps"]
+__all__ = ["KINDS", "TileExplainer", "HeatMapPass", "explain_array", "explain_blocks", "parse_kinds",
+           "border_jumps"]
 
 #: The heat maps semtile computes.
 KINDS = ("gradcam", "cam")
@@ -111,6 +118,50 @@ class TileExplainer:
                 out["cam"] = torch.einsum("c,nchw->nhw", w[k].detach(), pooled.detach())[:, None]
         return {kind: F.interpolate(out[kind], size=size, mode="bilinear", align_corners=False)[:, 0]
                 .cpu().numpy().astype(np.float32, copy=False) for kind in self.kinds}
+
+
+class _ExplainerRunner(PassRunner):
+    def __init__(self, explainer: TileExplainer):
+        self.explainer = explainer
+
+    def run(self, tiles: np.ndarray) -> TileOutputs:
+        return TileOutputs(maps=self.explainer(tiles))
+
+    def describe(self) -> dict:
+        return {"name": f"torch-{self.explainer.device.type}", "precision": "f32"}
+
+
+@register_pass
+@dataclass(frozen=True)
+class HeatMapPass(Pass):
+    """Grad-CAM / CAM of one class over every tile of a stored result's grid (its classifier, on torch)."""
+
+    kind = "heatmaps"
+
+    grid_rule: GridRule
+    class_index: int
+    kinds: tuple[str, ...] = KINDS
+    classifier_sha256: str = ""
+    device: str = "cpu"
+    batch: int = 8
+    network: Any = field(default=None, repr=False, compare=False)  # the loaded classifier (this process)
+
+    @property
+    def rule(self) -> GridRule:
+        return self.grid_rule
+
+    @property
+    def batch_size(self) -> int:
+        return self.batch
+
+    def token(self):
+        return (self.classifier_sha256, self.class_index, self.kinds, self.device, id(self.network))
+
+    def build_runner(self) -> PassRunner:
+        return _ExplainerRunner(TileExplainer(self.network, self.class_index, self.kinds, device=self.device))
+
+    def map_names(self) -> tuple[str, ...]:
+        return self.kinds
 
 
 def explain_array(image, grid: TileGrid, explainer: TileExplainer, *, batch_size: int = 8) -> dict[str, np.ndarray]:

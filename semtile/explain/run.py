@@ -6,9 +6,9 @@ result's image), with the tile, halo and region settings recorded in the
 result's provenance, and run through the classifier that produced the result
 (found by the path and sha256 in its provenance; ``model`` overrides). The
 maps are blended like the mask, in memory or, for scans above the recorded
-``region_pixels``, block by block with partial sums saved to scratch and
-assembled region by region into a scratch Zarr array, so memory stays bounded
-whatever the scan's size. They are added to the result with
+``region_pixels``, out of core (the same pass runner and mergers as
+``semtile process``: :func:`semtile.inference.run.run_pass`), so memory stays
+bounded whatever the scan's size. They are added to the result with
 :meth:`ResultStore.add_maps` (atomic: readers see the result with all the new
 maps or none).
 
@@ -32,20 +32,19 @@ from pathlib import Path
 import numpy as np
 
 from semtile.errors import ModelError, SemtileError
-from semtile.explain.heatmaps import KINDS, TileExplainer, explain_array, explain_blocks, parse_kinds
+from semtile.explain.heatmaps import KINDS, HeatMapPass, parse_kinds
 from semtile.inference.options import ProcessOptions
-from semtile.inference.regions import RegionPlan, assemble_region
-from semtile.inference.split import TileGrid
+from semtile.inference.run import run_pass
+from semtile.inference.split import GridRule
+from semtile.inference.strategy import REGIONS, merge_strategy
 from semtile.logs import get_logger
 
-__all__ = ["TORCH_ENGINES", "ExplainOutcome", "torch_device", "explain_store", "REGION"]
+__all__ = ["TORCH_ENGINES", "ExplainOutcome", "torch_device", "explain_store", "chosen_names"]
 
 log = get_logger("semtile.explain")
 
 #: Engines that can take gradients.
 TORCH_ENGINES = ("torch-cpu", "torch-cuda")
-#: Side of the output regions of the out-of-core path (pixels).
-REGION = 2048
 
 
 @dataclass
@@ -156,26 +155,6 @@ def _class_of(result, class_label) -> tuple[object, int]:
     return label, labels.index(label)
 
 
-def _explain_regions(image, grid: TileGrid, options: ProcessOptions, explainer: TileExplainer, kinds, scratch: Path,
-                     batch_size: int) -> dict:
-    """Out of core: block partial sums -> regions -> one scratch Zarr array per kind (read back by add_maps)."""
-    import zarr
-
-    plan = RegionPlan.for_grid(grid, region=REGION, block_pixels=options.block_pixels)
-    blocks = scratch / "blocks"
-    explain_blocks(image, plan, explainer, blocks, batch_size=batch_size)
-    h, w = grid.shape
-    out = {kind: zarr.create_array(str(scratch / f"{kind}.zarr"), shape=(h, w), dtype="float32",
-                                   chunks=(min(REGION, h), min(REGION, w)), compressors=None, overwrite=True)
-           for kind in kinds}
-    for index, (y0, y1, x0, x1) in enumerate(plan.regions):
-        maps = assemble_region(blocks, plan, index, names=tuple(kinds))
-        for kind in kinds:
-            out[kind][y0:y1, x0:x1] = maps[kind]
-    shutil.rmtree(blocks, ignore_errors=True)
-    return out
-
-
 def explain_store(store: str | Path, kinds: str | Sequence[str] = KINDS, *, class_label=None,
                   names: Sequence[str] | None = None, model: str | Path | None = None, engine: str = "auto",
                   batch_size: int | None = None, threads: int | None = None, region_pixels: int | None = None,
@@ -226,18 +205,17 @@ def explain_store(store: str | Path, kinds: str | Sequence[str] = KINDS, *, clas
                 continue
             options = _options_of(result)
             image = result.stored.image  # the normalised valid area, float32 in [0, 1], sliced lazily
-            h, w = image.shape[-2:]
-            grid = TileGrid((int(h), int(w)), options.tile, options.halo)
-            explainer = TileExplainer(loaded.network, index, kinds, device=device)
-            limit = options.region_pixels if region_pixels is None else region_pixels
+            h, w = (int(v) for v in image.shape[-2:])
+            rule = GridRule.derive(options.tile, options.halo, multiple=loaded.arch.multiple)
             size = batch_size or options.batch_size
-            outcome.tiles, outcome.megapixels = len(grid), h * w / 1e6
-            if h * w > limit:
-                outcome.out_of_core = True
+            heat = HeatMapPass(rule, index, kinds, loaded.sha256, device, size, network=loaded.network)
+            limit = options.region_pixels if region_pixels is None else region_pixels
+            outcome.tiles, outcome.megapixels = len(rule.grid((h, w))), h * w / 1e6
+            outcome.out_of_core = merge_strategy(h * w, region_pixels=limit) == REGIONS
+            if outcome.out_of_core:
                 work = Path(tempfile.mkdtemp(prefix=f".semtile-explain-{uuid.uuid4().hex[:8]}-", dir=base))
-                maps = _explain_regions(image, grid, options, explainer, kinds, work, size)
-            else:
-                maps = explain_array(np.asarray(image[...], dtype=np.float32), grid, explainer, batch_size=size)
+            source = image if outcome.out_of_core else np.asarray(image[...], dtype=np.float32)
+            maps, _ = run_pass(source, heat, region_pixels=limit, block_pixels=options.block_pixels, scratch=work)
             seconds = time.perf_counter() - t0
             attrs = {**setting, "label": label, "class_index": index, "kinds": list(kinds),
                      "method": {"gradcam": "ReLU(sum_c mean(d logit/d A_c) A_c), A = last stage before its max-pool",
