@@ -28,32 +28,88 @@ def int_list(value: str, name: str) -> list[int]:
     return values
 
 
+#: The options the ``semtile train`` commands share, each spelled and described one way: (declarations, settings).
+TRAIN_OPTIONS = {
+    "out": (("--out",), {"required": True, "type": click.Path(dir_okay=False, path_type=Path),
+                         "help": "Output weights (.pt); a .json card is written beside it."}),
+    "c": (("--c", "c"), {"type": click.IntRange(1), "help": "Channels: the constant width c."}),
+    "d": (("--d", "d"), {"type": click.IntRange(1),
+                         "help": "Depth d: stages that halve the resolution (crops and tiles are multiples of 2**d)."}),
+    "epochs": (("--epochs",), {"type": click.IntRange(1)}),
+    "steps_per_epoch": (("--steps-per-epoch",), {"type": click.IntRange(1)}),
+    "batch_size": (("--batch-size",), {"type": click.IntRange(1)}),
+    "crop": (("--crop",), {"type": click.IntRange(16), "help": "Random crop side (multiple of 2**d)."}),
+    "lr": (("--lr",), {"type": float, "help": "Peak learning rate of the one-cycle schedule (Adam)."}),
+    "seed": (("--seed",), {"default": 0, "show_default": True, "type": int,
+                           "help": "Seed of the split, the initial weights and the sampling."}),
+    "split": (("--split", "split"), {"default": None,
+                                     "help": "Train,val,test shares per label, e.g. 80,10,10 (default) or 40,5,5; "
+                                             "a split column in labels.csv wins."}),
+    "threads": (("--threads",), {"default": None, "type": click.IntRange(1), "help": "Torch CPU threads."}),
+    "device": (("--device",), {"default": "auto", "show_default": True,
+                               "help": "auto (GPU when present), cpu or cuda."}),
+}
+
+
+def train_option(name: str, default=None, **overrides):
+    """The ``semtile train`` option ``name`` (a key of :data:`TRAIN_OPTIONS`) with the command's ``default``;
+    ``overrides`` change its settings (a narrower range, a help text of the command's network)."""
+    decls, settings = TRAIN_OPTIONS[name]
+    settings = {**settings, **overrides}
+    if default is not None:
+        settings.update(default=default, show_default=True)
+    return click.option(*decls, **settings)
+
+
+def deprecated_alias(old: str, new: str, **settings):
+    """A hidden option ``old``: the spelling of ``new`` before, still accepted for one release
+    (:func:`resolve_alias` folds it into ``new``)."""
+    return click.option(old, old.lstrip("-").replace("-", "_"), default=None, hidden=True, **settings)
+
+
+def resolve_alias(kw: dict, old: str, new: str) -> None:
+    """Fold the value of the deprecated option ``old`` (popped from ``kw``) into ``new``, with a one-line
+    deprecation warning; ``old`` and ``new`` both given with different values is an error."""
+    from semtile.errors import SemtileError
+    from semtile.logs import get_logger
+
+    old_key, new_key = old.lstrip("-").replace("-", "_"), new.lstrip("-").replace("-", "_")
+    value = kw.pop(old_key)
+    if value is None:
+        return
+    given = click.get_current_context().get_parameter_source(new_key) == click.core.ParameterSource.COMMANDLINE
+    if given and kw[new_key] != value:
+        raise SemtileError(f"{old} {value} and {new} {kw[new_key]}: {old} is the old spelling of {new}; give {new} only")
+    get_logger("semtile.cli").warning("deprecated_option", option=old, instead=new,
+                                      note=f"{old} is the old spelling of {new} and goes in the next release")
+    kw[new_key] = value
+
+
 def train_options(**defaults):
-    """The training options; ``defaults`` overrides the defaults of a command (its budget)."""
+    """The training options of the paper's networks; ``defaults`` overrides the defaults of a command (its budget)."""
     d = {"c": 32, "d": 4, "n": 2, "N": 1, "epochs": 20, "steps_per_epoch": 50, "batch_size": 8, "crop": 128,
          "lr": 1e-3, "out": True, **defaults}
 
     def decorate(func):
         options = [
-            click.option("--c", "c", default=d["c"], show_default=True, type=click.IntRange(1), help="Channels."),
-            click.option("--d", "d", default=d["d"], show_default=True, type=click.IntRange(1), help="Pooling stages."),
+            train_option("c", d["c"]),
+            train_option("d", d["d"]),
             click.option("--n", "n", default=d["n"], show_default=True, type=click.IntRange(1), help="Convolutions per residual block."),
             click.option("--N", "N", default=d["N"], show_default=True, type=click.IntRange(1), help="Residual blocks per stage."),
-            click.option("--epochs", default=d["epochs"], show_default=True, type=click.IntRange(1)),
-            click.option("--steps-per-epoch", default=d["steps_per_epoch"], show_default=True, type=click.IntRange(1)),
-            click.option("--batch-size", default=d["batch_size"], show_default=True, type=click.IntRange(1)),
-            click.option("--crop", default=d["crop"], show_default=True, type=click.IntRange(16), help="Random crop side (multiple of 2**d)."),
-            click.option("--lr", default=d["lr"], show_default=True, type=float),
-            click.option("--seed", default=0, show_default=True, type=int),
-            click.option("--threads", default=None, type=click.IntRange(1), help="Torch CPU threads."),
-            click.option("--split", "split", default=None, help="Train,val,test shares per label, e.g. 80,10,10 (default) or 40,5,5; a split column in labels.csv wins."),
+            train_option("epochs", d["epochs"]),
+            train_option("steps_per_epoch", d["steps_per_epoch"]),
+            train_option("batch_size", d["batch_size"]),
+            train_option("crop", d["crop"]),
+            train_option("lr", d["lr"]),
+            train_option("seed"),
+            train_option("split"),
+            train_option("threads"),
             click.option("--patience", default=0, show_default=True, type=click.IntRange(0), help="Stop after this many epochs without a better validation loss (0: never)."),
-            click.option("--device", default="auto", show_default=True, help="auto (GPU when present), cpu or cuda."),
+            train_option("device"),
             click.option("--resume", is_flag=True, help="Continue from the checkpoint beside --out (OUT.ckpt)."),
         ]
         if d["out"]:
-            options.insert(0, click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
-                                           help="Output weights (.pt); a .json card is written beside it."))
+            options.insert(0, train_option("out"))
         for option in reversed(options):
             func = option(func)
         return func

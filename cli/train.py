@@ -8,7 +8,8 @@ import click
 
 from semtile.errors import SemtileError
 
-from semtile.cli.options import Progress, train_config, train_options
+from semtile.cli.options import (Progress, deprecated_alias, resolve_alias, train_config, train_option,
+                                 train_options)
 
 
 @click.group()
@@ -73,7 +74,7 @@ def train_classifier_cmd(data: Path, out: Path, **kw) -> None:
     click.echo(f"wrote {path}")
 
 
-# -- defects (issue 13): the supervised patch classifier and the autoencoder / VAE ------------------
+# -- defects: the supervised patch classifier and the autoencoder / VAE ------------------
 
 
 def _defect_options(epochs: int):
@@ -83,24 +84,24 @@ def _defect_options(epochs: int):
 
 def _add_defect_options(func, epochs: int):
     options = [
-        click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
-                     help="Output weights (.pt); a .json card is written beside it."),
-        click.option("--c", "c", default=8, show_default=True, type=click.IntRange(1), help="Channels of the first stage."),
-        click.option("--stages", default=3, show_default=True, type=click.IntRange(1, 6),
-                     help="Stride-2 stages (tiles are multiples of 2**stages)."),
+        train_option("out"),
+        train_option("c", 8, help="Channels of the first stage."),
+        train_option("d", 3, type=click.IntRange(1, 6),
+                     help="Depth d: stride-2 stages (tiles are multiples of 2**d; the card's architecture.stages)."),
+        deprecated_alias("--stages", "--d", type=click.IntRange(1, 6)),
         click.option("--normalise", default="auto", show_default=True, type=click.Choice(["auto", "tile", "fixed"]),
                      help="Input normalisation: each tile by its own statistics, or fixed ones from the training data "
                           "(auto: tile for patches, fixed for whole scans)."),
-        click.option("--epochs", default=epochs, show_default=True, type=click.IntRange(1)),
-        click.option("--steps-per-epoch", default=100, show_default=True, type=click.IntRange(1)),
-        click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1)),
-        click.option("--lr", default=2e-3, show_default=True, type=float),
+        train_option("epochs", epochs),
+        train_option("steps_per_epoch", 100),
+        train_option("batch_size", 32),
+        train_option("lr", 2e-3),
         click.option("--jitter", default=0.15, show_default=True, type=click.FloatRange(0, 1, max_open=True),
                      help="Intensity jitter of the augmentation (with flips and 90-degree turns)."),
-        click.option("--seed", default=0, show_default=True, type=int),
-        click.option("--split", "split", default=None, help="Train,val,test shares per label (default 80,10,10)."),
-        click.option("--threads", default=None, type=click.IntRange(1), help="Torch CPU threads."),
-        click.option("--device", default="auto", show_default=True, help="auto (GPU when present), cpu or cuda."),
+        train_option("seed"),
+        train_option("split"),
+        train_option("threads"),
+        train_option("device"),
     ]
     for option in reversed(options):
         func = option(func)
@@ -123,7 +124,7 @@ def _defect_config(kw: dict, **extra):
               help="Rare defects: balanced batches, a class weight in the loss, or neither.")
 @click.option("--positive-share", default=0.5, show_default=True, type=click.FloatRange(0, 1, min_open=True, max_open=True),
               help="With --balance sampling: share of defect patches in each batch.")
-def train_defects_cmd(data: Path, out: Path, c: int, stages: int, normalise: str, balance: str, positive_share: float,
+def train_defects_cmd(data: Path, out: Path, c: int, normalise: str, balance: str, positive_share: float,
                       **kw) -> None:
     """Train the supervised patch classifier on DATA (labels 1 = defect, 0 = normal).
 
@@ -134,8 +135,10 @@ def train_defects_cmd(data: Path, out: Path, c: int, stages: int, normalise: str
     from semtile.defects.training import train_patch_classifier
 
     try:
+        resolve_alias(kw, "--stages", "--d")
+        d = kw.pop("d")
         config = _defect_config(kw, balance=balance, positive_share=positive_share)
-        arch = DefectArchitecture("patch-classifier", c=c, stages=stages, normalise=normalise)
+        arch = DefectArchitecture("patch-classifier", c=c, stages=d, normalise=normalise)
         with Progress(config.epochs * config.steps_per_epoch, "training") as progress:
             path = train_patch_classifier(data, out, arch=arch, config=config, progress=progress)
     except SemtileError as exc:
@@ -153,12 +156,12 @@ def train_defects_cmd(data: Path, out: Path, c: int, stages: int, normalise: str
 @click.option("--smooth", default=2.0, show_default=True, type=click.FloatRange(0), help="Gaussian sigma (pixels) of the error map.")
 @click.option("--beta", default=0.1, show_default=True, type=click.FloatRange(0), help="VAE: weight of the KL term per pixel.")
 @click.option("--pool", default="max", show_default=True, type=click.Choice(["max", "mean"]), help="Map -> patch score.")
-@click.option("--crop", default=64, show_default=True, type=click.IntRange(8), help="Whole scans: training crop side.")
+@train_option("crop", 64, type=click.IntRange(8), help="Whole scans: side of the random training crops (multiple of 2**d).")
 @click.option("--tile", default=256, show_default=True, type=click.IntRange(8),
-              help="Whole scans: tile of the anomaly map (halo tile // 8).")
+              help="Whole scans: tile of the anomaly map (multiple of 2**d; halo tile // 8).")
 @click.option("--fpr", default=0.001, show_default=True, type=click.FloatRange(0, 1, min_open=True, max_open=True),
               help="False-positive rate on normal validation pixels that the anomaly threshold is calibrated for.")
-def train_autoencoder_cmd(data: Path, out: Path, c: int, stages: int, normalise: str, vae: bool, normal_label: str | None,
+def train_autoencoder_cmd(data: Path, out: Path, c: int, normalise: str, vae: bool, normal_label: str | None,
                           latent: int, smooth: float, beta: float, pool: str, crop: int, tile: int, fpr: float,
                           **kw) -> None:
     """Train a convolutional autoencoder (or --vae) on the normal images of DATA: an anomaly map per pixel."""
@@ -166,8 +169,10 @@ def train_autoencoder_cmd(data: Path, out: Path, c: int, stages: int, normalise:
     from semtile.defects.training import train_autoencoder
 
     try:
+        resolve_alias(kw, "--stages", "--d")
+        d = kw.pop("d")
         config = _defect_config(kw, crop=crop, tile=tile, fpr=fpr)
-        arch = DefectArchitecture("vae" if vae else "autoencoder", c=c, stages=stages, latent=latent, smooth=smooth,
+        arch = DefectArchitecture("vae" if vae else "autoencoder", c=c, stages=d, latent=latent, smooth=smooth,
                                   beta=beta, pool=pool, normalise=normalise)
         with Progress(config.epochs * config.steps_per_epoch, "training") as progress:
             path = train_autoencoder(data, out, arch=arch, config=config, normal_label=normal_label, progress=progress)

@@ -1,9 +1,10 @@
 """Training of defect models: the supervised patch classifier and the autoencoder / VAE on normal data.
 
 Both read a dataset folder (:mod:`semtile.defects.data`), split it by label
-(stratified, seeded; saved in the card) and train with Adam and a one-cycle
-schedule on augmented batches (flips, 90-degree turns, intensity jitter),
-keeping the weights of the best validation epoch.
+(stratified, seeded; saved in the card) and train in the loop of
+:mod:`semtile.models.training` (Adam and a one-cycle schedule) on augmented
+batches (:class:`semtile.defects.augment.AugmentedBatches`: flips, 90-degree
+turns, intensity jitter), keeping the weights of the best validation epoch.
 
 * **Patch classifier** (labels 0 = normal, 1 = defect). Defects are rare
   (2% in the lattice data): with ``balance="sampling"`` (the default) every
@@ -25,7 +26,6 @@ keeping the weights of the best validation epoch.
 from __future__ import annotations
 
 import csv
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -34,13 +34,14 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from semtile.defects.augment import augment
+from semtile.defects.augment import AugmentedBatches, crop_sampler
 from semtile.defects.data import DefectData, load_defect_data
 from semtile.defects.modelio import DefectModel, load_defect_model, save_defect_model, update_card
 from semtile.defects.networks import DefectArchitecture, build_defect_model
 from semtile.defects.scores import patch_scores, roc_figure
 from semtile.errors import DatasetError, SemtileError
 from semtile.logs import get_logger
+from semtile.models.training import LoopConfig, Validation, fit, start
 
 __all__ = ["DefectTrainConfig", "train_patch_classifier", "train_autoencoder", "classifier_scores"]
 
@@ -85,20 +86,11 @@ class DefectTrainConfig:
             raise SemtileError(f"learning rate must be positive, got {self.lr}")
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def _start(config: DefectTrainConfig, out: Path) -> np.random.Generator:
     if out.suffix != ".pt":
         raise SemtileError(f"{out}: model files end in .pt")
     out.parent.mkdir(parents=True, exist_ok=True)
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    torch.manual_seed(config.seed)
-    return np.random.default_rng(config.seed)
+    return start(config.seed, config.threads)
 
 
 def _load(data, config: DefectTrainConfig) -> DefectData:
@@ -122,45 +114,18 @@ def _sample_pixels(images: list[np.ndarray], rng: np.random.Generator, n: int = 
     return np.concatenate([img.ravel()[rng.integers(0, img.size, size=min(per, img.size))] for img in images])
 
 
-def _optimise(network: torch.nn.Module, batches: Callable[[], tuple], loss_fn: Callable, validate: Callable[[], float],
+def _optimise(network: torch.nn.Module, sampler: AugmentedBatches, loss_fn: Callable, validate: Callable[[], float],
               config: DefectTrainConfig, name: str, progress: Callable[[int], None] | None,
               higher_is_better: bool) -> tuple[list, int]:
-    """Adam + one-cycle over ``epochs * steps_per_epoch`` batches; keeps the best validation epoch."""
-    device = _device(config.device)
-    network.to(device)
-    optimiser = torch.optim.Adam(network.parameters(), lr=config.lr)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=config.lr,
-                                                   total_steps=config.epochs * config.steps_per_epoch, pct_start=0.15)
-    history, best = [], {"score": None, "epoch": 0, "state": None}
-    for epoch in range(config.epochs):
-        network.train()
-        t0, losses = time.perf_counter(), []
-        for _ in range(config.steps_per_epoch):
-            x, y = batches()
-            optimiser.zero_grad(set_to_none=True)
-            loss = loss_fn(network, x.to(device), None if y is None else y.to(device))
-            loss.backward()
-            optimiser.step()
-            schedule.step()
-            losses.append(float(loss.detach()))
-            if progress:
-                progress(1)
-        network.eval()
-        network.cpu()
-        score = validate()
-        network.to(device)
-        record = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "val": score,
-                  "seconds": round(time.perf_counter() - t0, 2)}
-        history.append(record)
-        log.info("epoch", model=name, **record)
-        better = best["score"] is None or (score >= best["score"] if higher_is_better else score <= best["score"])
-        if np.isfinite(score) and better:
-            best = {"score": score, "epoch": epoch + 1,
-                    "state": {k: v.detach().cpu().clone() for k, v in network.state_dict().items()}}
-    if best["state"] is not None:
-        network.load_state_dict(best["state"])
-    network.cpu().eval()
-    return history, best["epoch"]
+    """Adam + one-cycle over ``epochs * steps_per_epoch`` batches; keeps the best validation epoch (validated on
+    the CPU; an epoch without a validation score is not ranked)."""
+    result = fit(network, sampler, loss_fn,
+                 LoopConfig(config.epochs, config.steps_per_epoch, config.batch_size, config.lr, pct_start=0.15,
+                            device=config.device),
+                 validation=Validation(lambda net, device: validate(), key="val", higher_is_better=higher_is_better,
+                                       on_cpu=True, undefined="skip"),
+                 progress=progress, name=name, log=log)
+    return result.history, result.best_epoch
 
 
 def _write_scores_csv(path: Path, names: list[str], labels: np.ndarray, columns: dict[str, np.ndarray]) -> Path:
@@ -205,22 +170,22 @@ def train_patch_classifier(data: str | Path | DefectData, out: str | Path, *, ar
         raise SemtileError(f"train_patch_classifier trains a patch-classifier, not a {arch.kind}")
     side = data.images[0].shape[0]
     if side % arch.multiple:
-        raise DatasetError(f"{data.source}: patches of {side} pixels are not a multiple of {arch.multiple} (2**stages)")
+        raise DatasetError(f"{data.source}: patches of {side} pixels are not a multiple of {arch.multiple} (2**d)")
     patches = data.stack(list(range(len(data.images))))
     arch = _normalisation(arch, _sample_pixels([patches[i] for i in train[:5000]], rng), True)
     network = build_defect_model(arch)
     n_pos = int(round(config.batch_size * config.positive_share)) if config.balance == "sampling" else 0
     pos_weight = torch.tensor(len(neg) / len(pos)) if config.balance == "weights" else None
 
-    def batches():
+    def draw(n: int):
         if config.balance == "sampling":
-            idx = np.concatenate([rng.choice(pos, size=n_pos), rng.choice(neg, size=config.batch_size - n_pos)])
+            idx = np.concatenate([rng.choice(pos, size=n_pos), rng.choice(neg, size=n - n_pos)])
         else:
-            idx = rng.choice(train, size=config.batch_size)
-        x, _ = augment(rng, patches[idx], jitter=config.jitter)
-        return torch.from_numpy(x)[:, None], torch.from_numpy(y[idx].astype(np.float32))
+            idx = rng.choice(train, size=n)
+        return patches[idx], y[idx].astype(np.float32)
 
-    def loss_fn(net, x, t):
+    def loss_fn(net, batch):
+        x, t = batch
         weight = None if pos_weight is None else pos_weight.to(x.device)
         return F.binary_cross_entropy_with_logits(net(x), t, pos_weight=weight)
 
@@ -229,8 +194,8 @@ def train_patch_classifier(data: str | Path | DefectData, out: str | Path, *, ar
             return float("nan")
         return patch_scores(y[val], classifier_scores(network, patches[val]), "validation")["ap"]
 
-    history, best_epoch = _optimise(network, batches, loss_fn, validate, config, "patch-classifier", progress,
-                                    higher_is_better=True)
+    history, best_epoch = _optimise(network, AugmentedBatches(rng, draw, config.jitter), loss_fn, validate, config,
+                                    "patch-classifier", progress, higher_is_better=True)
     scores: dict = {}
     figure = table = None
     for part, idx in (("val", val), ("test", test)):
@@ -259,18 +224,6 @@ def _normal_indices(data: DefectData, part: str, normal_label) -> np.ndarray:
     return idx[[str(data.labels[i]) == str(normal_label) for i in idx]] if len(idx) else idx
 
 
-def _crop_sampler(images: list[np.ndarray], crop: int, rng: np.random.Generator):
-    def sample(n: int) -> np.ndarray:
-        out = np.empty((n, crop, crop), dtype=np.float32)
-        for k in range(n):
-            img = images[int(rng.integers(len(images)))]
-            y0 = int(rng.integers(img.shape[0] - crop + 1))
-            x0 = int(rng.integers(img.shape[1] - crop + 1))
-            out[k] = img[y0: y0 + crop, x0: x0 + crop]
-        return out
-    return sample
-
-
 def _autoencoder_loss(arch: DefectArchitecture, warmup_steps: int):
     """Mean squared error of the normalised input; a VAE adds beta * KL per pixel.
 
@@ -283,7 +236,8 @@ def _autoencoder_loss(arch: DefectArchitecture, warmup_steps: int):
     """
     seen = {"steps": 0}
 
-    def loss_fn(net, x, _):
+    def loss_fn(net, batch):
+        x = batch[0]
         if arch.kind == "vae":
             weight, sample = arch.beta, True
             if net.training:
@@ -326,27 +280,24 @@ def train_autoencoder(data: str | Path | DefectData, out: str | Path, *, arch: D
         if side % arch.multiple:
             raise DatasetError(f"{data.source}: patches of {side} pixels are not a multiple of {arch.multiple}")
         pool = np.stack(images)
-        sample = lambda n: pool[rng.integers(0, len(pool), size=n)]  # noqa: E731
+        sample = lambda n: (pool[rng.integers(0, len(pool), size=n)], None)  # noqa: E731
         val_tiles = np.stack([data.images[i] for i in val[:1024]]) if len(val) else None
     else:
         tile, crop = config.tile, config.crop
         for name, value in (("crop", crop), ("tile", tile)):
             if value % arch.multiple:
-                raise SemtileError(f"--{name} {value} must be a multiple of {arch.multiple} (2**stages)")
+                raise SemtileError(f"--{name} {value} must be a multiple of {arch.multiple} (2**d)")
         small = [data.samples[i].path for i, img in zip(train, images) if min(img.shape) < crop]
         if small:
             raise DatasetError(f"{small[0]}: smaller than the crop {crop}")
-        sample = _crop_sampler(images, crop, rng)
+        crops = crop_sampler(images, crop, rng)
+        sample = lambda n: (crops(n), None)  # noqa: E731
         val_rng = np.random.default_rng(config.seed + 7919)
-        val_tiles = (np.concatenate([_crop_sampler([data.images[i]], crop, val_rng)(4) for i in val])
+        val_tiles = (np.concatenate([crop_sampler([data.images[i]], crop, val_rng)(4) for i in val])
                      if len(val) else None)
     arch = _normalisation(arch, _sample_pixels(images, rng), data.patches)
     network = build_defect_model(arch)
     loss_fn = _autoencoder_loss(arch, int(config.warmup * config.epochs * config.steps_per_epoch))
-
-    def batches():
-        x, _ = augment(rng, sample(config.batch_size), jitter=config.jitter)
-        return torch.from_numpy(x)[:, None], None
 
     def validate() -> float:
         if val_tiles is None:
@@ -355,13 +306,13 @@ def train_autoencoder(data: str | Path | DefectData, out: str | Path, *, arch: D
         torch.manual_seed(config.seed)  # the same posterior samples every epoch...
         try:
             with torch.inference_mode():
-                return float(np.mean([float(loss_fn(network, torch.from_numpy(val_tiles[i: i + 256])[:, None], None))
+                return float(np.mean([float(loss_fn(network, (torch.from_numpy(val_tiles[i: i + 256])[:, None], None)))
                                       for i in range(0, len(val_tiles), 256)]))
         finally:
             torch.set_rng_state(state)  # ...and training's own stream untouched
 
-    history, best_epoch = _optimise(network, batches, loss_fn, validate, config, arch.kind, progress,
-                                    higher_is_better=False)
+    history, best_epoch = _optimise(network, AugmentedBatches(rng, sample, config.jitter), loss_fn, validate, config,
+                                    arch.kind, progress, higher_is_better=False)
     path = save_defect_model(network, arch, out, tile=tile, halo=None,
                              normal_label=normal_label,
                              training={"data": data.source, "config": asdict(config), "best_epoch": best_epoch,

@@ -3,10 +3,11 @@
 Images are read and cropped by :mod:`semtile.science.training_data`; the
 dataset is split into
 train, validation and test (stratified and seeded, or as labels.csv says);
-the split is saved with the model. Adam with a one-cycle learning-rate
-schedule; a validation loss every epoch on fixed crops; early stopping on it;
-the weights of the best epoch are kept. A checkpoint is written after every
-epoch so that ``resume=True`` continues an interrupted run exactly.
+the split is saved with the model. The loop is :func:`semtile.models.training.fit`:
+Adam with a one-cycle learning-rate schedule; a validation loss every epoch
+on fixed crops; early stopping on it; the weights of the best epoch are kept.
+A checkpoint is written after every epoch so that ``resume=True`` continues
+an interrupted run exactly.
 
 Weak labels (the paper's eq. 4): the mean of the sigmoid mask of each crop is
 regressed onto g(t). With the ``learned`` hypothesis, g is fitted jointly: a
@@ -23,8 +24,7 @@ is read out of the calibrated masks (:mod:`semtile.science.curve_calibration`).
 
 from __future__ import annotations
 
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
@@ -37,6 +37,7 @@ from semtile.errors import SemtileError
 from semtile.logs import get_logger
 from semtile.models.io import save_model
 from semtile.models.networks import Architecture, build_model
+from semtile.models.training import LoopConfig, Validation, fit, loss_on, pick_device, start
 from semtile.science.curve_calibration import logit_counts, read_out_curve
 from semtile.science.hypotheses import hypothesis_values, is_learned, parse_hypothesis
 from semtile.science.training_data import CropSampler, TrainConfig, TrainingData, fixed_crops, load_training_data
@@ -72,13 +73,6 @@ def supervised_loss(logits: torch.Tensor, masks: torch.Tensor, kind: str = "bce+
     return total
 
 
-def pick_device(name: str = "auto") -> torch.device:
-    """``auto``: the GPU when present, the CPU otherwise."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 class LearnedCurve(nn.Module):
     """A monotone decreasing g(t) from ``hi`` at t = 0 to ``lo`` at t = T - 1.
 
@@ -100,102 +94,26 @@ class LearnedCurve(nn.Module):
         return self.hi - (self.hi - self.lo) * fall
 
 
-@dataclass
-class _Run:
-    """What one training run optimises and how it scores a batch."""
-
-    network: nn.Module
-    loss: Callable  # (network, x, masks, label indices) -> loss tensor
-    extra: nn.Module | None = None  # jointly trained parameters (the learned curve)
-    history: list = field(default_factory=list)
-
-
-def _fit(run: _Run, sampler: CropSampler, val, config: TrainConfig, out: Path, name: str,
-         progress: Callable[[int], None] | None) -> tuple[list, int]:
-    device = pick_device(config.device)
-    run.network.to(device)
-    groups = [{"params": list(run.network.parameters()), "lr": config.lr}]
-    if run.extra is not None:
-        run.extra.to(device)
-        # The curve has a handful of parameters that must travel far (a softplus increment
-        # from 1 to 4 for a steep first step): a larger step size than the network's.
-        groups.append({"params": list(run.extra.parameters()), "lr": config.lr * CURVE_LR_FACTOR})
-    optimiser = torch.optim.Adam(groups)
-    total = config.epochs * config.steps_per_epoch
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=[g["lr"] for g in groups],
-                                                   total_steps=total, pct_start=0.1)
-    checkpoint = out.with_suffix(".ckpt")
-    start, best, since_best = 0, {"score": float("inf"), "epoch": 0, "state": None, "extra": None}, 0
-    if config.resume and checkpoint.is_file():
-        state = torch.load(checkpoint, map_location=device, weights_only=True)
-        run.network.load_state_dict(state["network"])
-        if run.extra is not None:
-            run.extra.load_state_dict(state["extra"])
-        optimiser.load_state_dict(state["optimiser"])
-        schedule.load_state_dict(state["schedule"])
-        sampler.rng.bit_generator.state = state["rng"]
-        torch.set_rng_state(state["torch_rng"])
-        start, best, since_best, run.history = state["epoch"], state["best"], state["since_best"], state["history"]
-        log.info("resumed", model=name, epoch=start, checkpoint=str(checkpoint))
-    elif config.resume:
-        log.info("resume_without_checkpoint", model=name, checkpoint=str(checkpoint))
-
-    for epoch in range(start, config.epochs):
-        run.network.train()
-        t0, losses = time.perf_counter(), []
-        for _ in range(config.steps_per_epoch):
-            x, m, t = sampler.batch(config.batch_size)
-            optimiser.zero_grad(set_to_none=True)
-            loss = run.loss(run.network, x.to(device), None if m is None else m.to(device), t.to(device))
-            loss.backward()
-            optimiser.step()
-            schedule.step()
-            losses.append(float(loss.detach()))
-            if progress:
-                progress(1)
-        run.network.eval()
-        with torch.inference_mode():
-            v = float(run.loss(run.network, *(None if a is None else a.to(device) for a in val))) if val else float("nan")
-        record = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "val_loss": v,
-                  "seconds": round(time.perf_counter() - t0, 2)}
-        if run.extra is not None:
-            with torch.no_grad():
-                record["g"] = [round(float(g), 4) for g in run.extra()]
-        run.history.append(record)
-        log.info("epoch", model=name, **record)
-        score = v if np.isfinite(v) else record["train_loss"]
-        if score <= best["score"]:
-            best = {"score": score, "epoch": epoch + 1,
-                    "state": {k: t.detach().cpu().clone() for k, t in run.network.state_dict().items()},
-                    "extra": None if run.extra is None else {k: t.detach().cpu().clone() for k, t in run.extra.state_dict().items()}}
-            since_best = 0
-        else:
-            since_best += 1
-        out.parent.mkdir(parents=True, exist_ok=True)
-        torch.save({"network": run.network.state_dict(), "extra": None if run.extra is None else run.extra.state_dict(),
-                    "optimiser": optimiser.state_dict(), "schedule": schedule.state_dict(),
-                    "rng": sampler.rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
-                    "epoch": epoch + 1, "best": best, "since_best": since_best, "history": run.history},
-                   checkpoint)
-        if config.patience and since_best >= config.patience:
-            log.info("early_stop", model=name, epoch=epoch + 1, best_epoch=best["epoch"])
-            break
-    run.network.load_state_dict(best["state"])
-    if run.extra is not None and best["extra"] is not None:
-        run.extra.load_state_dict(best["extra"])
-    run.network.cpu().eval()
-    if run.extra is not None:
-        run.extra.cpu()
-    return run.history, best["epoch"]
-
-
 def _start(arch: Architecture, config: TrainConfig) -> None:
     """Checks and settings shared by every training run."""
     if config.crop % arch.multiple:
         raise SemtileError(f"--crop {config.crop} must be a multiple of {arch.multiple} (2**d)")
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    torch.manual_seed(config.seed)
+    start(config.seed, config.threads)
+
+
+def _fit(network: nn.Module, loss, data: TrainingData, config: TrainConfig, out: Path, name: str,
+         progress: Callable[[int], None] | None, curve: nn.Module | None = None) -> tuple[list, int]:
+    """Random crops of the training split; validation loss on fixed crops of the validation split."""
+    sampler = CropSampler(data, data.split["train"], config.crop, np.random.default_rng(config.seed))
+    val = fixed_crops(data, data.split["val"], config.crop, config.val_crops, config.seed)
+    describe = None if curve is None else (lambda: {"g": [round(float(g), 4) for g in curve()]})
+    result = fit(network, sampler, loss,
+                 LoopConfig(config.epochs, config.steps_per_epoch, config.batch_size, config.lr, pct_start=0.1,
+                            device=config.device, patience=config.patience),
+                 validation=Validation(loss_on(val, loss)), extra=curve, extra_lr_factor=CURVE_LR_FACTOR,
+                 checkpoint=out.with_suffix(".ckpt"), resume=config.resume, progress=progress, describe=describe,
+                 name=name, log=log)
+    return result.history, result.best_epoch
 
 
 def _split_record(data: TrainingData, config: TrainConfig) -> dict:
@@ -247,7 +165,8 @@ def train_segmenter(
     if masks is not None:
         mode, g_table = "supervised", None
 
-        def loss(net, x, m, t):
+        def loss(net, batch):
+            x, m, _ = batch
             return supervised_loss(net(x), m, kind)
     else:
         parse_hypothesis(hypothesis)
@@ -263,7 +182,8 @@ def train_segmenter(
             g_fixed = torch.tensor(hypothesis_values(hypothesis, len(data.labels), g_range), dtype=torch.float32)
             target = lambda t: g_fixed.to(t.device)[t]  # noqa: E731
 
-        def loss(net, x, m, t):
+        def loss(net, batch):
+            x, _, t = batch
             p = torch.sigmoid(net(x))
             fit = F.mse_loss(p.mean(dim=(1, 2, 3)), target(t))
             if not binary_weight:
@@ -271,11 +191,7 @@ def train_segmenter(
             # The paper's masks are binary: p(1 - p) penalises undecided pixels.
             return fit + binary_weight * (p * (1 - p)).mean()
 
-    rng = np.random.default_rng(config.seed)
-    sampler = CropSampler(data, data.split["train"], config.crop, rng)
-    val = fixed_crops(data, data.split["val"], config.crop, config.val_crops, config.seed)
-    run = _Run(network, loss, extra=curve)
-    history, best_epoch = _fit(run, sampler, val, config, Path(out), "segmenter", progress)
+    history, best_epoch = _fit(network, loss, data, config, Path(out), "segmenter", progress, curve)
     calibration = None
     if curve is not None:
         with torch.no_grad():
@@ -322,13 +238,11 @@ def train_classifier(
     arch = Architecture("classifier", arch.c, arch.d, arch.n, arch.N, n_labels=len(data.labels))
     network = build_model(arch)
 
-    def loss(net, x, m, t):
+    def loss(net, batch):
+        x, _, t = batch
         return F.cross_entropy(net(x), t)
 
-    rng = np.random.default_rng(config.seed)
-    sampler = CropSampler(data, data.split["train"], config.crop, rng)
-    val = fixed_crops(data, data.split["val"], config.crop, config.val_crops, config.seed)
-    history, best_epoch = _fit(_Run(network, loss), sampler, val, config, Path(out), "classifier", progress)
+    history, best_epoch = _fit(network, loss, data, config, Path(out), "classifier", progress)
     return save_model(
         network, arch, data.labels, out,
         training={"mode": "classification", "data": data.source, "config": asdict(config),

@@ -12,14 +12,19 @@ from semtile.cli.main import main
 def test_train_and_evaluate_from_the_command_line(tmp_path, lattice_data, copper_defects, copper_autoencoder):
     runner = CliRunner()
     budget = ["--epochs", "1", "--steps-per-epoch", "3", "--batch-size", "8", "--threads", "1", "--split", "60,20,20"]
-    clf = runner.invoke(main, ["train", "defects", str(lattice_data), "--out", str(tmp_path / "clf.pt"), *budget])
+    clf = runner.invoke(main, ["train", "defects", str(lattice_data), "--d", "2", "--out", str(tmp_path / "clf.pt"),
+                               *budget])
     assert clf.exit_code == 0, clf.output
     assert "test probability: AUC-ROC" in clf.output and (tmp_path / "clf.roc.png").is_file()
-    vae = runner.invoke(main, ["train", "autoencoder", str(lattice_data), "--vae", "--normal-label", "0",
-                               "--out", str(tmp_path / "vae.pt"), *budget])
+    assert json.loads((tmp_path / "clf.json").read_text())["architecture"]["stages"] == 2
+    # --stages, the old spelling of --d, still works for one release, with a deprecation warning
+    vae = runner.invoke(main, ["--log-text", "train", "autoencoder", str(lattice_data), "--vae", "--normal-label", "0",
+                               "--stages", "4", "--out", str(tmp_path / "vae.pt"), *budget])
     assert vae.exit_code == 0, vae.output
+    assert "deprecated_option" in vae.output and "--stages is the old spelling of --d" in vae.output
     card = json.loads((tmp_path / "vae.json").read_text())
     assert card["architecture"]["kind"] == "vae" and card["normal_label"] == "0"
+    assert card["architecture"]["stages"] == 4
     assert {"max", "mean", "error-max", "error-mean", "latent"} <= set(card["scores"]["test"])
 
     ev = runner.invoke(main, ["evaluate", str(lattice_data), "--defect-model", str(tmp_path / "clf.pt"),
@@ -42,3 +47,14 @@ def test_train_and_evaluate_from_the_command_line(tmp_path, lattice_data, copper
     wrong = runner.invoke(main, ["evaluate", str(copper_defects), "--defect-model", str(tmp_path / "clf.pt"),
                                  "--out", str(tmp_path / "y")])
     assert wrong.exit_code == 2 and "patch classifier" in wrong.output
+
+
+def test_the_defect_commands_spell_the_depth_d(tmp_path):
+    runner = CliRunner()
+    for command in ("defects", "autoencoder"):
+        shown = runner.invoke(main, ["train", command, "--help"]).output
+        assert "--d INTEGER" in shown and "--stages" not in shown  # the old spelling is hidden
+        both = runner.invoke(main, ["train", command, str(tmp_path), "--stages", "2", "--d", "3",
+                                    "--out", str(tmp_path / "m.pt")])
+        assert both.exit_code == 2 and "give --d only" in both.output
+        assert "deprecated_option" not in both.output

@@ -134,3 +134,44 @@ def test_early_stopping(tiny_dataset, tmp_path):
                            config=replace(CONFIG, epochs=30, steps_per_epoch=1, lr=1e-6, patience=2))
     history = json.loads(path.with_suffix(".json").read_text())["training"]["history"]
     assert len(history) < 30
+
+
+class _Line:
+    """Batches of y = 2 x for the loop's own test."""
+
+    def __init__(self, seed=0):
+        self.rng = np.random.default_rng(seed)
+
+    def batch(self, size):
+        x = torch.from_numpy(self.rng.random((size, 1), dtype=np.float32))
+        return x, 2 * x
+
+
+def test_the_loop_records_metrics_and_keeps_the_best_epoch():
+    from semtile.models.training import LoopConfig, Validation, fit, start
+
+    def loss(net, batch):
+        x, y = batch
+        error = torch.nn.functional.mse_loss(net(x), y)
+        return error, {"mae": float((net(x) - y).abs().mean().detach())}
+
+    start(3, threads=1)
+    net = torch.nn.Linear(1, 1)
+    scores = iter([0.5, 0.9, 0.7])  # higher is better: epoch 2
+    seen = {}
+
+    def score(network, device):
+        seen[len(seen)] = {k: v.clone() for k, v in network.state_dict().items()}
+        return next(scores)
+
+    config = LoopConfig(epochs=3, steps_per_epoch=4, batch_size=8, lr=1e-2, device="cpu")
+    result = fit(net, _Line(), loss, config, validation=Validation(score, key="ap", higher_is_better=True))
+    assert result.best_epoch == 2 and [h["ap"] for h in result.history] == [0.5, 0.9, 0.7]
+    assert all({"train_loss", "train_mae", "seconds"} <= set(h) for h in result.history)
+    assert all(torch.equal(net.state_dict()[k], seen[1][k]) for k in seen[1])
+    assert not net.training
+
+    # no validation score at all: "skip" ranks no epoch and keeps the last weights
+    net = torch.nn.Linear(1, 1)
+    result = fit(net, _Line(), loss, config, validation=Validation(lambda n, d: float("nan"), undefined="skip"))
+    assert result.best_epoch == 0 and len(result.history) == 3
