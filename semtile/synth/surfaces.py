@@ -20,7 +20,7 @@ from typing import Callable
 import numpy as np
 import tifffile
 
-from semtile.science.hypotheses import hypothesis_values
+from semtile.synth.hypotheses import hypothesis_values
 
 __all__ = ["SynthConfig", "synth_surface", "synth_surface_with", "write_dataset", "databar_height"]
 

@@ -10,7 +10,7 @@ import tifffile
 from click.testing import CliRunner
 
 from semtile.cli.main import main
-from semtile.science.hypotheses import hypothesis_values
+from semtile.synth.hypotheses import hypothesis_values
 from semtile.io.tiff import open_scan
 from semtile.synth import SynthConfig, databar_height, synth_surface, write_dataset
 
