@@ -6,9 +6,8 @@ from pathlib import Path
 
 import click
 
-from semtile.errors import SemtileError
-
 from semtile.cli.options import int_list, train_config, train_options
+from semtile.errors import SemtileError
 
 
 @click.command()

@@ -32,7 +32,13 @@ import zarr
 from semtile.errors import ImageError, ImageTooSmallError, SemtileError, UnreadableImageError, UnsupportedImageError
 from semtile.io.gray import choose_conversion, to_dask
 from semtile.io.guards import (
-    DEFAULT_MAX_PIXELS, DecodedPage, ImageTooLargeError, check_budget, check_file, check_last_rows, describe,
+    DEFAULT_MAX_PIXELS,
+    DecodedPage,
+    ImageTooLargeError,
+    check_budget,
+    check_file,
+    check_last_rows,
+    describe,
 )
 from semtile.io.png import open_png_scan, sniff_format
 from semtile.io.scan import Scan, ScanInfo, detect_scan_databar

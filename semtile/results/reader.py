@@ -30,7 +30,14 @@ from semtile.errors import SemtileError
 from semtile.results.maps import MapInfo, find_maps
 from semtile.results.runs import RunTables, read_run_tables
 from semtile.store import (
-    LABEL, QUANT, OmeZarrStore, ResultStore, StoredResult, default_csv_path, level_shapes, open_store,
+    LABEL,
+    QUANT,
+    OmeZarrStore,
+    ResultStore,
+    StoredResult,
+    default_csv_path,
+    level_shapes,
+    open_store,
 )
 
 __all__ = ["Results", "ResultImage", "MapInfo", "Preview", "open_results", "TABLE_COLUMNS"]

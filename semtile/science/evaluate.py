@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from semtile.io.dataset import read_labels
 from semtile.errors import DatasetError, SemtileError
+from semtile.io.dataset import read_labels
 from semtile.results import LabelScores, label_scores, open_results, read_answers
 
 __all__ = ["LabelScores", "evaluate_store", "label_scores", "mask_scores", "split_names"]
@@ -183,6 +183,10 @@ def _write_confusion(scores: LabelScores, path: Path) -> None:
             writer.writerow([label, *row.tolist()])
 
 
+def _fmt(value: float | None, digits: int) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
 def _summary(report: dict) -> str:
     scope = f", {report['split']['part']} split of {report['split']['from']}" if report.get("split") else ""
     lines = [f"# Evaluation ({report['images']} images{scope}, {report['missing']} without a result)", "",
@@ -190,16 +194,14 @@ def _summary(report: dict) -> str:
     for who in ("model", "expert", "model_on_expert_images"):
         if who in report:
             s = report[who]
-            fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
-            lines.append(f"| {who} | {fmt(s['top1'])} | {fmt(s['within1'])} | {fmt(s['mae_t'])} |")
+            lines.append(f"| {who} | {_fmt(s['top1'], 3)} | {_fmt(s['within1'], 3)} | {_fmt(s['mae_t'], 3)} |")
     if "adhesive_ratio_mae" in report:
         lines += ["", f"Adhesive ratio, mean absolute error against truth.csv: {report['adhesive_ratio_mae']:.4f}"]
     if "masks" in report:
-        fmt4 = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
         lines += ["", "| mask metric | mean over images | std | images |", "|---|---:|---:|---:|"]
-        lines += [f"| {k} | {fmt4(v['mean'])} | {fmt4(v['std'])} | {v['images']} |" for k, v in report["masks"].items()]
+        lines += [f"| {k} | {_fmt(v['mean'], 4)} | {_fmt(v['std'], 4)} | {v['images']} |" for k, v in report["masks"].items()]
         pooled = report["masks_pooled"]
-        lines += ["", f"Pooled over all pixels: Dice {fmt4(pooled['dice'])}, IoU {fmt4(pooled['iou'])}. "
+        lines += ["", f"Pooled over all pixels: Dice {_fmt(pooled['dice'], 4)}, IoU {_fmt(pooled['iou'], 4)}. "
                   f"IoU and Dice skip images whose true mask is empty ({pooled['empty_truth_images']}; "
                   f"{pooled['empty_truth_false_positive_pixels']} pixels marked adhesive on them)."]
     return "\n".join(lines) + "\n"

@@ -13,9 +13,9 @@ jitter, slow brightness drift and a burned-in data bar at the bottom.
 from __future__ import annotations
 
 import csv
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import tifffile

@@ -19,6 +19,7 @@ from PIL import Image
 
 from semtile.report import build_report
 from semtile.results import open_results
+
 from report_run import processed_run
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")

@@ -15,10 +15,10 @@ from click.testing import CliRunner
 
 from semtile.cli.main import main
 from semtile.errors import SemtileError
-from semtile.science.evaluate import evaluate_store, label_scores, mask_scores
-from semtile.store import ImageResult, open_store
 from semtile.models.networks import Architecture
+from semtile.science.evaluate import evaluate_store, label_scores, mask_scores
 from semtile.science.training import TrainConfig, train_classifier
+from semtile.store import ImageResult, open_store
 
 
 def test_label_scores_on_a_known_case():
