@@ -137,6 +137,7 @@ def test_the_older_store_format_reports_from_its_masks(tmp_path):
     assert Image.open(tmp_path / "report" / rows[0]["thumb"]).size == (120, 90)
 
 
+@pytest.mark.slow
 def test_worker_processes_draw_the_same_pictures_as_one(run, tmp_path, monkeypatch):
     from semtile.report import pictures
 

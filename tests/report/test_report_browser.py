@@ -36,7 +36,8 @@ def chromium_path() -> str | None:
 
 
 # Told at collection, before the session's fixtures train a model for nothing.
-pytestmark = pytest.mark.skipif(chromium_path() is None, reason="chromium is not installed (apt-get install chromium)")
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(chromium_path() is None, reason="chromium is not installed (apt-get install chromium)")]
 
 
 @pytest.fixture(scope="module")

@@ -39,6 +39,7 @@ def test_mask_scores():
     assert np.isnan(blank["dice"]) and np.isnan(blank["iou"]) and blank["pixel_accuracy"] == 0.5
 
 
+@pytest.mark.slow
 def test_evaluate_a_processed_dataset_with_an_expert(tiny_dataset, tiny_bundle, tmp_path):
     out = tmp_path / "r.zarr"
     run = CliRunner().invoke(main, ["process", str(tiny_dataset / "images"), "--out", str(out), "--model", str(tiny_bundle),
