@@ -62,8 +62,15 @@ def evaluate_explanations(store: str | Path, masks: str | Path, out: str | Path,
     ``explanations.png`` (overlays of a few test images) into ``out``.
     """
     from semtile.explain.propose import find_truth_mask, read_truth_mask
-    from semtile.explain.scores import METRICS, TAUS, binary_scores, choose_tau, format_table, summarise, \
-        validation_split
+    from semtile.explain.scores import (
+        METRICS,
+        TAUS,
+        binary_scores,
+        choose_tau,
+        format_table,
+        summarise,
+        validation_split,
+    )
 
     taus = tuple(taus or TAUS)
     store, masks, out = Path(store), Path(masks), Path(out)
