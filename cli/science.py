@@ -6,9 +6,8 @@ from pathlib import Path
 
 import click
 
-from semtile.errors import SemtileError
-
 from semtile.cli.options import int_list, train_config, train_options
+from semtile.errors import SemtileError
 
 
 @click.command()
@@ -154,7 +153,8 @@ def evaluate(results: Path, labels_csv: Path, expert_csv: Path | None, split_fro
         return _evaluate_defects(results, defect_model, part, out, defect_engine)
     if labels_csv is None and masks_dir is None:
         raise click.UsageError("Missing option '--labels' (or '--masks').")
-    from semtile.science.evaluate import evaluate_explanations, evaluate_store
+    from semtile.explain.evaluate import evaluate_explanations
+    from semtile.science.evaluate import evaluate_store
 
     try:
         if labels_csv is not None:

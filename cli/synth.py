@@ -12,9 +12,8 @@ from pathlib import Path
 
 import click
 
-from semtile.errors import SemtileError
-
 from semtile.cli.options import parse_size
+from semtile.errors import SemtileError
 
 DEFAULT_COMMAND = "copper"
 

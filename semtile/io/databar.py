@@ -1,10 +1,11 @@
 """Detecting the burned-in data bar at the bottom of an SEM frame, from its pixels alone.
 
 :func:`detect_databar` works on a plain array and knows nothing about files;
-:mod:`semtile.io.tiff` calls :func:`detect_databar_blocks` on the bottom band of
-a scan, block by block from the bottom up, when neither the caller nor the
-vendor metadata gives the bar's height. Memory is that of one block plus a few
-numbers per row, whatever the size of the band.
+:func:`semtile.io.scan.detect_scan_databar` (TIFF, PNG and JPEG scans) calls
+:func:`detect_databar_blocks` on the bottom band of a scan, block by block
+from the bottom up, when neither the caller nor the vendor metadata gives the
+bar's height. Memory is that of one block plus a few numbers per row,
+whatever the size of the band.
 """
 
 from __future__ import annotations

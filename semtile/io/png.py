@@ -1,4 +1,4 @@
-"""PNG and JPEG scans (and masks), read with Pillow into the same :class:`~semtile.io.tiff.Scan` as TIFFs.
+"""PNG and JPEG scans (and masks), read with Pillow into the same :class:`~semtile.io.scan.Scan` as TIFFs.
 
 :func:`semtile.io.tiff.open_scan` hands a file here when its first bytes are
 a PNG or JPEG signature (whatever its name), so ``semtile process``,
@@ -28,7 +28,7 @@ import numpy as np
 from semtile.errors import ImageError, ImageTooSmallError, UnreadableImageError, UnsupportedImageError
 from semtile.io.gray import TARGET_CHUNK_BYTES
 from semtile.io.guards import DEFAULT_MAX_PIXELS, check_budget, describe
-from semtile.io.tiff import Scan, ScanInfo, _detect_databar
+from semtile.io.scan import Scan, ScanInfo, detect_scan_databar
 
 __all__ = ["PNG_MAGIC", "JPEG_MAGIC", "IMAGE_SUFFIXES", "ArrayScan", "sniff_format", "open_png_scan", "read_image",
            "read_mask"]
@@ -141,7 +141,7 @@ def read_mask(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndar
 
 def open_png_scan(path: str | Path, *, page: int = 0, databar_rows: int | None = None,
                   max_pixels: int | None = DEFAULT_MAX_PIXELS):
-    """Open a PNG or JPEG as a :class:`~semtile.io.tiff.Scan` (what :func:`semtile.io.tiff.open_scan` returns).
+    """Open a PNG or JPEG as a :class:`~semtile.io.scan.Scan` (what :func:`semtile.io.tiff.open_scan` returns).
 
     ``page`` must be 0 (the first frame of an animated PNG). ``databar_rows``:
     as for TIFFs (None: detected in the pixels; 0: no bar). The pixels are
@@ -167,7 +167,7 @@ def open_png_scan(path: str | Path, *, page: int = 0, databar_rows: int | None =
             raise ImageTooSmallError(path, f"databar_rows={databar_rows} leaves no image rows: the frame has {rows} rows")
         bar, source = int(databar_rows), "option"
     else:
-        bar, source = _detect_databar(scan, path, rows), "detected"
+        bar, source = detect_scan_databar(scan, path, rows), "detected"
     scan.info = dataclasses.replace(scan.info, databar_rows=bar, databar_source=source)
     return scan
 

@@ -46,7 +46,7 @@ def _tag_dict(tif: tifffile.TiffFile, page: tifffile.TiffPage, codes: tuple[int,
         for code in codes:
             try:
                 value = candidate.tags.valueof(code)
-            except Exception:  # a malformed tag must not make the image unreadable
+            except Exception:  # noqa: BLE001 - a malformed tag must not make the image unreadable
                 value = None
             if isinstance(value, dict):
                 result.update(value)

@@ -21,7 +21,7 @@ import shutil
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
 
@@ -198,7 +198,7 @@ def build_report(store: str | Path, out: str | Path, labels_csv: str | Path | No
         facts = _facts(results, summary, table)
         page = _render({
             "title": title or f"semtile report: {store.name}",
-            "generated": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "generated": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
             "version": __version__, "store": str(store.resolve()), "summary": summary, "facts": facts,
             "failures": failures.head(MAX_FAILURES_SHOWN).to_dict("records"), "failure_count": len(failures),
             "figures": figures, "curve": curve, "labels_section": section, "maps": maps,
@@ -208,7 +208,7 @@ def build_report(store: str | Path, out: str | Path, labels_csv: str | Path | No
         (staged / "index.html").write_text(page, encoding="utf-8")
         marker = {"format": REPORT_FORMAT, "store": str(store.resolve()), "images": len(table),
                   "failures": len(failures), "summary": summary, "labels": section,
-                  "semtile": __version__, "generated": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+                  "semtile": __version__, "generated": datetime.now(UTC).isoformat(timespec="seconds")}
         (staged / MARKER).write_text(json.dumps(marker, indent=2, default=_plain) + "\n", encoding="utf-8")
         _publish(staged, out)
     except BaseException:

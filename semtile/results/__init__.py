@@ -4,7 +4,8 @@ The one reader of result stores above :mod:`semtile.store`: ``semtile report``
 and ``semtile evaluate`` go through it.
 """
 
-from semtile.results.reader import MapInfo, Preview, ResultImage, Results, open_results
+from semtile.results.maps import MapInfo
+from semtile.results.reader import Preview, ResultImage, Results, open_results
 from semtile.results.runs import RunTables, read_run_tables
 from semtile.results.scores import LabelScores, label_scores, read_answers
 

@@ -27,28 +27,24 @@ import pandas as pd
 import zarr
 
 from semtile.errors import SemtileError
+from semtile.results.maps import MapInfo, find_maps
 from semtile.results.runs import RunTables, read_run_tables
-from semtile.store import OmeZarrStore, ResultStore, StoredResult, default_csv_path, open_store
-from semtile.store.ome_zarr import LABEL, QUANT, level_shapes
+from semtile.store import (
+    LABEL,
+    QUANT,
+    OmeZarrStore,
+    ResultStore,
+    StoredResult,
+    default_csv_path,
+    level_shapes,
+    open_store,
+)
 
 __all__ = ["Results", "ResultImage", "MapInfo", "Preview", "open_results", "TABLE_COLUMNS"]
-
-# The entries of a result group that are the store's own; anything else is a map.
-_OME_STANDARD = {"labels", "mask", "class_probs", "zarr.json"}  # and the levels "0", "1", ...
-_PLAIN_STANDARD = {"mask", "binary_mask", "class_probs", "zarr.json"}
 
 TABLE_COLUMNS = ("name", "source", "file", "status", "label", "adhesive_ratio", "adhesive_ratio_soft",
                  "pixel_size_m", "height", "width", "databar_rows", "tiles", "label_rule", "engine", "precision",
                  "segmenter_sha256", "classifier_sha256", "model_source", "run_id", "created", "seconds", "maps")
-
-
-@dataclass(frozen=True)
-class MapInfo:
-    """An extra map in a result group: its name and the paths of its levels, finest first."""
-
-    name: str
-    paths: tuple[str, ...]
-    label_image: bool = False  # an NGFF label image (integer classes) rather than a continuous map
 
 
 @dataclass
@@ -167,7 +163,7 @@ class ResultImage:
 
     @cached_property
     def maps(self) -> dict[str, MapInfo]:
-        """The extra maps of this result (heat, anomaly, cluster maps...), by name; see :func:`find_maps`."""
+        """The extra maps of this result (heat, anomaly, cluster maps...), by name (:func:`.maps.find_maps`)."""
         return find_maps(self.group_path, self.ome)
 
     def map(self, name: str, level: int = 0):
@@ -220,75 +216,6 @@ class ResultImage:
 
     def __repr__(self) -> str:
         return f"ResultImage({self.name!r}, label={self.label!r}, adhesive_ratio={self.adhesive_ratio:.4f})"
-
-
-def find_maps(group: Path, ome: bool = True) -> dict[str, MapInfo]:
-    """The extra maps in the result group folder ``group``: whatever the store itself does not write.
-
-    * a 2-D or 3-D array at the top of the group (``heat``: one path);
-    * a group at the top holding levels ``0``, ``1``... (an image pyramid of a map: its levels);
-    * a label image under ``labels/`` other than the adhesive mask (``labels/clusters``), as NGFF allows.
-
-    Found by listing the folder and reading only the metadata of unknown entries,
-    so a store of thousands of results lists quickly.
-    """
-    standard = _OME_STANDARD if ome else _PLAIN_STANDARD
-    found: dict[str, MapInfo] = {}
-    for entry in _entries(group):
-        if entry in standard or entry.startswith(".") or (ome and entry.isdigit()):
-            continue
-        meta = _meta(group / entry)
-        if meta is None:
-            continue
-        if meta.get("node_type") == "array" and len(meta.get("shape", ())) in (2, 3):
-            found[entry] = MapInfo(entry, (entry,))
-        elif meta.get("node_type") == "group":
-            levels = _levels(group / entry, meta)
-            if levels:
-                found[entry] = MapInfo(entry, tuple(f"{entry}/{p}" for p in levels))
-    if ome:
-        for entry in _entries(group / "labels"):
-            if entry == LABEL or entry == "zarr.json" or entry.startswith("."):
-                continue
-            meta = _meta(group / "labels" / entry)
-            levels = _levels(group / "labels" / entry, meta) if meta and meta.get("node_type") == "group" else []
-            if levels:
-                name = f"labels/{entry}"
-                found[name] = MapInfo(name, tuple(f"{name}/{p}" for p in levels), label_image=True)
-    return dict(sorted(found.items()))
-
-
-def _entries(folder: Path) -> list[str]:
-    try:
-        return sorted(entry.name for entry in os.scandir(folder) if entry.is_dir(follow_symlinks=False))
-    except OSError:
-        return []
-
-
-def _meta(folder: Path) -> dict | None:
-    try:
-        meta = json.loads((folder / "zarr.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return meta if isinstance(meta, dict) else None
-
-
-def _levels(folder: Path, meta: dict) -> list[str]:
-    """The level paths of a multiscale group (from its NGFF metadata, else its arrays 0, 1...), 2-D/3-D only."""
-    paths = []
-    try:
-        paths = [str(d["path"]) for d in meta["attributes"]["ome"]["multiscales"][0]["datasets"]]
-    except (KeyError, IndexError, TypeError):
-        k = 0
-        while (folder / str(k) / "zarr.json").is_file():
-            paths.append(str(k))
-            k += 1
-    good = []
-    for path in paths:
-        level = _meta(folder / path)
-        if level and level.get("node_type") == "array" and len(level.get("shape", ())) in (2, 3):
-            good.append(path)
-    return good if len(good) == len(paths) else []
 
 
 class Results:

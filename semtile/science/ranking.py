@@ -18,12 +18,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from semtile.science.hypotheses import is_learned, parse_hypothesis
+from semtile.inference.whole_image import image_logits
 from semtile.logs import get_logger
 from semtile.models.io import load_model
 from semtile.models.networks import Architecture
+from semtile.science.hypotheses import is_learned, parse_hypothesis
 from semtile.science.training import TrainConfig, TrainingData, load_training_data, train_segmenter
-from semtile.inference.whole_image import image_logits
 
 __all__ = ["rank_hypotheses", "image_mean_masks"]
 

@@ -19,13 +19,13 @@ import numpy as np
 import torch
 
 from semtile.errors import SemtileError
-from semtile.science.evaluate import label_scores
-from semtile.logs import get_logger
-from semtile.models.io import load_model
-from semtile.models.networks import Architecture, build_model
 from semtile.inference.labels import class_probs, core_weights, decide_label
 from semtile.inference.run import run_array
 from semtile.inference.split import TileGrid, default_halo
+from semtile.logs import get_logger
+from semtile.models.io import load_model
+from semtile.models.networks import Architecture, build_model
+from semtile.science.evaluate import label_scores
 from semtile.science.training import TrainConfig, TrainingData, load_training_data, train_classifier
 
 __all__ = ["search_classifiers", "classify_images", "parameter_count"]
@@ -111,7 +111,10 @@ def search_classifiers(
         writer = csv.DictWriter(handle, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()
         writer.writerows({k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in r.items()} for r in rows)
-    fmt = lambda v: "-" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))  # noqa: E731
+
+    def fmt(v):
+        return "-" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))
+
     lines = ["# Classifier search", "", f"Validation: {len(val_images)} images; crop {config.crop}; "
              f"{config.epochs} epochs x {config.steps_per_epoch} steps.", "",
              "| rank | c | d | n | N | params | top-1 | ±1 | MAE t | tiles/s |", "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]

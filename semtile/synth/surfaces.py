@@ -13,14 +13,14 @@ jitter, slow brightness drift and a burned-in data bar at the bottom.
 from __future__ import annotations
 
 import csv
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import tifffile
 
-from semtile.science.hypotheses import hypothesis_values
+from semtile.synth.hypotheses import hypothesis_values
 
 __all__ = ["SynthConfig", "synth_surface", "synth_surface_with", "write_dataset", "databar_height"]
 

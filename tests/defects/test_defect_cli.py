@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from click.testing import CliRunner
 
 from semtile.cli.main import main
 
 
+@pytest.mark.slow
 def test_train_and_evaluate_from_the_command_line(tmp_path, lattice_data, copper_defects, copper_autoencoder):
     runner = CliRunner()
     budget = ["--epochs", "1", "--steps-per-epoch", "3", "--batch-size", "8", "--threads", "1", "--split", "60,20,20"]

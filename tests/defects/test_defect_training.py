@@ -13,6 +13,7 @@ from semtile.defects.training import DefectTrainConfig, train_autoencoder, train
 from semtile.errors import DatasetError, SemtileError
 
 
+@pytest.mark.slow
 def test_patch_classifier_learns_rare_defects(patch_classifier):
     model = load_defect_model(patch_classifier)
     card = model.card
@@ -29,6 +30,7 @@ def test_patch_classifier_learns_rare_defects(patch_classifier):
     assert not set(split["test"]) & set(split["train"])
 
 
+@pytest.mark.slow
 def test_autoencoder_trained_on_perfect_patches_scores_defects(lattice_autoencoder, lattice_data):
     model = load_defect_model(lattice_autoencoder)
     scores = model.card["scores"]

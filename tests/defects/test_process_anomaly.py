@@ -175,6 +175,7 @@ def test_export_a_defect_model_checks_it_against_pytorch(copper_autoencoder, tmp
     assert "onnxruntime" in result.output
 
 
+@pytest.mark.slow
 def test_anomaly_maps_on_a_dask_cluster_equal_the_in_memory_ones(in_memory, scans, tiny_bundle, copper_autoencoder,
                                                                  tmp_path):
     """--anomaly on real dask.distributed worker processes: small scans in a group task, the wide one region

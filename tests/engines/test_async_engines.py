@@ -133,6 +133,7 @@ def _has_compiler() -> bool:
     return any(shutil.which(c) for c in ("g++", "c++", "clang++"))
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not _has_compiler(), reason="torch.compile on the CPU needs a C++ compiler")
 def test_torch_compile_on_the_cpu_matches_eager(tiny_bundle):
     bundle = load_bundle(tiny_bundle)

@@ -59,6 +59,7 @@ def reference(scans, bundle, tmp_path_factory):
     return [analyse_scan(path, [SegmentPass.of_engine(engine, bundle, OPTIONS)], OPTIONS, scratch)[0] for path in scans]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,precision", CASES, ids=[f"{n}-{p}" for n, p in CASES])
 def test_engine_matches_pytorch_fp32(name, precision, scans, bundle, reference, tmp_path):
     ok, why = available_engines()[name]

@@ -169,6 +169,7 @@ def no_tf32(monkeypatch):
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
 
 
+@pytest.mark.gpu
 @needs_cuda
 @pytest.mark.parametrize("precision", ["fp16", "bf16", "f32"])
 def test_torch_cuda_matches_cpu(bundle, tiles, reference, precision, request):
@@ -187,6 +188,7 @@ def test_torch_cuda_matches_cpu(bundle, tiles, reference, precision, request):
     assert {"device_name", "compute_capability", "batch_size", "torch"} <= info.keys()
 
 
+@pytest.mark.gpu
 @needs_cuda
 def test_torch_cuda_bf16_refused_where_unsupported(bundle):
     from semtile.engines.torch_cuda import TorchCUDAEngine
@@ -197,6 +199,7 @@ def test_torch_cuda_bf16_refused_where_unsupported(bundle):
         TorchCUDAEngine(bundle, precision="bf16", tile=TILE)
 
 
+@pytest.mark.gpu
 @needs_cuda
 def test_torch_cuda_partial_batch_and_empty(bundle, tiles, reference):
     from semtile.engines.torch_cuda import TorchCUDAEngine
@@ -210,6 +213,7 @@ def test_torch_cuda_partial_batch_and_empty(bundle, tiles, reference):
     assert empty.class_logits.shape == (0, 16) and empty.mask_probs.shape == (0, TILE, TILE)
 
 
+@pytest.mark.gpu
 @needs_cuda
 def test_torch_cuda_graph_equals_eager(bundle, tiles):
     from semtile.engines.torch_cuda import TorchCUDAEngine
@@ -224,6 +228,7 @@ def test_torch_cuda_graph_equals_eager(bundle, tiles):
     np.testing.assert_array_equal(again.mask_probs, a.mask_probs)
 
 
+@pytest.mark.gpu
 @needs_cuda
 def test_torch_cuda_other_tile_size_runs_eagerly(bundle):
     from semtile.engines.torch_cuda import TorchCUDAEngine
@@ -245,6 +250,7 @@ def trt_cache(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("trt-cache")
 
 
+@pytest.mark.gpu
 @needs_tensorrt
 @pytest.mark.parametrize("precision", ["fp16", "f32"])
 def test_tensorrt_matches_cpu(bundle_dir, tiles, reference, trt_cache, precision):
@@ -268,6 +274,7 @@ def test_tensorrt_matches_cpu(bundle_dir, tiles, reference, trt_cache, precision
         assert alias.describe()["precision"] == "f32" and all(alias.loaded_from_cache.values())
 
 
+@pytest.mark.gpu
 @needs_tensorrt
 def test_tensorrt_through_the_registry_admits_large_batches(bundle, tiles, reference, monkeypatch, tmp_path):
     from semtile.engines import EngineSettings, create_engine
@@ -280,6 +287,7 @@ def test_tensorrt_through_the_registry_admits_large_batches(bundle, tiles, refer
     assert_close(engine.run(tiles), reference, probs_atol=2e-2, logits_tol=5e-2)
 
 
+@pytest.mark.gpu
 @needs_tensorrt
 def test_tensorrt_engine_cache_is_reused(bundle_dir, tiles, tmp_path):
     from semtile.engines.tensorrt import TensorRTEngine
@@ -309,6 +317,7 @@ def test_tensorrt_engine_cache_is_reused(bundle_dir, tiles, tmp_path):
     np.testing.assert_allclose(rebuilt.run(tiles).mask_probs, a.mask_probs, atol=2e-2, rtol=0)
 
 
+@pytest.mark.gpu
 @needs_tensorrt
 def test_tensorrt_int8_needs_qdq_models(bundle_dir, tmp_path):
     from semtile.engines.tensorrt import TensorRTEngine

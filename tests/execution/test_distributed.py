@@ -44,6 +44,7 @@ def reference(tmp_path, scans, tiny_bundle) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_a_worker_killed_mid_run_changes_nothing(tmp_path, scans, reference, tiny_bundle):
     from distributed import Client, LocalCluster
 
@@ -74,6 +75,7 @@ def test_a_worker_killed_mid_run_changes_nothing(tmp_path, scans, reference, tin
     assert not list((out / ".semtile" / "tmp").iterdir())
 
 
+@pytest.mark.slow
 def test_a_scheduler_file_joins_workers_started_by_hand(tmp_path, scans, reference, tiny_bundle):
     file = tmp_path / "scheduler.json"
     dask = [sys.executable, "-m", "distributed.cli.dask_scheduler"]

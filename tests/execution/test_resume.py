@@ -115,6 +115,7 @@ def _wait_for_results(out: Path, count: int, proc: subprocess.Popen, timeout: fl
     raise AssertionError(f"the run did not write {count} results in time (exit {proc.poll()})")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["kill -9", "SIGTERM"])
 def test_killed_run_resumes_to_a_clean_runs_store(how, scans, tiny_bundle, tmp_path):
     clean = tmp_path / "clean.zarr"
@@ -144,6 +145,7 @@ def test_killed_run_resumes_to_a_clean_runs_store(how, scans, tiny_bundle, tmp_p
     no_leftovers(out)
 
 
+@pytest.mark.slow
 def test_two_concurrent_runs_lose_nothing(tiny_dataset, tiny_bundle, tmp_path):
     images = sorted((tiny_dataset / "images").glob("*.tif"))
     a, b = tmp_path / "a", tmp_path / "b"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import tifffile
 from click.testing import CliRunner
 
@@ -17,6 +18,7 @@ def _run(*args):
     return result
 
 
+@pytest.mark.slow
 def test_explain_then_evaluate_with_masks(tiny_dataset, tiny_bundle, tmp_path):
     store = tmp_path / "r.zarr"
     done = _run("process", tiny_dataset / "images", "--out", store, "--model", tiny_bundle, "--engine", "torch-cpu",

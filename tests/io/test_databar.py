@@ -6,9 +6,10 @@ import csv
 
 import numpy as np
 
-from scan_samples import LUNG, need, synthetic_frame, texture
 from semtile.io.databar import detect_databar, detect_databar_blocks
 from semtile.io.tiff import open_scan
+
+from scan_samples import LUNG, need, synthetic_frame, texture
 
 
 def test_detect_synthetic_bar():

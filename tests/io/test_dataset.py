@@ -2,8 +2,8 @@ import csv
 
 import pytest
 
-from semtile.io.dataset import parse_split, read_labels, split_samples
 from semtile.errors import DatasetError
+from semtile.io.dataset import parse_split, read_labels, split_samples
 
 
 def make(tmp_path, per_label=10, labels=3, split_column=None):

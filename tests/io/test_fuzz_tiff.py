@@ -72,6 +72,7 @@ def test_bases_are_valid(bases):
         assert check_case(path, max_pixels=MAX_PIXELS)[0] == "processed", path
 
 
+@pytest.mark.slow
 def test_mutated_tiffs_open_or_raise_image_error(bases, tmp_path_factory):
     by_name = {path.name: data for path, data in bases}
     case = tmp_path_factory.mktemp("fuzz-case") / "case.tif"

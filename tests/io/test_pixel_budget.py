@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 import tifffile
 
-from scan_samples import texture
 from semtile.errors import ImageError, SemtileError, UnreadableImageError, UnsupportedImageError
 from semtile.io.tiff import DEFAULT_MAX_PIXELS, ImageTooLargeError, open_scan
+
+from scan_samples import texture
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -12,8 +12,8 @@ from click.testing import CliRunner
 from PIL import Image
 
 from semtile.errors import UnreadableImageError, UnsupportedImageError
-from semtile.io.guards import ImageTooLargeError
 from semtile.io.discover import discover_scans
+from semtile.io.guards import ImageTooLargeError
 from semtile.io.png import read_mask, sniff_format
 from semtile.io.tiff import open_scan
 
@@ -99,7 +99,10 @@ def test_bad_pngs_name_the_file(tmp_path, pixels):
 def test_png_header_over_the_budget_is_refused_before_decoding(tmp_path):
     # A valid IHDR claiming 100000 x 100000 pixels, with almost no data: refused from the header.
     ihdr = struct.pack(">IIBBBBB", 100_000, 100_000, 8, 0, 0, 0, 0)
-    chunk = lambda kind, body: struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))  # noqa: E731
+
+    def chunk(kind, body):
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
     (tmp_path / "bomb.png").write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
                                         + chunk(b"IEND", b""))
     with pytest.raises(ImageTooLargeError, match="bomb.png.*100000x100000"):

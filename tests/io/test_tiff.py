@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import tifffile
 
-from scan_samples import VENDOR, need, synthetic_frame, texture
 from semtile.errors import (
     ImageTooSmallError,
     SemtileError,
@@ -17,6 +16,8 @@ from semtile.errors import (
     UnsupportedImageError,
 )
 from semtile.io.tiff import Scan, ScanInfo, open_scan
+
+from scan_samples import VENDOR, need, synthetic_frame, texture
 
 
 def _gray(path: Path, **kwargs) -> np.ndarray:

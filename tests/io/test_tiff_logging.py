@@ -11,9 +11,10 @@ import pytest
 import structlog
 import tifffile
 
-from scan_samples import texture
 from semtile.io.tiff import open_scan
 from semtile.logs import configure_logging, get_logger
+
+from scan_samples import texture
 
 
 @pytest.fixture
@@ -52,7 +53,7 @@ def test_every_stderr_line_is_json_with_tifffile_and_warnings(tmp_path, capsys, 
     get_logger("semtile.test").info("before", n=1)
     with open_scan(path, databar_rows=0) as scan:  # the bad tag is metadata: the image still opens
         assert scan.valid().compute().shape == (64, 48)
-    warnings.warn("a warning from Python\nover two lines", UserWarning)
+    warnings.warn("a warning from Python\nover two lines", UserWarning, stacklevel=1)
     logging.getLogger("some.library").warning("a library's warning with %s", "arguments")
     logging.getLogger("some.library").info("a library's chatter: dropped, as without logging configured")
     logging.getLogger("semtile.engines.x").info("semtile's own stdlib info: kept")

@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 import tifffile
 
-from scan_samples import LUNG, VENDOR, need, texture
 from semtile.io.databar import detect_databar
 from semtile.io.tiff import open_scan
 from semtile.io.vendor import fei_databar
+
+from scan_samples import LUNG, VENDOR, need, texture
 
 
 def test_lungcells_fei_files():

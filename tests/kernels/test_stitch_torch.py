@@ -13,8 +13,8 @@ from semtile.kernels.stitch import stitch_tiles
 from semtile.kernels.stitch_torch import accumulate_tiles_torch, flat_canvas, normalise_canvas_torch
 from semtile.kernels.window import blend_window
 
-DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
-                                                                  reason="needs a CUDA device"))]
+DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
+                                                                                   reason="needs a CUDA device")])]
 
 
 def _random_case(rng, n=23, side=32, shape=(70, 95)):

@@ -6,6 +6,7 @@ import csv
 import json
 
 import numpy as np
+import pytest
 import torch
 from click.testing import CliRunner
 
@@ -27,6 +28,7 @@ def test_builtin_weights_are_plain_state_dicts_with_cards():
     assert bundle.labels == list(range(16))
 
 
+@pytest.mark.slow
 def test_builtin_model_matches_the_truth_on_unseen_surfaces(tmp_path):
     data = tmp_path / "S"
     # One image per label with a seed the model never saw (it was trained on seed 1).

@@ -114,6 +114,7 @@ def _export_in_child(cache: str, use_lock: bool, barrier, results) -> None:
         results.put(("error", f"{type(exc).__name__}: {exc}", []))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("use_lock", [True, False], ids=["flock", "rename-only"])
 def test_two_processes_on_a_cold_cache_share_one_verified_export(tmp_path, use_lock):
     ctx = multiprocessing.get_context("spawn")

@@ -71,6 +71,7 @@ def test_converter_version_is_a_cache_key_component():
     assert FP16_CONVERTER_VERSION.startswith("semtile-fp16/")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("network,atol", [("segmenter", PROBS_ATOL), ("classifier", LOGITS_ATOL)])
 def test_builtin_model_converts_and_agrees_with_f32(builtin_export, scan_tiles, network, atol):
     original = onnx.load(str(builtin_export / f"{network}.onnx"))

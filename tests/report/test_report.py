@@ -17,6 +17,7 @@ from semtile.errors import SemtileError
 from semtile.report import build_report
 from semtile.results import open_results
 from semtile.store import ImageResult, ZarrDirectoryStore
+
 from report_run import HOSTILE, processed_run
 
 
@@ -136,6 +137,7 @@ def test_the_older_store_format_reports_from_its_masks(tmp_path):
     assert Image.open(tmp_path / "report" / rows[0]["thumb"]).size == (120, 90)
 
 
+@pytest.mark.slow
 def test_worker_processes_draw_the_same_pictures_as_one(run, tmp_path, monkeypatch):
     from semtile.report import pictures
 
@@ -144,7 +146,7 @@ def test_worker_processes_draw_the_same_pictures_as_one(run, tmp_path, monkeypat
     monkeypatch.setattr(pictures, "MIN_SHARE", 2)  # 8 images: shared among worker processes
     shared = pictures.render_pictures(results, tmp_path / "two", workers=2)
     assert shared == alone and list(shared) == results.names
-    for name, drawn in shared.items():
+    for drawn in shared.values():
         assert drawn.error is None
         for file in (drawn.thumb, drawn.view, drawn.mask, *drawn.maps.values(), *drawn.map_thumbs.values()):
             assert (tmp_path / "two" / file).read_bytes() == (tmp_path / "one" / file).read_bytes(), file

@@ -19,6 +19,7 @@ from PIL import Image
 
 from semtile.report import build_report
 from semtile.results import open_results
+
 from report_run import processed_run
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
@@ -35,7 +36,8 @@ def chromium_path() -> str | None:
 
 
 # Told at collection, before the session's fixtures train a model for nothing.
-pytestmark = pytest.mark.skipif(chromium_path() is None, reason="chromium is not installed (apt-get install chromium)")
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(chromium_path() is None, reason="chromium is not installed (apt-get install chromium)")]
 
 
 @pytest.fixture(scope="module")

@@ -13,12 +13,13 @@ import numpy as np
 import pytest
 
 pytest.importorskip("ome_zarr")
-from ome_zarr.io import parse_url  # noqa: E402
-from ome_zarr.reader import Label, Reader  # noqa: E402
+from ome_zarr.io import parse_url
+from ome_zarr.reader import Label, Reader
 
-from semtile.results import open_results  # noqa: E402
-from semtile.store.ome_zarr import level_shapes  # noqa: E402
-from sample_results import add_heat_map, write_results  # noqa: E402
+from semtile.results import open_results
+from semtile.store.ome_zarr import level_shapes
+
+from sample_results import add_heat_map, write_results
 
 
 def napari_layers(path) -> list[tuple[list, dict, str]]:

@@ -16,6 +16,7 @@ import semtile
 from semtile.errors import SemtileError
 from semtile.results import open_results
 from semtile.results.reader import TABLE_COLUMNS
+
 from sample_results import CLASSIFIER_SHA, SEGMENTER_SHA, add_heat_map, write_labels_csv, write_results
 
 
@@ -197,4 +198,4 @@ def test_what_is_no_store_is_refused_by_name_and_left_alone(tmp_path):
     bad_run.mkdir()
     (bad_run / "x.csv").write_text("a,b\n1,2\n")
     with pytest.raises(SemtileError, match="not a run table"):
-        open_results(store).runs
+        _ = open_results(store).runs  # the property reads the tables

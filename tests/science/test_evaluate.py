@@ -15,10 +15,10 @@ from click.testing import CliRunner
 
 from semtile.cli.main import main
 from semtile.errors import SemtileError
-from semtile.science.evaluate import evaluate_store, label_scores, mask_scores
-from semtile.store import ImageResult, open_store
 from semtile.models.networks import Architecture
+from semtile.science.evaluate import evaluate_store, label_scores, mask_scores
 from semtile.science.training import TrainConfig, train_classifier
+from semtile.store import ImageResult, open_store
 
 
 def test_label_scores_on_a_known_case():
@@ -39,6 +39,7 @@ def test_mask_scores():
     assert np.isnan(blank["dice"]) and np.isnan(blank["iou"]) and blank["pixel_accuracy"] == 0.5
 
 
+@pytest.mark.slow
 def test_evaluate_a_processed_dataset_with_an_expert(tiny_dataset, tiny_bundle, tmp_path):
     out = tmp_path / "r.zarr"
     run = CliRunner().invoke(main, ["process", str(tiny_dataset / "images"), "--out", str(out), "--model", str(tiny_bundle),

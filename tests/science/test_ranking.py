@@ -12,6 +12,7 @@ from semtile.cli.main import main
 from semtile.synth import SynthConfig, write_dataset
 
 
+@pytest.mark.slow
 def test_hypotheses_writes_ranking_learned_g_figure_and_summary(tmp_path):
     data = tmp_path / "d"
     write_dataset(data, SynthConfig(per_label=3, labels=4, size=(96, 128), truth="sqrt", seed=5))

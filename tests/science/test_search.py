@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 
+import pytest
 from click.testing import CliRunner
 
 from semtile.cli.main import main
@@ -12,6 +13,7 @@ from semtile.science.search import parameter_count
 from semtile.synth import SynthConfig, write_dataset
 
 
+@pytest.mark.slow
 def test_search_leaderboard(tmp_path):
     data = tmp_path / "d"
     write_dataset(data, SynthConfig(per_label=3, labels=3, size=(96, 128), truth="linear", seed=2))

@@ -10,9 +10,9 @@ import tifffile
 from click.testing import CliRunner
 
 from semtile.cli.main import main
-from semtile.science.hypotheses import hypothesis_values
 from semtile.io.tiff import open_scan
 from semtile.synth import SynthConfig, databar_height, synth_surface, write_dataset
+from semtile.synth.hypotheses import hypothesis_values
 
 
 def rows_of(path):
