@@ -273,6 +273,19 @@ def test_store_backends_only_inside_store():
     _fail("store backend imported outside semtile/store/ (use semtile.store)", _unique(store_backend_imports(_IMPORTS)))
 
 
+#: Execution runs passes; it never names a kind of pass (those rooms provide them, the CLI chooses them).
+PASS_PROVIDERS = {"defects", "explain", "science"}
+
+
+def execution_pass_imports(imports: list[Import]) -> list[Import]:
+    return [i for i in imports if room(i.importer) == "execution" and room(i.imported) in PASS_PROVIDERS]
+
+
+def test_execution_never_imports_a_kind_of_pass():
+    _fail("execution/ imports a room that provides passes (defects, explain, science)",
+          _unique(execution_pass_imports(_IMPORTS)))
+
+
 def test_kernels_import_only_numpy_numba_and_stdlib():
     _fail("kernels/ import beyond numpy, numba and the standard library", _unique(kernel_imports(_IMPORTS)))
 

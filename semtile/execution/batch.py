@@ -40,8 +40,7 @@ from semtile.execution.outcome import ImageOutcome
 from semtile.execution.resume import output_key, plan_run
 from semtile.inference.options import ProcessOptions
 from semtile.logs import get_logger
-from semtile.store import RunTable, default_csv_path, open_store
-from semtile.store.directory import host_name, process_alive
+from semtile.store import RunTable, default_csv_path, host_name, open_store, process_alive
 from semtile.store.table import new_run_id, run_columns, runs_folder, write_current_table
 
 if TYPE_CHECKING:  # the runner (dask, numba) is imported only when there is work: a rerun that skips all is quick

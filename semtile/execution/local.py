@@ -31,8 +31,7 @@ from semtile.inference.strategy import REGIONS, merge_strategy
 from semtile.io.discover import image_sha256
 from semtile.io.tiff import scan_pixels
 from semtile.logs import get_logger
-from semtile.store import ImageResult, ResultStore, RunTable, open_store
-from semtile.store.directory import host_name
+from semtile.store import ImageResult, ResultStore, RunTable, host_name, open_store
 from semtile.store.table import run_columns
 
 __all__ = ["ProcessOptions", "ImageOutcome", "RunSummary", "process_scans", "analyse_scan", "scratch_prefix",

@@ -17,8 +17,8 @@ Three implementations of one interface:
   tile block into partial sums on disk, read back region by region.
 
 A merger takes the tiles in its own :attr:`Merger.order` (row-major, or
-block by block out of core). :func:`make_merger` builds the one that
-:func:`~semtile.inference.strategy.merge_strategy` chose.
+block by block out of core). :func:`semtile.inference.mergers.make_merger`
+builds the one that :func:`~semtile.inference.strategy.merge_strategy` chose.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from semtile.inference.split import TileGrid
 from semtile.kernels.stitch import accumulate_tiles, normalise_canvas
 from semtile.kernels.window import blend_window
 
-__all__ = ["Merger", "BlendMerger", "make_merger"]
+__all__ = ["Merger", "BlendMerger"]
 
 
 class Merger(ABC):
@@ -113,26 +113,3 @@ class BlendMerger(Merger):
             out[name] = canvas
         self._canvases, self._weights = {}, None
         return out
-
-
-def make_merger(strategy: str, grid: TileGrid, *, device=None, stream=None, folder=None, block_pixels=None,
-                region: int | None = None) -> Merger:
-    """The merger of ``strategy`` (:func:`~semtile.inference.strategy.merge_strategy`) for ``grid``.
-
-    ``device``/``stream``: where a runner keeps its maps (device); ``folder``,
-    ``block_pixels`` and ``region``: the partial sums' folder and the plan (regions).
-    """
-    from semtile.inference.strategy import DEVICE, MEMORY, REGION_SIDE, REGIONS
-
-    if strategy == MEMORY:
-        return BlendMerger(grid)
-    if strategy == DEVICE:
-        from semtile.inference.merge_device import DeviceMerger
-
-        return DeviceMerger(grid, device, stream)
-    if strategy == REGIONS:
-        from semtile.inference.regions import RegionMerger, RegionPlan
-
-        plan = RegionPlan.for_grid(grid, region=region or REGION_SIDE, block_pixels=block_pixels)
-        return RegionMerger(plan, folder)
-    raise ValueError(f"unknown merge strategy {strategy!r}")

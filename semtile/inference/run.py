@@ -35,7 +35,8 @@ import numpy as np
 import zarr
 
 from semtile.errors import ImageError, ImageTooSmallError, SemtileError
-from semtile.inference.merge import BlendMerger, Merger, make_merger
+from semtile.inference.merge import BlendMerger, Merger
+from semtile.inference.mergers import make_merger
 from semtile.inference.options import MIN_SIDE, ProcessOptions
 from semtile.inference.passes import Pass, PassRunner
 from semtile.inference.split import TileGrid, read_windows
