@@ -35,7 +35,7 @@ STORES = ("X.zarr", "A.zarr", "R.zarr")
 
 
 def semtile(*args: str, cwd: Path) -> str:
-    """One semtile command with the checkout on PYTHONPATH; its stdout (raises on a non-zero exit)."""
+    """One semtile command with the checkout on PYTHONPATH; its output (raises on a non-zero exit)."""
     code = "import sys; from semtile.cli.main import main; sys.argv = ['semtile', *sys.argv[1:]]; main()"
     t0 = time.perf_counter()
     done = subprocess.run([sys.executable, "-c", code, *args], cwd=cwd, capture_output=True, text=True,
@@ -43,7 +43,7 @@ def semtile(*args: str, cwd: Path) -> str:
     print(f"  {time.perf_counter() - t0:6.1f} s  semtile {' '.join(args)}", flush=True)
     if done.returncode:
         raise SystemExit(f"semtile {' '.join(args)} exited {done.returncode}:\n{done.stdout}\n{done.stderr}")
-    return done.stdout
+    return done.stdout + done.stderr
 
 
 def run(out: Path) -> None:
@@ -104,8 +104,9 @@ def compare(a: Path, b: Path) -> int:
                     problems.append(f"{store}/{name}: {field} shape {va.shape} != {vb.shape}")
                     continue
                 worst[key] = max(worst.get(key, 0.0), float(np.max(np.abs(va - vb))) if va.size else 0.0)
-    ca = (a / "cl" / "clusters.csv").read_text()
-    cb = (b / "cl" / "clusters.csv").read_text()
+    # The table names each input by its path: the two runs' folders differ, nothing else may.
+    ca = (a / "cl" / "clusters.csv").read_text().replace(str(a.resolve()), "RUN")
+    cb = (b / "cl" / "clusters.csv").read_text().replace(str(b.resolve()), "RUN")
     worst["clusters.csv identical"] = 0.0 if ca == cb else 1.0
     for key in sorted(worst):
         print(f"{key:32s} max |diff| {worst[key]:.3g}")
