@@ -74,7 +74,7 @@ def process(inputs, out, csv_path, model, classifier, segmenter, engine_name, pr
     others are still written), 2 usage or setup error, 3 interrupted
     (SIGTERM or SIGINT; finished results are kept, the rest left for a rerun).
     """
-    from semtile.engines import EngineSettings, check_options
+    from semtile.engines import EngineSettings
     from semtile.execution.batch import run_process
     from semtile.inference.options import ProcessOptions
     from semtile.inference.segment import segment_pass
@@ -82,7 +82,6 @@ def process(inputs, out, csv_path, model, classifier, segmenter, engine_name, pr
     from semtile.models.io import load_bundle
 
     try:
-        check_options(engine_name, precision)  # a bad engine/precision pair fails before anything is read or built
         where = cluster_spec(cluster)
         found = discover_scans(inputs)
         scans = found.scans

@@ -182,12 +182,11 @@ def segment_pass(bundle, engine: str = "auto", settings: EngineSettings = Engine
     The engine and precision are resolved here, without building anything, so
     that a rerun's plan (the completion key) is known first.
     """
-    from semtile.engines import check_options, resolve_engine
+    from semtile.engines import resolve_engine
 
     multiple = max(bundle.classifier.arch.multiple, bundle.segmenter.arch.multiple)
     options.validate(multiple)
-    check_options(engine, settings.precision)
-    name, precision, why = resolve_engine(engine, settings.precision)
+    name, precision, why = resolve_engine(engine, settings.precision)  # checks the pair first, then probes
     return SegmentPass(classifier=str(bundle.classifier.path), segmenter=str(bundle.segmenter.path),
                        sha256=(bundle.classifier.sha256, bundle.segmenter.sha256), source=bundle.source,
                        labels=tuple(bundle.labels), provenance=bundle.provenance(), multiple=multiple,

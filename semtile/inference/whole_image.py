@@ -12,13 +12,13 @@ import numpy as np
 import torch
 
 from semtile.inference.run import run_array
-from semtile.inference.split import TileGrid, default_halo
+from semtile.inference.split import GridRule
 
 __all__ = ["ONE_PASS_PIXELS", "TILE", "image_logits"]
 
 #: Images up to this many pixels go through the network in one pass.
 ONE_PASS_PIXELS = 2**22
-#: Tile side for larger images (the halo is :func:`default_halo` of it).
+#: Tile side for larger images (the halo is :meth:`GridRule.derive`'s default for it).
 TILE = 1024
 
 
@@ -45,5 +45,5 @@ def image_logits(network: torch.nn.Module, image: np.ndarray, multiple: int) -> 
         def logits(tiles: np.ndarray) -> dict:
             return {"logits": network(torch.from_numpy(tiles)[:, None])[:, 0].numpy()}
 
-        grid = TileGrid((rows, cols), TILE, default_halo(TILE))
+        grid = GridRule.derive(TILE, multiple=multiple).grid((rows, cols))
         return run_array(image, grid, logits, batch_size=1)["logits"]

@@ -21,7 +21,7 @@ import torch
 from semtile.errors import SemtileError
 from semtile.inference.labels import class_probs, core_weights, decide_label
 from semtile.inference.run import run_array
-from semtile.inference.split import TileGrid, default_halo
+from semtile.inference.split import GridRule
 from semtile.logs import get_logger
 from semtile.models.io import load_model
 from semtile.models.networks import Architecture, build_model
@@ -48,7 +48,7 @@ def classify_images(network: torch.nn.Module, images: list[np.ndarray], labels: 
     network.eval()
     with torch.inference_mode():
         for image in images:
-            grid = TileGrid(image.shape, tile, default_halo(tile))
+            grid = GridRule.derive(tile).grid(image.shape)
             tile_logits = run_array(image, grid, logits, batch_size=batch_size, collect=("logits",))["logits"]
             predictions.append(decide_label(class_probs(tile_logits, core_weights(grid)), labels)[0])
     return predictions
