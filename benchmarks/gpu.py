@@ -171,7 +171,7 @@ def main() -> None:
                 t0 = time.perf_counter()
                 engine = TorchCUDAEngine(bundle, precision=precision, batch_size=batch, tile=TILE, compile=mode)
                 build = time.perf_counter() - t0
-                rows[label] = cuda_timed(lambda: engine.run(tiles))
+                rows[label] = cuda_timed(lambda engine=engine: engine.run(tiles))
                 floors[(precision, mode)] = rows[label]
                 out = engine.run(tiles[:batch * 2])
                 diff = float(np.abs(out.mask_probs - ref_probs[:batch * 2]).max())

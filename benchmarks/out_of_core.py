@@ -55,7 +55,7 @@ def run(scan: Path, out: Path, region_pixels: int) -> dict:
     try:
         facts = json.loads(result.stdout.strip().splitlines()[-1])
     except (ValueError, IndexError):
-        raise SystemExit(result.stderr[-3000:])
+        raise SystemExit(result.stderr[-3000:]) from None
     if not facts["ok"]:
         raise SystemExit(result.stderr[-3000:])
     return facts

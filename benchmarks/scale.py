@@ -121,7 +121,7 @@ def run(scans: list[Path], out: Path) -> dict:
     try:
         facts = json.loads(result.stdout.strip().splitlines()[-1])
     except (ValueError, IndexError):
-        raise SystemExit(f"semtile process failed on {scan}:\n{result.stderr[-3000:]}")
+        raise SystemExit(f"semtile process failed on {scan}:\n{result.stderr[-3000:]}") from None
     if facts["code"] != 0:
         raise SystemExit(f"semtile process exited {facts['code']} on {scan}:\n{result.stderr[-3000:]}")
     return facts

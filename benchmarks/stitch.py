@@ -73,8 +73,8 @@ def bench(shape: tuple[int, int], repeat: int, batch: int) -> list[dict]:
         ref = _run(accumulate_tiles_reference, canvas, weights, tiles, origins, window, b)
         max_err = float(np.max(np.abs(got - ref)))
         args = (canvas, weights, tiles, origins, window, b)
-        t_nb = _best(lambda: _run(accumulate_tiles, *args), repeat)
-        t_ref = _best(lambda: _run(accumulate_tiles_reference, *args), repeat)
+        t_nb = _best(lambda args=args: _run(accumulate_tiles, *args), repeat)
+        t_ref = _best(lambda args=args: _run(accumulate_tiles_reference, *args), repeat)
         rows.append(
             dict(
                 image=f"{shape[0]}x{shape[1]}",

@@ -148,7 +148,7 @@ def main() -> None:
         seg = bundle.segmenter.network.eval()
         predictor = lambda x: torch.sigmoid(seg(x))  # noqa: E731
         for mode in ("gaussian", "constant"):
-            def monai_all():
+            def monai_all(mode=mode):
                 for path, image, _, _ in data:
                     if path in small:
                         with torch.inference_mode():

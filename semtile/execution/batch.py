@@ -193,7 +193,7 @@ def run_process(
 
     with run_table, _stop_on_signals():
         try:
-            for path, name in plan.skipped:
+            for path, _ in plan.skipped:
                 run_table.add(path=str(path), status="skipped")
             for path, reason in problems:
                 log.warning("image_failed", path=str(path), error=reason, kind="discovery")

@@ -199,7 +199,7 @@ def border_jumps(heat: np.ndarray, grid: TileGrid, origin: tuple[int, int] = (0,
     for axis, offset in ((0, y0), (1, x0)):
         steps = np.abs(np.diff(heat, axis=axis))  # step k lies between pixels k and k + 1
         crosses = ((np.arange(1, heat.shape[axis]) + offset) % grid.core) == 0
-        take = (lambda m: steps[m]) if axis == 0 else (lambda m: steps[:, m])
+        take = (lambda m, s=steps: s[m]) if axis == 0 else (lambda m, s=steps: s[:, m])
         border.append(take(crosses).ravel())
         inside.append(take(~crosses).ravel())
     b, i = np.concatenate(border), np.concatenate(inside)
