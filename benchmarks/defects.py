@@ -1,4 +1,4 @@
-"""The defect numbers of issue 13, measured in one run with semtile's own commands' library calls.
+"""The defect numbers (patch scores, copper pixel scores), measured in one run with semtile's own commands' library calls.
 
 1. Lattice patches, 2% with a point defect (``semtile synth lattice``), split
    60/20/20 by label: the supervised patch classifier's AUC-ROC and AP on the

@@ -1,4 +1,4 @@
-"""Explanations scored against real masks (issue 12, part 5): shale tiles and axon SEM, held-out images.
+"""Explanations scored against real masks: shale tiles and axon SEM, held-out images.
 
 For each data set of ``../shared/data`` (never copied: the work folder holds
 symbolic links, named so that each mask has its image's name, which is how

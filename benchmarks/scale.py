@@ -14,7 +14,7 @@ whether the pipeline itself (reading, blending, writing) stays flat.
     python benchmarks/scale.py --quick
     python benchmarks/scale.py --out scale.json          # full: 1, 16, 100, 400 MP (~25 min on 2 cores)
 
-The 400 MP scan is 20000 x 20000: the issue's bound is a peak RSS <= 2 GB, and
+The 400 MP scan is 20000 x 20000: the bound asked for is a peak RSS <= 2 GB, and
 a cost per MP within 15 % of the 1 MP scan's.
 
 The CPU's speed drifts on shared machines (the same 16 MP run took 35 and 47 s

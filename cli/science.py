@@ -71,7 +71,7 @@ def search(data, c_values, d_values, n_values, N_values, max_params, out, epochs
     click.echo((out / "leaderboard.md").read_text(), nl=False)
 
 
-# -- defects (issue 13): `evaluate DATA --defect-model MODEL` scores a defect model (semtile.defects.evaluate) --
+# -- defects: `evaluate DATA --defect-model MODEL` scores a defect model (semtile.defects.evaluate) --
 
 
 def _defect_evaluation_options(func):
@@ -147,9 +147,9 @@ def evaluate(results: Path, labels_csv: Path, expert_csv: Path | None, split_fro
     if defect_model is not None and defect_masks is not None:
         raise click.UsageError("--defect-model scores a model on a dataset, --defect-masks the maps stored in "
                                "a result store: choose one")
-    if defect_masks is not None:  # defects (issue 13): stored anomaly maps
+    if defect_masks is not None:  # defects: stored anomaly maps
         return _evaluate_stored_maps(results, defect_masks, out, map_name)
-    if defect_model is not None:  # defects (issue 13)
+    if defect_model is not None:  # defects
         return _evaluate_defects(results, defect_model, part, out, defect_engine)
     if labels_csv is None and masks_dir is None:
         raise click.UsageError("Missing option '--labels' (or '--masks').")

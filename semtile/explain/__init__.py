@@ -1,4 +1,4 @@
-"""Explanations people can check (issue 12): heat maps of the classifier for whole scans, heat maps
+"""Explanations people can check: heat maps of the classifier for whole scans, heat maps
 turned into masks, scores against true masks, centre-biased mask selection, latent clusters.
 
 * :mod:`semtile.explain.heatmaps` -- Grad-CAM and CAM per tile (PyTorch), blended like the mask;

@@ -1,4 +1,4 @@
-"""``semtile evaluate RESULTS --masks DIR``: every explanation a result store holds against true masks (issue 12).
+"""``semtile evaluate RESULTS --masks DIR``: every explanation a result store holds against true masks.
 
 The segmenter's mask and the heat maps ``semtile explain`` writes (Grad-CAM,
 CAM) are read through the results API (:func:`semtile.results.open_results`),

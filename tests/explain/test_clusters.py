@@ -1,4 +1,4 @@
-"""Latent clusters (issue 12, part 4): embeddings, k-means, maps in the store, tables, montage, ARI."""
+"""Latent clusters: embeddings, k-means, maps in the store, tables, montage, ARI."""
 
 from __future__ import annotations
 

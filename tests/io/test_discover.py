@@ -24,7 +24,7 @@ def test_find_scans(tmp_path):
     odd = tmp_path / "explicit.dat"
     odd.write_bytes(b"x")
     found = find_scans([tmp_path / "a", tmp_path / "a" / "one.tif", str(odd)])
-    assert {p.name for p in found} == {"one.tif", "two.TIFF", "img.png", "explicit.dat"}  # PNG/JPEG too (issue 12)
+    assert {p.name for p in found} == {"one.tif", "two.TIFF", "img.png", "explicit.dat"}  # PNG/JPEG too
     assert found == sorted(found) and all(p.is_absolute() for p in found)
     assert ".tif" in TIFF_SUFFIXES
     with pytest.raises(SemtileError, match="missing"):

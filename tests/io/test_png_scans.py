@@ -1,4 +1,4 @@
-"""PNG and JPEG inputs (issue 12): the same Scan as a TIFF, clear errors naming the file, real files."""
+"""PNG and JPEG inputs: the same Scan as a TIFF, clear errors naming the file, real files."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""A supervised segmenter trained on its own masks: no labels.csv, no made-up classes (issue 12, part 5)."""
+"""A supervised segmenter trained on its own masks: no labels.csv, no made-up classes."""
 
 from __future__ import annotations
 
