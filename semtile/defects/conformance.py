@@ -15,9 +15,9 @@ import numpy as np
 
 from semtile.defects.anomaly import pool_maps
 from semtile.defects.engines import DefectEngine, create_defect_engine
-from semtile.defects.modelio import DefectModel
 from semtile.defects.scores import patch_scores
 from semtile.errors import SemtileError
+from semtile.models.io import LoadedModel
 
 __all__ = ["engine_patch_scores", "engine_conformance"]
 
@@ -32,7 +32,7 @@ def engine_patch_scores(engine: DefectEngine, patches: np.ndarray, batch_size: i
     return raw, scores.astype(np.float64)
 
 
-def engine_conformance(model: DefectModel, patches: np.ndarray, labels: Sequence[int] | None = None, *,
+def engine_conformance(model: LoadedModel, patches: np.ndarray, labels: Sequence[int] | None = None, *,
                        engines: Sequence[tuple[str, str]] = (("onnxruntime", "f32"), ("openvino", "f32"),
                                                              ("openvino", "auto")),
                        batch_size: int = 256, threads: int | None = None) -> dict:

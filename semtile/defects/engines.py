@@ -14,8 +14,9 @@ from abc import ABC, abstractmethod
 
 import numpy as np
 
-from semtile.defects.modelio import DefectModel
 from semtile.errors import SemtileError
+from semtile.models.io import LoadedModel
+from semtile.models.kinds import DEFECT_KINDS
 
 __all__ = ["DefectEngine", "TorchDefectEngine", "OnnxRuntimeDefectEngine", "OpenVINODefectEngine",
            "create_defect_engine", "DEFECT_ENGINES"]
@@ -29,8 +30,8 @@ class DefectEngine(ABC):
     name = "engine"
     precision = "f32"
 
-    def __init__(self, model: DefectModel, tile: int | None):
-        if not isinstance(model, DefectModel):
+    def __init__(self, model: LoadedModel, tile: int | None):
+        if not isinstance(model, LoadedModel) or model.arch.kind not in DEFECT_KINDS:
             raise SemtileError(f"a defect engine needs a loaded defect model, got {type(model).__name__}")
         self.model = model
         self.tile = tile  # None: any multiple of the model's 2**stages
@@ -61,11 +62,11 @@ class DefectEngine(ABC):
 class TorchDefectEngine(DefectEngine):
     name = "torch-cpu"
 
-    def __init__(self, model: DefectModel, threads: int | None = None):
+    def __init__(self, model: LoadedModel, threads: int | None = None):
         super().__init__(model, None)
         import torch
 
-        from semtile.defects.networks import inference_module
+        from semtile.models.networks import inference_module
 
         if threads:
             torch.set_num_threads(threads)
@@ -82,7 +83,7 @@ class TorchDefectEngine(DefectEngine):
 class OnnxRuntimeDefectEngine(DefectEngine):
     name = "onnxruntime"
 
-    def __init__(self, model: DefectModel, tile: int | None = None, threads: int | None = None):
+    def __init__(self, model: LoadedModel, tile: int | None = None, threads: int | None = None):
         try:
             import onnxruntime as ort
         except ImportError as exc:
@@ -104,7 +105,7 @@ class OnnxRuntimeDefectEngine(DefectEngine):
 class OpenVINODefectEngine(DefectEngine):
     name = "openvino"
 
-    def __init__(self, model: DefectModel, tile: int | None = None, precision: str = "auto",
+    def __init__(self, model: LoadedModel, tile: int | None = None, precision: str = "auto",
                  threads: int | None = None):
         try:
             import openvino as ov
@@ -128,7 +129,7 @@ class OpenVINODefectEngine(DefectEngine):
         return self._shape(np.array(self._request.infer({0: self.check(tiles)[:, None]})[0]))
 
 
-def create_defect_engine(model: DefectModel, engine: str = "torch-cpu", *, tile: int | None = None,
+def create_defect_engine(model: LoadedModel, engine: str = "torch-cpu", *, tile: int | None = None,
                          precision: str = "auto", threads: int | None = None) -> DefectEngine:
     """Build ``engine`` (one of :data:`DEFECT_ENGINES`) for ``model``; ONNX engines at ``tile`` (default: the card's)."""
     if engine == "torch-cpu":

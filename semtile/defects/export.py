@@ -22,11 +22,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from semtile.defects.modelio import DefectModel
-from semtile.defects.networks import inference_module
 from semtile.errors import ModelError
 from semtile.io.discover import sha256_file
 from semtile.models.export import OPSET, cache_root, read_manifest
+from semtile.models.io import LoadedModel, load_model
+from semtile.models.kinds import DEFECT_KINDS
+from semtile.models.networks import inference_module
 
 __all__ = ["export_defect_model", "exported_defect_model", "export_defect_model_checked", "read_export_manifest",
            "ONNX_NAME"]
@@ -35,11 +36,11 @@ ONNX_NAME = "model.onnx"
 MANIFEST = "export.json"
 
 
-def _output_name(model: DefectModel) -> str:
+def _output_name(model: LoadedModel) -> str:
     return "anomaly_map" if model.arch.is_anomaly else "defect_probability"
 
 
-def export_defect_model(model: DefectModel, out: str | Path, *, tile: int | None = None) -> Path:
+def export_defect_model(model: LoadedModel, out: str | Path, *, tile: int | None = None) -> Path:
     """Write ``model.onnx`` and ``export.json`` for ``model`` at ``tile`` (default: the card's tile) into ``out``."""
     import onnx
     import onnxruntime as ort
@@ -89,9 +90,8 @@ def export_defect_model_checked(path: str | Path, out: str | Path, *, tile: int 
     from scipy.ndimage import gaussian_filter
 
     from semtile.defects.conformance import engine_conformance
-    from semtile.defects.modelio import load_defect_model
 
-    model = load_defect_model(path)
+    model = load_model(path, expect=DEFECT_KINDS)
     tile = int(tile or model.tile)
     out = Path(out)
     export_defect_model(model, out, tile=tile)
@@ -120,7 +120,7 @@ def _verified(folder: Path, sha: str, tile: int) -> bool:
     return manifest.get("weights_sha256") == sha and int(manifest.get("tile", -1)) == tile
 
 
-def exported_defect_model(model: DefectModel, *, tile: int | None = None) -> Path:
+def exported_defect_model(model: LoadedModel, *, tile: int | None = None) -> Path:
     """The ONNX export of ``model`` at ``tile``, made once and cached by weight sha256."""
     tile = int(tile or model.tile)
     key = f"{model.sha256[:16]}-t{tile}-opset{OPSET}"

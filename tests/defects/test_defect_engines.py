@@ -9,8 +9,13 @@ from semtile.defects.conformance import engine_conformance
 from semtile.defects.data import load_defect_data
 from semtile.defects.engines import create_defect_engine
 from semtile.defects.export import exported_defect_model, read_export_manifest
-from semtile.defects.modelio import load_defect_model
 from semtile.errors import ModelError, SemtileError
+from semtile.models.io import load_model
+from semtile.models.kinds import DEFECT_KINDS
+
+
+def load_defect_model(path):
+    return load_model(path, expect=DEFECT_KINDS)
 
 
 @pytest.fixture(scope="module")
