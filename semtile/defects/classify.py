@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from semtile.defects.anomaly import as_engine
-from semtile.defects.engines import DefectEngine
+from semtile.engines.base import DefectEngine
 from semtile.errors import SemtileError
 from semtile.models.io import LoadedModel
 

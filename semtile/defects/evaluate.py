@@ -30,8 +30,8 @@ import numpy as np
 
 from semtile.defects.anomaly import anomaly_map, as_engine, patch_maps
 from semtile.defects.data import DefectData, load_defect_data
-from semtile.defects.engines import create_defect_engine
 from semtile.defects.scores import map_scores, patch_scores, roc_figure
+from semtile.engines import EngineSettings, create_engine
 from semtile.errors import DatasetError, SemtileError
 from semtile.logs import get_logger
 from semtile.models.io import load_model
@@ -62,7 +62,8 @@ def evaluate_defect_model(data: str | Path, model_path: str | Path, out: str | P
     out = Path(out)
     defect_data = load_defect_data(data)
     chosen, scope = _chosen(defect_data, model.card, part)
-    runner = create_defect_engine(model, engine, tile=defect_data.images[0].shape[0] if defect_data.patches else None)
+    runner, _ = create_engine(engine, model, EngineSettings(
+        tile=defect_data.images[0].shape[0] if defect_data.patches else None))
     report: dict = {"model": str(model_path), "kind": model.arch.kind, "model_sha256": model.sha256,
                     "data": str(data), "scope": scope, "images": len(chosen), "engine": runner.describe()}
     out.mkdir(parents=True, exist_ok=True)
