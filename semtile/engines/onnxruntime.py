@@ -9,7 +9,7 @@ import numpy as np
 
 from semtile.engines.base import DefectEngine, Engine, EngineOutput
 from semtile.errors import SemtileError
-from semtile.models.export import read_bundle_manifest
+from semtile.models.export import ONNX_NAME, export_model, read_export_manifest
 
 __all__ = ["OnnxRuntimeEngine", "OnnxRuntimeDefectEngine", "onnxruntime_available"]
 
@@ -33,7 +33,7 @@ class OnnxRuntimeEngine(Engine):
         import onnxruntime as ort
 
         folder = Path(bundle_dir)
-        manifest = read_bundle_manifest(folder)
+        manifest = read_export_manifest(folder, kind="bundle")
         self.tile = int(manifest["tile"])
         options = _session_options(ort, threads)
         providers = ["CPUExecutionProvider"]
@@ -72,9 +72,7 @@ class OnnxRuntimeDefectEngine(DefectEngine):
         import onnxruntime as ort
 
         super().__init__(model, int(tile or model.tile))
-        from semtile.defects.export import ONNX_NAME, exported_defect_model
-
-        folder = exported_defect_model(model, tile=self.tile)
+        folder = export_model(model, tile=self.tile)
         self._session = ort.InferenceSession(str(folder / ONNX_NAME), _session_options(ort, threads),
                                              providers=["CPUExecutionProvider"])
 

@@ -9,7 +9,7 @@ import numpy as np
 
 from semtile.engines.base import DefectEngine, Engine, EngineOutput
 from semtile.errors import SemtileError
-from semtile.models.export import read_bundle_manifest
+from semtile.models.export import ONNX_NAME, export_model, read_export_manifest
 
 __all__ = ["OpenVINOEngine", "OpenVINODefectEngine", "openvino_available", "openvino_default_precision",
            "openvino_cpu_config"]
@@ -52,7 +52,7 @@ class OpenVINOEngine(Engine):
         import openvino as ov
 
         folder = Path(bundle_dir)
-        manifest = read_bundle_manifest(folder)
+        manifest = read_export_manifest(folder, kind="bundle")
         self.tile = int(manifest["tile"])
         self.multiple = 2 ** max(manifest["architecture"]["classifier"]["d"], manifest["architecture"]["segmenter"]["d"])
         self.precision = openvino_default_precision() if precision == "auto" else precision
@@ -101,9 +101,7 @@ class OpenVINODefectEngine(DefectEngine):
 
         super().__init__(model, int(tile or model.tile))
         self.precision = openvino_default_precision() if precision == "auto" else precision
-        from semtile.defects.export import ONNX_NAME, exported_defect_model
-
-        folder = exported_defect_model(model, tile=self.tile)
+        folder = export_model(model, tile=self.tile)
         core = ov.Core()
         network = core.read_model(str(folder / ONNX_NAME))
         network.reshape({"tiles": ov.PartialShape([-1, 1, self.tile, self.tile])})

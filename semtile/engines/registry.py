@@ -123,9 +123,9 @@ def _openvino_default() -> str:
 
 
 def _exported(bundle: "ModelBundle", s: EngineSettings):
-    from semtile.models.export import exported_bundle
+    from semtile.models.export import export_model
 
-    return exported_bundle(bundle, tile=s.tile, halo=s.halo)
+    return export_model(bundle, tile=s.tile, halo=s.halo)
 
 
 def _bundle(model) -> bool:

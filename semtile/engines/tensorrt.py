@@ -141,10 +141,10 @@ class TensorRTEngine(TensorRTBuilds, Engine):
         if not 0 <= int(device) < torch.cuda.device_count():
             raise SemtileError(f"CUDA device {device} does not exist ({torch.cuda.device_count()} visible)")
 
-        from semtile.models.export import read_bundle_manifest
+        from semtile.models.export import read_export_manifest
 
         self.bundle_dir = Path(bundle_dir)
-        manifest = read_bundle_manifest(self.bundle_dir)
+        manifest = read_export_manifest(self.bundle_dir, kind="bundle")
         self.tile = int(tile) if tile is not None else int(manifest["tile"])
         arch = manifest["architecture"]
         self.multiple = max(2 ** int(arch["classifier"]["d"]), 2 ** int(arch["segmenter"]["d"]))

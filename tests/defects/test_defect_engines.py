@@ -10,7 +10,7 @@ from semtile.defects.conformance import engine_conformance
 from semtile.defects.data import load_defect_data
 from semtile.engines import DefectEngine, EngineSettings, create_engine, pick_engine, resolve_engine
 from semtile.errors import ModelError, SemtileError
-from semtile.defects.export import exported_defect_model as export_model, read_export_manifest
+from semtile.models.export import export_model, read_export_manifest
 from semtile.models.io import load_model
 from semtile.models.kinds import DEFECT_KINDS
 
@@ -43,6 +43,7 @@ def test_export_is_cached_checked_and_verified(lattice_autoencoder):
     model = load_defect_model(lattice_autoencoder)
     folder = export_model(model, tile=48)
     assert export_model(model, tile=48) == folder  # made once
+    assert folder.parent.name == "exports" and folder.name.startswith("autoencoder-")
     manifest = read_export_manifest(folder)
     assert manifest["weights_sha256"] == model.sha256 and manifest["tile"] == 48
     assert manifest["outputs"] == {"anomaly_map": ["batch", 1, 48, 48]}
