@@ -43,9 +43,9 @@ import torch  # noqa: E402
 from semtile.defects.anomaly import anomaly_map  # noqa: E402
 from semtile.defects.conformance import engine_conformance  # noqa: E402
 from semtile.defects.data import load_defect_data  # noqa: E402
-from semtile.defects.engines import create_defect_engine  # noqa: E402
-from semtile.defects.modelio import load_defect_model  # noqa: E402
-from semtile.defects.networks import DefectArchitecture, inference_module  # noqa: E402
+from semtile.engines import EngineSettings, create_engine  # noqa: E402
+from semtile.models.io import load_model  # noqa: E402
+from semtile.models.networks import DefectArchitecture, inference_module  # noqa: E402
 from semtile.defects.scores import map_scores, patch_scores  # noqa: E402
 from semtile.defects.training import DefectTrainConfig, train_autoencoder, train_patch_classifier  # noqa: E402
 from semtile.synth import SynthConfig, databar_height, write_dataset  # noqa: E402
@@ -95,14 +95,14 @@ def lattice_part(work: Path, args) -> dict:
                           arch=DefectArchitecture("patch-classifier", c=8),
                           config=DefectTrainConfig(epochs=max(2, args.epochs // 2), steps_per_epoch=args.steps,
                                                    batch_size=32, split=SPLIT, threads=args.threads, seed=0))
-    card = load_defect_model(clf).card
+    card = load_model(clf).card
     result["classifier"] = {**card["scores"]["test"]["probability"], "seconds": round(seconds, 1),
                             "per_kind": _per_kind(data / "truth.csv", clf.with_suffix(".test.csv"), "probability")}
     for kind in ("autoencoder", "vae"):
         path, seconds = _timed(f"train autoencoder{' --vae' if kind == 'vae' else ''}", train_autoencoder, data,
                                work / "m" / f"{kind}.pt", normal_label=0, config=config,
                                arch=DefectArchitecture(kind, c=8, latent=8, beta=0.1))
-        card = load_defect_model(path).card
+        card = load_model(path).card
         scores = {k: v for k, v in card["scores"]["test"].items() if isinstance(v, dict)}
         result[kind] = {"variants": scores, "pixels": card["scores"].get("test_pixels"), "seconds": round(seconds, 1),
                         "per_kind_max": _per_kind(data / "truth.csv", path.with_suffix(".test.csv"), "max"),
@@ -115,7 +115,7 @@ def lattice_part(work: Path, args) -> dict:
     result["conformance"] = {}
     for name, path in (("classifier", clf), ("autoencoder", work / "m" / "autoencoder.pt"),
                        ("vae", work / "m" / "vae.pt")):
-        report, _ = _timed(f"engines vs PyTorch, {name}", engine_conformance, load_defect_model(path), patches, labels,
+        report, _ = _timed(f"engines vs PyTorch, {name}", engine_conformance, load_model(path), patches, labels,
                            engines=engines, threads=args.threads)
         result["conformance"][name] = report
     return result
@@ -133,11 +133,11 @@ def copper_part(work: Path, args) -> tuple[dict, Path]:
     path, seconds = _timed("train autoencoder on defect-free scans", train_autoencoder, normal,
                            work / "m" / "copper-ae.pt", arch=DefectArchitecture("autoencoder", c=8, latent=8),
                            config=config)
-    model = load_defect_model(path)
+    model = load_model(path)
     data = load_defect_data(defects)
     result: dict = {"train_seconds": round(seconds, 1), "threshold": model.card["threshold"]}
     for engine_name, precision in (("torch-cpu", "auto"), ("openvino", "auto")):
-        engine = create_defect_engine(model, engine_name, precision=precision, threads=args.threads)
+        engine = create_engine(engine_name, model, EngineSettings(tile=None, precision=precision, threads=args.threads))[0]
         t0 = time.perf_counter()
         outputs = [anomaly_map(image, engine) for image in data.images]
         seconds = time.perf_counter() - t0
@@ -158,7 +158,7 @@ def copper_part(work: Path, args) -> tuple[dict, Path]:
 def seam_part(model_path: Path, args) -> dict:
     side = args.seam_side
     _log(f"3. seams on a {side}x{side} scan")
-    model = load_defect_model(model_path)
+    model = load_model(model_path)
     rows = side
     while rows - databar_height(rows) < side:
         rows += 1

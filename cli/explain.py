@@ -39,9 +39,10 @@ def explain(results, kinds, class_label, names, model, engine, batch_size, threa
     the classifier on PyTorch (gradients), blended like the mask (no tile-wise
     normalisation) and written into each result as maps `gradcam` and `cam`.
     """
-    from semtile.explain.run import TORCH_ENGINES, explain_store
+    from semtile.engines import GRADIENT_ENGINES
+    from semtile.explain.run import explain_store
 
-    if engine not in ("auto", *TORCH_ENGINES):
+    if engine not in ("auto", *GRADIENT_ENGINES):
         click.echo(f"semtile explain: heat maps need gradients, which {engine} cannot give; "
                    "they run on PyTorch (torch-cpu, or torch-cuda where there is a GPU).", err=True)
     chosen = [n.strip() for n in names.split(",") if n.strip()] if names else None

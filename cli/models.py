@@ -30,30 +30,27 @@ def engines() -> None:
               help="Tile side (default 256; a defect model's: the tile in its card).")
 @click.option("--halo", default=None, type=click.IntRange(0), help="Halo recorded in the bundle (default: tile/8).")
 def export(model: Path | None, out: Path, tile: int | None, halo: int | None) -> None:
-    """Export MODEL (default: the built-in model) to a bundle with ONNX files and checksums.
+    """Export MODEL (default: the built-in model) to ONNX with checksums, checked against PyTorch.
 
     MODEL is a model folder (segmenter and classifier), or a defect model's
     weights (.pt with its card: patch classifier, autoencoder or VAE), which is
-    exported to OUT/model.onnx and checked against PyTorch on every fast engine
-    (OUT/conformance.json).
+    exported to OUT/model.onnx. Either is checked against PyTorch on every fast
+    engine (OUT/conformance.json).
     """
-    try:
-        if model is not None and model.is_file():
-            return _export_defect_model(model, out, tile)
-        from semtile.models.export import export_bundle
-        from semtile.models.io import load_bundle
+    from semtile.engines.conformance import write_conformance
+    from semtile.models.export import export_model, export_tile
+    from semtile.models.io import load_bundle, load_model
 
-        folder = export_bundle(load_bundle(model), out, tile=tile or 256, halo=halo)
+    try:
+        loaded = load_model(model) if model is not None and model.is_file() else load_bundle(model)
+        folder = export_model(loaded, out, tile=tile, halo=halo)
+        report = write_conformance(loaded, folder, export_tile(loaded, tile))
     except SemtileError as exc:
         raise click.UsageError(str(exc)) from exc
-    click.echo(f"wrote {folder}")
-
-
-def _export_defect_model(path: Path, out: Path, tile: int | None) -> None:
-    from semtile.defects.export import export_defect_model_checked
-
-    folder, report = export_defect_model_checked(path, out, tile=tile)
-    click.echo(f"wrote {folder / 'model.onnx'} (tile {report['tile']})")
+    if report["kind"] == "bundle":
+        click.echo(f"wrote {folder}")
+    else:
+        click.echo(f"wrote {folder / 'model.onnx'} (tile {report['tile']})")
     for engine, entry in report["engines"].items():
         if "error" in entry:
             click.echo(f"  {engine}: not checked ({entry['error']})")

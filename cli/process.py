@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from semtile.errors import SemtileError
-from semtile.engines import ENGINE_NAMES
+from semtile.engines import ENGINE_NAMES, engines_for
 
 from semtile.cli.options import Progress, cluster_options, cluster_spec
 
@@ -50,7 +50,7 @@ from semtile.cli.options import Progress, cluster_options, cluster_spec
               help="With --anomaly: the pixel threshold of the anomaly fraction (default: the one calibrated in the "
                    "model's card, `semtile train calibrate-anomaly`).")
 @click.option("--anomaly-engine", default="auto", show_default=True,
-              type=click.Choice(["auto", "openvino", "onnxruntime", "torch-cpu"]),
+              type=click.Choice(["auto", *engines_for("autoencoder")]),
               help="With --anomaly: its engine (auto: the fastest available CPU engine, f32).")
 @cluster_options
 def process(inputs, out, csv_path, model, classifier, segmenter, engine_name, precision, tile, halo, batch_size,

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from semtile.cli.options import int_list, train_config, train_options
+from semtile.engines import engines_for
 from semtile.errors import SemtileError
 
 
@@ -76,7 +77,7 @@ def search(data, c_values, d_values, n_values, N_values, max_params, out, epochs
 
 def _defect_evaluation_options(func):
     func = click.option("--defect-engine", default="torch-cpu", show_default=True,
-                        type=click.Choice(["torch-cpu", "onnxruntime", "openvino"]),
+                        type=click.Choice(list(engines_for("patch-classifier"))),
                         help="With --defect-model: the engine that runs it.")(func)
     return click.option("--defect-model", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
                         help="Score this defect model (patch classifier or autoencoder, .pt) on the dataset folder "

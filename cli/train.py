@@ -131,7 +131,7 @@ def train_defects_cmd(data: Path, out: Path, c: int, normalise: str, balance: st
     Scored on the held-out test split by AUC-ROC and average precision
     (in the card), with OUT.roc.png and OUT.test.csv beside the weights.
     """
-    from semtile.defects.networks import DefectArchitecture
+    from semtile.models.networks import DefectArchitecture
     from semtile.defects.training import train_patch_classifier
 
     try:
@@ -165,7 +165,7 @@ def train_autoencoder_cmd(data: Path, out: Path, c: int, normalise: str, vae: bo
                           latent: int, smooth: float, beta: float, pool: str, crop: int, tile: int, fpr: float,
                           **kw) -> None:
     """Train a convolutional autoencoder (or --vae) on the normal images of DATA: an anomaly map per pixel."""
-    from semtile.defects.networks import DefectArchitecture
+    from semtile.models.networks import DefectArchitecture
     from semtile.defects.training import train_autoencoder
 
     try:
@@ -214,9 +214,10 @@ def calibrate_anomaly_cmd(model: Path, normal: tuple[Path, ...], fpr: float, eng
 
 
 def _echo_scores(path: Path) -> None:
-    from semtile.defects.modelio import load_defect_model
+    from semtile.models.io import load_model
+    from semtile.models.kinds import DEFECT_KINDS
 
-    card = load_defect_model(path).card
+    card = load_model(path, expect=DEFECT_KINDS).card
     click.echo(f"wrote {path}")
     test = (card.get("scores") or {}).get("test") or {}
     for name, s in test.items():

@@ -18,19 +18,20 @@ from typing import Iterable
 
 import numpy as np
 
-from semtile.defects.engines import DefectEngine, TorchDefectEngine
-from semtile.defects.modelio import DefectModel
-from semtile.defects.networks import POOLINGS
+from semtile.engines.base import DefectEngine
+from semtile.engines.torch_cpu import TorchDefectEngine
+from semtile.models.defect_networks import POOLINGS
+from semtile.models.io import LoadedModel
 from semtile.errors import SemtileError
 
 __all__ = ["anomaly_map", "calibrate_threshold", "calibrate_model", "patch_maps", "pool_maps", "as_engine"]
 
 
-def as_engine(model_or_engine: DefectModel | DefectEngine, expect_anomaly: bool = True) -> DefectEngine:
+def as_engine(model_or_engine: LoadedModel | DefectEngine, expect_anomaly: bool = True) -> DefectEngine:
     """A :class:`DefectEngine` for a loaded model (PyTorch) or the engine itself."""
     if isinstance(model_or_engine, DefectEngine):
         engine = model_or_engine
-    elif isinstance(model_or_engine, DefectModel):
+    elif isinstance(model_or_engine, LoadedModel):
         engine = TorchDefectEngine(model_or_engine)
     else:
         raise SemtileError(f"expected a defect model or engine, got {type(model_or_engine).__name__}")
@@ -53,7 +54,7 @@ def _check_image(image):
     return a
 
 
-def anomaly_map(image, model_or_engine: DefectModel | DefectEngine, *, tile: int | None = None,
+def anomaly_map(image, model_or_engine: LoadedModel | DefectEngine, *, tile: int | None = None,
                 halo: int | None = None, batch_size: int = 8,
                 threshold: float | None = None) -> tuple[np.ndarray, float | None]:
     """The anomaly map of a whole image and its anomaly fraction.
@@ -94,7 +95,7 @@ def anomaly_map(image, model_or_engine: DefectModel | DefectEngine, *, tile: int
     return result, fraction
 
 
-def patch_maps(patches: np.ndarray, model_or_engine: DefectModel | DefectEngine, batch_size: int = 256) -> np.ndarray:
+def patch_maps(patches: np.ndarray, model_or_engine: LoadedModel | DefectEngine, batch_size: int = 256) -> np.ndarray:
     """Anomaly maps (n, T, T) of whole patches (n, T, T), each in one pass (no tiling)."""
     engine = as_engine(model_or_engine)
     patches = np.asarray(patches, dtype=np.float32)
@@ -146,9 +147,10 @@ def calibrate_model(model_path, normal_images: Iterable[np.ndarray], fpr: float,
     The weights and their sha256 are unchanged; the card's ``threshold``
     records the value, the rate, how many images and ``note``. Returns it.
     """
-    from semtile.defects.modelio import load_defect_model, update_card
+    from semtile.models.io import load_model, update_card
+    from semtile.models.kinds import ANOMALY_KINDS
 
-    model = load_defect_model(model_path, expect=("autoencoder", "vae"))
+    model = load_model(model_path, expect=ANOMALY_KINDS)
     runner = engine if engine is not None else TorchDefectEngine(model)
     maps = [anomaly_map(image, runner)[0] for image in normal_images]
     if not maps:

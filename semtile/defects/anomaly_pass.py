@@ -27,38 +27,12 @@ from semtile.inference.passes import Pass, PassResult, PassRunner, RegionJudgeme
 from semtile.inference.split import GridRule, TileGrid
 from semtile.logs import get_logger
 
-__all__ = ["AnomalyPass", "ANOMALY_ENGINES", "MAP_NAME", "anomaly_pass", "pick_anomaly_engine",
-           "calibrate_on_scans"]
+__all__ = ["AnomalyPass", "MAP_NAME", "anomaly_pass", "calibrate_on_scans"]
 
 log = get_logger("semtile.process")
 
 #: The stored map's name (a pyramid group ``anomaly/0, 1, ...`` in OME-Zarr).
 MAP_NAME = "anomaly"
-#: Fastest first: what ``auto`` tries.
-ANOMALY_ENGINES = ("openvino", "onnxruntime", "torch-cpu")
-
-
-def pick_anomaly_engine(name: str = "auto") -> tuple[str, str]:
-    """The defect engine to run (``auto``: the fastest available here) and why."""
-    from semtile.engines import available_engines
-
-    if name not in ("auto", *ANOMALY_ENGINES):
-        raise SemtileError(f"--anomaly-engine {name!r}: choose auto or one of {', '.join(ANOMALY_ENGINES)}")
-    found = available_engines()
-    if name != "auto":
-        ok, why = found.get(name, (False, "unknown"))
-        if not ok:
-            raise SemtileError(f"anomaly engine {name} is not available here: {why}")
-        return name, f"asked for ({why})"
-    for candidate in ANOMALY_ENGINES:
-        ok, why = found.get(candidate, (False, "unknown"))
-        if ok:
-            skipped = [f"{n}: {found[n][1]}" for n in ANOMALY_ENGINES[: ANOMALY_ENGINES.index(candidate)]]
-            return candidate, f"auto: {candidate} is the fastest available ({why})" + \
-                ("; not available: " + "; ".join(skipped) if skipped else "")
-    raise SemtileError("no engine for the anomaly model is available here")  # torch-cpu always is
-
-
 class _AnomalyRunner(PassRunner):
     def __init__(self, engine):
         self.engine = engine
@@ -98,16 +72,17 @@ class AnomalyPass(Pass):
         return self.batch
 
     def build_runner(self) -> PassRunner:
-        from semtile.defects.engines import create_defect_engine
-        from semtile.defects.modelio import load_defect_model
+        from semtile.engines import EngineSettings, create_engine
+        from semtile.models.io import load_model
+        from semtile.models.kinds import ANOMALY_KINDS
 
-        model = load_defect_model(self.model, expect=("autoencoder", "vae"))
+        model = load_model(self.model, expect=ANOMALY_KINDS)
         if model.sha256 != self.sha256:
             raise SemtileError(f"{self.model}: the anomaly model changed since the run started "
                                f"(sha256 {model.sha256[:12]}... != {self.sha256[:12]}...)")
-        tile = self.rule.tile if self.engine != "torch-cpu" else None
-        return _AnomalyRunner(create_defect_engine(model, self.engine, tile=tile, precision=self.precision,
-                                                   threads=self.threads))
+        engine, _ = create_engine(self.engine, model, EngineSettings(tile=self.rule.tile, precision=self.precision,
+                                                                     threads=self.threads))
+        return _AnomalyRunner(engine)
 
     def map_names(self) -> tuple[str, ...]:
         return (MAP_NAME,)
@@ -152,11 +127,13 @@ class AnomalyPass(Pass):
 def anomaly_pass(model_path: str | Path, *, engine: str = "auto", threshold: float | None = None,
                  batch_size: int = 8, threads: int | None = None) -> AnomalyPass:
     """Check the anomaly model and settle its engine, grid and threshold (SemtileError naming the file)."""
-    from semtile.defects.modelio import load_defect_model
+    from semtile.engines import pick_engine
     from semtile.errors import ModelError
+    from semtile.models.io import load_model
+    from semtile.models.kinds import DEFECT_KINDS
 
     try:
-        model = load_defect_model(model_path)
+        model = load_model(model_path, expect=DEFECT_KINDS)
     except ModelError as exc:
         raise SemtileError(f"--anomaly: {exc}") from None
     if not model.arch.is_anomaly:
@@ -172,7 +149,7 @@ def anomaly_pass(model_path: str | Path, *, engine: str = "auto", threshold: flo
                            "`semtile train calibrate-anomaly MODEL NORMAL_SCANS...` or give --anomaly-threshold")
     if not np.isfinite(threshold):
         raise SemtileError(f"--anomaly-threshold {threshold}: must be a finite number")
-    name, why = pick_anomaly_engine(engine)
+    name, why = pick_engine(engine, kind=model.kind)
     return AnomalyPass(model=str(Path(model_path).resolve()), sha256=model.sha256, model_kind=model.arch.kind,
                        engine=name, precision="f32", grid_rule=rule, threshold=float(threshold),
                        threshold_source=source, batch=int(batch_size), threads=threads, engine_reason=why)
@@ -189,15 +166,16 @@ def calibrate_on_scans(model_path: str | Path, scans: list[Path], fpr: float, *,
     then uses. Returns the card's new ``threshold`` entry.
     """
     from semtile.defects.anomaly import calibrate_model
-    from semtile.defects.engines import create_defect_engine
-    from semtile.defects.modelio import load_defect_model
+    from semtile.engines import EngineSettings, create_engine, pick_engine
+    from semtile.models.io import load_model
+    from semtile.models.kinds import ANOMALY_KINDS
     from semtile.io.tiff import open_scan
 
     if not scans:
         raise SemtileError(f"{model_path}: no normal scans to calibrate the threshold on")
-    model = load_defect_model(model_path, expect=("autoencoder", "vae"))
-    name, why = pick_anomaly_engine(engine)
-    runner = create_defect_engine(model, name, tile=model.tile if name != "torch-cpu" else None, precision="f32")
+    model = load_model(model_path, expect=ANOMALY_KINDS)
+    name, why = pick_engine(engine, kind=model.kind)
+    runner, _ = create_engine(name, model, EngineSettings(tile=None, precision="f32"))
 
     def images():
         for path in scans:

@@ -11,14 +11,14 @@ from __future__ import annotations
 import numpy as np
 
 from semtile.defects.anomaly import as_engine
-from semtile.defects.engines import DefectEngine
-from semtile.defects.modelio import DefectModel
+from semtile.engines.base import DefectEngine
 from semtile.errors import SemtileError
+from semtile.models.io import LoadedModel
 
 __all__ = ["classify_scan"]
 
 
-def classify_scan(image, model_or_engine: DefectModel | DefectEngine, *, tile: int | None = None,
+def classify_scan(image, model_or_engine: LoadedModel | DefectEngine, *, tile: int | None = None,
                   batch_size: int = 64) -> dict:
     """Defect probability of every patch of a 2-D float image in [0, 1].
 

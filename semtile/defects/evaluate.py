@@ -30,11 +30,12 @@ import numpy as np
 
 from semtile.defects.anomaly import anomaly_map, as_engine, patch_maps
 from semtile.defects.data import DefectData, load_defect_data
-from semtile.defects.engines import create_defect_engine
-from semtile.defects.modelio import load_defect_model
 from semtile.defects.scores import map_scores, patch_scores, roc_figure
+from semtile.engines import EngineSettings, create_engine
 from semtile.errors import DatasetError, SemtileError
 from semtile.logs import get_logger
+from semtile.models.io import load_model
+from semtile.models.kinds import DEFECT_KINDS
 
 __all__ = ["evaluate_defect_model", "evaluate_stored_maps"]
 
@@ -57,11 +58,12 @@ def _chosen(data: DefectData, card: dict, part: str) -> tuple[list[int], str]:
 def evaluate_defect_model(data: str | Path, model_path: str | Path, out: str | Path, *, part: str = "test",
                           engine: str = "torch-cpu", threshold: float | None = None) -> dict:
     """Score a defect model on ``data``; write ``metrics.json``, ``summary.md`` and tables into ``out``."""
-    model = load_defect_model(model_path)
+    model = load_model(model_path, expect=DEFECT_KINDS)
     out = Path(out)
     defect_data = load_defect_data(data)
     chosen, scope = _chosen(defect_data, model.card, part)
-    runner = create_defect_engine(model, engine, tile=defect_data.images[0].shape[0] if defect_data.patches else None)
+    runner, _ = create_engine(engine, model, EngineSettings(
+        tile=defect_data.images[0].shape[0] if defect_data.patches else None))
     report: dict = {"model": str(model_path), "kind": model.arch.kind, "model_sha256": model.sha256,
                     "data": str(data), "scope": scope, "images": len(chosen), "engine": runner.describe()}
     out.mkdir(parents=True, exist_ok=True)

@@ -36,8 +36,8 @@ from torch.nn import functional as F
 
 from semtile.defects.augment import AugmentedBatches, crop_sampler
 from semtile.defects.data import DefectData, load_defect_data
-from semtile.defects.modelio import DefectModel, load_defect_model, save_defect_model, update_card
-from semtile.defects.networks import DefectArchitecture, build_defect_model
+from semtile.models.io import LoadedModel, load_model, save_model, update_card
+from semtile.models.networks import DefectArchitecture, build_model
 from semtile.defects.scores import patch_scores, roc_figure
 from semtile.errors import DatasetError, SemtileError
 from semtile.logs import get_logger
@@ -137,9 +137,9 @@ def _write_scores_csv(path: Path, names: list[str], labels: np.ndarray, columns:
     return path
 
 
-def classifier_scores(model: DefectModel | torch.nn.Module, patches: np.ndarray, batch_size: int = 512) -> np.ndarray:
+def classifier_scores(model: LoadedModel | torch.nn.Module, patches: np.ndarray, batch_size: int = 512) -> np.ndarray:
     """Defect probability of each patch (n, T, T) by a patch classifier, run by PyTorch."""
-    network = model.network if isinstance(model, DefectModel) else model
+    network = model.network if isinstance(model, LoadedModel) else model
     network.eval()
     out = []
     with torch.inference_mode():
@@ -173,7 +173,7 @@ def train_patch_classifier(data: str | Path | DefectData, out: str | Path, *, ar
         raise DatasetError(f"{data.source}: patches of {side} pixels are not a multiple of {arch.multiple} (2**d)")
     patches = data.stack(list(range(len(data.images))))
     arch = _normalisation(arch, _sample_pixels([patches[i] for i in train[:5000]], rng), True)
-    network = build_defect_model(arch)
+    network = build_model(arch)
     n_pos = int(round(config.batch_size * config.positive_share)) if config.balance == "sampling" else 0
     pos_weight = torch.tensor(len(neg) / len(pos)) if config.balance == "weights" else None
 
@@ -209,8 +209,8 @@ def train_patch_classifier(data: str | Path | DefectData, out: str | Path, *, ar
                                     f"defect patches, held-out test split ({len(idx)}, {int(y[idx].sum())} defects)")
     if "test" in scores:
         log.info("patch_classifier_test", **scores["test"]["probability"])
-    return save_defect_model(
-        network, arch, out, tile=side, halo=0,
+    return save_model(
+        network, arch, path=out, tile=side, halo=0,
         scores=scores, figures={"roc": figure.name if figure else None, "test_scores": table.name if table else None},
         training={"data": data.source, "config": asdict(config), "best_epoch": best_epoch, "history": history,
                   "split": _split_record(data, config), "train_defects": int(len(pos)),
@@ -296,7 +296,7 @@ def train_autoencoder(data: str | Path | DefectData, out: str | Path, *, arch: D
         val_tiles = (np.concatenate([crop_sampler([data.images[i]], crop, val_rng)(4) for i in val])
                      if len(val) else None)
     arch = _normalisation(arch, _sample_pixels(images, rng), data.patches)
-    network = build_defect_model(arch)
+    network = build_model(arch)
     loss_fn = _autoencoder_loss(arch, int(config.warmup * config.epochs * config.steps_per_epoch))
 
     def validate() -> float:
@@ -313,12 +313,12 @@ def train_autoencoder(data: str | Path | DefectData, out: str | Path, *, arch: D
 
     history, best_epoch = _optimise(network, AugmentedBatches(rng, sample, config.jitter), loss_fn, validate, config,
                                     arch.kind, progress, higher_is_better=False)
-    path = save_defect_model(network, arch, out, tile=tile, halo=None,
+    path = save_model(network, arch, path=out, tile=tile, halo=None,
                              normal_label=normal_label,
                              training={"data": data.source, "config": asdict(config), "best_epoch": best_epoch,
                                        "history": history, "split": _split_record(data, config),
                                        "normal_train_images": int(len(train)), "patches": data.patches})
-    model = load_defect_model(path)
+    model = load_model(path)
     # Threshold: normal validation data (training data when there is none), at the chosen FPR.
     calibration_idx = val if len(val) else train
     fields: dict = {}
@@ -339,7 +339,7 @@ def train_autoencoder(data: str | Path | DefectData, out: str | Path, *, arch: D
     return path
 
 
-def _score_autoencoder(model: DefectModel, data: DefectData, out: Path) -> dict:
+def _score_autoencoder(model: LoadedModel, data: DefectData, out: Path) -> dict:
     """Held-out scores where the test split allows: patch AUC-ROC/AP per variant, pixel AUROC and PRO."""
     from semtile.defects.anomaly import anomaly_map, patch_maps
     from semtile.defects.scores import map_scores

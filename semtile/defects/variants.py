@@ -1,6 +1,6 @@
 """The ways an autoencoder can score a patch, side by side.
 
-The anomaly map (:class:`~semtile.defects.networks.AnomalyMap`) can be
+The anomaly map (:class:`~semtile.models.defect_networks.AnomalyMap`) can be
 pooled over a patch by its maximum or its mean; a VAE's map has two terms,
 the reconstruction error and the latent (KL) term, and each can be scored on
 its own. :func:`score_variants` gives every variant for a batch of patches so
@@ -18,14 +18,14 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from semtile.defects.modelio import DefectModel
-from semtile.defects.networks import AnomalyMap
 from semtile.errors import SemtileError
+from semtile.models.defect_networks import AnomalyMap
+from semtile.models.io import LoadedModel
 
 __all__ = ["score_variants"]
 
 
-def score_variants(model: DefectModel, patches: np.ndarray, batch_size: int = 256) -> dict[str, np.ndarray]:
+def score_variants(model: LoadedModel, patches: np.ndarray, batch_size: int = 256) -> dict[str, np.ndarray]:
     """Every score variant of ``model`` (an autoencoder or VAE) for ``patches`` (n, T, T)."""
     if not model.arch.is_anomaly:
         raise SemtileError(f"{model.path}: score variants are for autoencoders, not a {model.arch.kind}")

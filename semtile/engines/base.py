@@ -1,4 +1,9 @@
-"""The engine interface: load a model bundle, run batches of tiles, return arrays.
+"""The engine interfaces: load a model, run batches of tiles, return arrays.
+
+:class:`Engine` runs a bundle (classifier and segmenter together) and returns
+an :class:`EngineOutput`; :class:`DefectEngine` runs one defect model and
+returns its inference graph's output, one array. Every backend file
+(``torch_cpu``, ``onnxruntime``, ``openvino``...) holds its engines of both.
 
 Two ways to run a batch:
 
@@ -17,7 +22,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Engine", "EngineOutput", "Submitted"]
+from semtile.errors import SemtileError
+from semtile.models.kinds import DEFECT_KINDS
+
+__all__ = ["Engine", "EngineOutput", "Submitted", "DefectEngine"]
 
 
 @dataclass(frozen=True)
@@ -76,3 +84,46 @@ class Engine(ABC):
         if tiles.shape[1] % multiple:
             raise ValueError(f"tile side {tiles.shape[1]} is not a multiple of {multiple}")
         return np.ascontiguousarray(tiles, dtype=np.float32)
+
+
+class DefectEngine(ABC):
+    """One defect model (a loaded patch classifier, autoencoder or VAE) on one backend. Not thread-safe: one
+    per thread.
+
+    ``run(tiles)`` takes float32 intensities in [0, 1] of shape (n, T, T) and
+    returns what the model's inference graph gives: the anomaly map (n, T, T)
+    of an autoencoder or VAE, the defect probability (n,) of a patch classifier.
+    """
+
+    name = "engine"
+    precision = "f32"
+
+    def __init__(self, model, tile: int | None):
+        kind = getattr(getattr(model, "arch", None), "kind", None)
+        if kind not in DEFECT_KINDS or not hasattr(model, "network"):
+            raise SemtileError(f"a defect engine needs a loaded defect model, got "
+                               f"{kind or type(model).__name__}")
+        self.model = model
+        self.tile = tile  # None: any multiple of the model's 2**stages
+
+    def check(self, tiles: np.ndarray) -> np.ndarray:
+        if not isinstance(tiles, np.ndarray) or tiles.ndim != 3 or tiles.shape[1] != tiles.shape[2]:
+            raise ValueError(f"tiles must be an (n, T, T) array, got {getattr(tiles, 'shape', type(tiles))}")
+        side = tiles.shape[1]
+        if side % self.model.arch.multiple:
+            raise ValueError(f"tile side {side} is not a multiple of {self.model.arch.multiple} ({self.model.path})")
+        if self.tile is not None and side != self.tile:
+            raise ValueError(f"the {self.name} engine runs {self.tile}-pixel tiles, got {side}")
+        return np.ascontiguousarray(tiles, dtype=np.float32)
+
+    @abstractmethod
+    def run(self, tiles: np.ndarray) -> np.ndarray:
+        """Per-pixel output of a batch of tiles (n, T, T), or one value per tile (n,), float32."""
+
+    @staticmethod
+    def _shape(out: np.ndarray) -> np.ndarray:
+        out = np.asarray(out, dtype=np.float32)
+        return np.ascontiguousarray(out[:, 0] if out.ndim == 4 else out)
+
+    def describe(self) -> dict:
+        return {"name": self.name, "precision": self.precision, "model_sha256": self.model.sha256}

@@ -1,4 +1,5 @@
-"""ONNX Runtime engine on the CPU, over an exported bundle."""
+"""ONNX Runtime engines on the CPU: a bundle's export (:class:`OnnxRuntimeEngine`), a defect model's
+(:class:`OnnxRuntimeDefectEngine`, at the fixed tile of its cached export)."""
 
 from __future__ import annotations
 
@@ -6,11 +7,11 @@ from pathlib import Path
 
 import numpy as np
 
-from semtile.engines.base import Engine, EngineOutput
+from semtile.engines.base import DefectEngine, Engine, EngineOutput
 from semtile.errors import SemtileError
-from semtile.models.export import read_bundle_manifest
+from semtile.models.export import ONNX_NAME, export_model, read_export_manifest
 
-__all__ = ["OnnxRuntimeEngine", "onnxruntime_available"]
+__all__ = ["OnnxRuntimeEngine", "OnnxRuntimeDefectEngine", "onnxruntime_available"]
 
 
 def onnxruntime_available() -> tuple[bool, str]:
@@ -32,12 +33,9 @@ class OnnxRuntimeEngine(Engine):
         import onnxruntime as ort
 
         folder = Path(bundle_dir)
-        manifest = read_bundle_manifest(folder)
+        manifest = read_export_manifest(folder, kind="bundle")
         self.tile = int(manifest["tile"])
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if threads:
-            options.intra_op_num_threads = threads
+        options = _session_options(ort, threads)
         providers = ["CPUExecutionProvider"]
         self._classifier = ort.InferenceSession(str(folder / "classifier.onnx"), options, providers=providers)
         self._segmenter = ort.InferenceSession(str(folder / "segmenter.onnx"), options, providers=providers)
@@ -52,3 +50,31 @@ class OnnxRuntimeEngine(Engine):
 
     def describe(self) -> dict:
         return {"name": self.name, "precision": self.precision, "device": "cpu", "onnxruntime": self._version}
+
+
+def _session_options(ort, threads: int | None):
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads:
+        options.intra_op_num_threads = threads
+    return options
+
+
+class OnnxRuntimeDefectEngine(DefectEngine):
+    """A defect model's cached ONNX export on ONNX Runtime, f32, at ``tile`` (default: the card's)."""
+
+    name = "onnxruntime"
+
+    def __init__(self, model, tile: int | None = None, threads: int | None = None):
+        ok, why = onnxruntime_available()
+        if not ok:
+            raise SemtileError(why)
+        import onnxruntime as ort
+
+        super().__init__(model, int(tile or model.tile))
+        folder = export_model(model, tile=self.tile)
+        self._session = ort.InferenceSession(str(folder / ONNX_NAME), _session_options(ort, threads),
+                                             providers=["CPUExecutionProvider"])
+
+    def run(self, tiles: np.ndarray) -> np.ndarray:
+        return self._shape(self._session.run(None, {"tiles": self.check(tiles)[:, None]})[0])

@@ -1,4 +1,5 @@
-"""OpenVINO engine on the CPU: f32, bf16 (AMX / AVX512-BF16) or int8 (NNCF post-training quantisation)."""
+"""OpenVINO engines on the CPU: a bundle's export at f32, bf16 (AMX / AVX512-BF16) or int8 (NNCF post-training
+quantisation), :class:`OpenVINOEngine`; a defect model's at f32 or bf16, :class:`OpenVINODefectEngine`."""
 
 from __future__ import annotations
 
@@ -6,11 +7,12 @@ from pathlib import Path
 
 import numpy as np
 
-from semtile.engines.base import Engine, EngineOutput
+from semtile.engines.base import DefectEngine, Engine, EngineOutput
 from semtile.errors import SemtileError
-from semtile.models.export import read_bundle_manifest
+from semtile.models.export import ONNX_NAME, export_model, read_export_manifest
 
-__all__ = ["OpenVINOEngine", "openvino_available", "openvino_default_precision", "openvino_cpu_config"]
+__all__ = ["OpenVINOEngine", "OpenVINODefectEngine", "openvino_available", "openvino_default_precision",
+           "openvino_cpu_config"]
 
 PRECISIONS = ("auto", "f32", "bf16", "int8")
 
@@ -50,7 +52,7 @@ class OpenVINOEngine(Engine):
         import openvino as ov
 
         folder = Path(bundle_dir)
-        manifest = read_bundle_manifest(folder)
+        manifest = read_export_manifest(folder, kind="bundle")
         self.tile = int(manifest["tile"])
         self.multiple = 2 ** max(manifest["architecture"]["classifier"]["d"], manifest["architecture"]["segmenter"]["d"])
         self.precision = openvino_default_precision() if precision == "auto" else precision
@@ -82,6 +84,32 @@ class OpenVINOEngine(Engine):
 
     def describe(self) -> dict:
         return {"name": self.name, "precision": self.precision, "device": "cpu", "openvino": self._version}
+
+
+class OpenVINODefectEngine(DefectEngine):
+    """A defect model's cached ONNX export on OpenVINO, f32 or bf16 (``auto``: bf16 where the CPU has it natively)."""
+
+    name = "openvino"
+
+    def __init__(self, model, tile: int | None = None, precision: str = "auto", threads: int | None = None):
+        ok, why = openvino_available()
+        if not ok:
+            raise SemtileError(why)
+        if precision not in ("auto", "f32", "bf16"):
+            raise SemtileError(f"the openvino defect engine runs f32 or bf16 (or auto), not {precision!r}")
+        import openvino as ov
+
+        super().__init__(model, int(tile or model.tile))
+        self.precision = openvino_default_precision() if precision == "auto" else precision
+        folder = export_model(model, tile=self.tile)
+        core = ov.Core()
+        network = core.read_model(str(folder / ONNX_NAME))
+        network.reshape({"tiles": ov.PartialShape([-1, 1, self.tile, self.tile])})
+        self._request = core.compile_model(network, "CPU", openvino_cpu_config(self.precision, threads)
+                                           ).create_infer_request()
+
+    def run(self, tiles: np.ndarray) -> np.ndarray:
+        return self._shape(np.array(self._request.infer({0: self.check(tiles)[:, None]})[0]))
 
 
 def openvino_cpu_config(precision: str, threads: int | None) -> dict:

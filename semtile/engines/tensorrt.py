@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from semtile.engines.base import Engine, EngineOutput, Submitted
-from semtile.engines.tensorrt_build import NETWORKS, TensorRTBuilds, _trt_logger
+from semtile.engines.tensorrt_build import NETWORKS, TensorRTBuilds, trt_logger
 from semtile.errors import ModelError, SemtileError
 
 __all__ = ["TensorRTEngine", "tensorrt_available", "PRECISIONS", "default_cache_dir"]
@@ -141,10 +141,10 @@ class TensorRTEngine(TensorRTBuilds, Engine):
         if not 0 <= int(device) < torch.cuda.device_count():
             raise SemtileError(f"CUDA device {device} does not exist ({torch.cuda.device_count()} visible)")
 
-        from semtile.models.export import read_bundle_manifest
+        from semtile.models.export import read_export_manifest
 
         self.bundle_dir = Path(bundle_dir)
-        manifest = read_bundle_manifest(self.bundle_dir)
+        manifest = read_export_manifest(self.bundle_dir, kind="bundle")
         self.tile = int(tile) if tile is not None else int(manifest["tile"])
         arch = manifest["architecture"]
         self.multiple = max(2 ** int(arch["classifier"]["d"]), 2 ** int(arch["segmenter"]["d"]))
@@ -172,7 +172,7 @@ class TensorRTEngine(TensorRTBuilds, Engine):
         engines = {}
         with torch.cuda.device(self.device):
             torch.cuda.init()
-            runtime = trt.Runtime(_trt_logger(trt))
+            runtime = trt.Runtime(trt_logger(trt))
             self._runtime = runtime
             builder_state: dict = {}
             for net in NETWORKS:

@@ -21,7 +21,7 @@ from semtile.errors import ModelError, SemtileError
 from semtile.io.discover import sha256_file
 from semtile.models.fp16 import FP16_CONVERTER_VERSION
 
-__all__ = ["NETWORKS", "TensorRTBuilds"]
+__all__ = ["NETWORKS", "TensorRTBuilds", "trt_logger"]
 
 log = logging.getLogger("semtile.engines.tensorrt")
 
@@ -29,7 +29,7 @@ NETWORKS = ("classifier", "segmenter")
 _LOGGER = None  # one trt.Logger per process, as TensorRT recommends
 
 
-def _trt_logger(trt):
+def trt_logger(trt):
     global _LOGGER
     if _LOGGER is None:
         _LOGGER = trt.Logger(trt.Logger.WARNING)
@@ -123,7 +123,7 @@ class TensorRTBuilds:
         """A builder and a timing cache shared by this engine's builds, created on first need."""
         trt = self._trt
         if "builder" not in state:
-            builder = trt.Builder(_trt_logger(trt))
+            builder = trt.Builder(trt_logger(trt))
             probe_config = builder.create_builder_config()
             data = b""
             if self.timing_cache_path.is_file():
@@ -157,7 +157,7 @@ class TensorRTBuilds:
         if hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):
             flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
         network = builder.create_network(flags)
-        parser = trt.OnnxParser(network, _trt_logger(trt))
+        parser = trt.OnnxParser(network, trt_logger(trt))
         if self.precision == "fp16":
             import onnx
 

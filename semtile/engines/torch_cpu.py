@@ -1,7 +1,9 @@
-"""PyTorch engine on the CPU: the f32 reference every other engine is checked against.
+"""PyTorch engines on the CPU: the f32 reference every other engine is checked against.
 
-``precision="bf16"`` converts copies of the networks to bfloat16 (rather than
-autocast, which re-casts weights on every call); both run channels_last.
+:class:`TorchCPUEngine` runs a bundle; ``precision="bf16"`` converts copies of
+the networks to bfloat16 (rather than autocast, which re-casts weights on
+every call); both run channels_last. :class:`TorchDefectEngine` runs one
+defect model at f32, at any tile that is a multiple of its ``2**stages``.
 """
 
 from __future__ import annotations
@@ -11,12 +13,13 @@ import copy
 import numpy as np
 import torch
 
-from semtile.engines.base import Engine, EngineOutput
+from semtile.engines.base import DefectEngine, Engine, EngineOutput
 from semtile.errors import SemtileError
 from semtile.models.fold import fold_batchnorm
-from semtile.models.io import ModelBundle
+from semtile.models.io import LoadedModel, ModelBundle
+from semtile.models.networks import inference_module
 
-__all__ = ["TorchCPUEngine"]
+__all__ = ["TorchCPUEngine", "TorchDefectEngine"]
 
 _DTYPES = {"f32": torch.float32, "bf16": torch.bfloat16}
 
@@ -62,3 +65,20 @@ class TorchCPUEngine(Engine):
     def describe(self) -> dict:
         return {"name": self.name, "precision": self.precision, "device": "cpu",
                 "threads": torch.get_num_threads(), "compile": self.compile_mode, "torch": torch.__version__}
+
+
+class TorchDefectEngine(DefectEngine):
+    """A defect model's inference graph on PyTorch, f32: the reference of the defect engines."""
+
+    name = "torch-cpu"
+
+    def __init__(self, model: LoadedModel, threads: int | None = None):
+        super().__init__(model, None)
+        if threads:
+            torch.set_num_threads(threads)
+        self._module = inference_module(model.network)
+
+    def run(self, tiles: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(self.check(tiles))[:, None]
+        with torch.inference_mode():
+            return self._shape(self._module(x).numpy())

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from semtile.engines import torch_device
 from semtile.errors import ModelError, SemtileError
 from semtile.explain.heatmaps import KINDS, HeatMapPass, parse_kinds
 from semtile.inference.options import ProcessOptions
@@ -39,12 +40,10 @@ from semtile.inference.split import GridRule
 from semtile.inference.strategy import REGIONS, merge_strategy
 from semtile.logs import get_logger
 
-__all__ = ["TORCH_ENGINES", "ExplainOutcome", "torch_device", "explain_store", "chosen_names"]
+__all__ = ["ExplainOutcome", "explain_store", "chosen_names"]
 
 log = get_logger("semtile.explain")
 
-#: Engines that can take gradients.
-TORCH_ENGINES = ("torch-cpu", "torch-cuda")
 
 
 @dataclass
@@ -76,31 +75,6 @@ def chosen_names(results, names: Sequence[str] | None, store: Path, what: str) -
     if not chosen:
         raise SemtileError(f"{store}: no results to {what}")
     return chosen
-
-
-def torch_device(engine: str) -> tuple[str, str]:
-    """The torch device heat maps run on for ``--engine``, and a sentence saying why (logged, never silent).
-
-    ``auto`` takes CUDA where there is a GPU, else the CPU; a torch engine is
-    taken as asked (SemtileError for torch-cuda without a GPU); any other
-    engine (OpenVINO, ONNX Runtime, TensorRT) cannot take gradients: heat maps
-    then run on torch and the sentence says so.
-    """
-    import torch
-
-    cuda = torch.cuda.is_available()
-    if engine == "auto":
-        return ("cuda", "auto: torch-cuda (a GPU is present)") if cuda else \
-            ("cpu", "auto: torch-cpu (heat maps need gradients, which only the PyTorch engines give)")
-    if engine == "torch-cpu":
-        return "cpu", "torch-cpu as asked"
-    if engine == "torch-cuda":
-        if not cuda:
-            raise SemtileError("--engine torch-cuda: no CUDA device is available here (use torch-cpu or auto)")
-        return "cuda", "torch-cuda as asked"
-    device = "cuda" if cuda else "cpu"
-    return device, (f"heat maps need gradients, which {engine} cannot give: they run on torch-{device} instead "
-                    f"(the results' masks and labels are untouched)")
 
 
 def _classifier_for(result, model: Path | None, cache: dict):
@@ -177,7 +151,7 @@ def explain_store(store: str | Path, kinds: str | Sequence[str] = KINDS, *, clas
     store = Path(store)
     results = open_results(store)
     chosen = chosen_names(results, names, store, "explain")
-    device, why = torch_device(engine)
+    device, why = torch_device(engine)  # the registry's word on which torch device gives gradients
     log.info("explain_engine", engine=f"torch-{device}", asked=engine, reason=why)
     if threads:
         torch.set_num_threads(int(threads))

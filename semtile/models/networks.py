@@ -7,6 +7,11 @@
 * :class:`Segmenter` -- the same descending path, a mirrored ascending path
   with bilinear upsampling, skips merged by summation, a 1x1 head and a
   sigmoid: an adhesive probability per pixel, the size of the input tile.
+
+The defect networks (:mod:`semtile.models.defect_networks`) are built by the
+same :func:`build_model`, from their own :class:`DefectArchitecture`;
+:func:`architecture` reads either from a card, :func:`inference_module` gives
+the graph every engine and export runs for any kind.
 """
 
 from __future__ import annotations
@@ -17,7 +22,19 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["Architecture", "Classifier", "Segmenter", "build_model"]
+from semtile.errors import ModelError
+from semtile.models.defect_networks import (
+    AutoEncoder,
+    AnomalyMap,
+    ClassifierProbability,
+    DefectArchitecture,
+    PatchClassifier,
+    VariationalAutoEncoder,
+)
+from semtile.models.kinds import BUNDLE_KINDS, DEFECT_KINDS
+
+__all__ = ["Architecture", "DefectArchitecture", "Classifier", "Segmenter", "SegmenterProbabilities", "architecture",
+           "build_model", "inference_module"]
 
 # Inputs are intensities in [0, 1]; this fixed affine map (part of the network,
 # so every engine and export sees it) centres them.
@@ -47,6 +64,10 @@ class Architecture:
     def multiple(self) -> int:
         """Tile sides must be a multiple of this (one halving per stage)."""
         return 2**self.d
+
+    @property
+    def is_anomaly(self) -> bool:
+        return False
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -118,6 +139,49 @@ class Segmenter(nn.Module):
         return torch.sigmoid(self.forward(x))
 
 
-def build_model(arch: Architecture) -> nn.Module:
-    """Instantiate the network an :class:`Architecture` describes."""
+class SegmenterProbabilities(nn.Module):
+    """The segmenter with its sigmoid, so every engine returns probabilities."""
+
+    def __init__(self, segmenter: Segmenter):
+        super().__init__()
+        self.segmenter = segmenter
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.segmenter(x))
+
+
+def architecture(fields: dict) -> Architecture | DefectArchitecture:
+    """The architecture a card's ``architecture`` entry describes (its ``kind`` says which family).
+
+    Raises KeyError, TypeError or ValueError (ModelError for the defect family) when the entry is not valid.
+    """
+    kind = fields["kind"]
+    if kind in BUNDLE_KINDS:
+        return Architecture(**fields)
+    if kind in DEFECT_KINDS:
+        return DefectArchitecture(**fields)
+    raise ValueError(f"unknown model kind {kind!r}: one of {', '.join((*BUNDLE_KINDS, *DEFECT_KINDS))}")
+
+
+def build_model(arch: Architecture | DefectArchitecture) -> nn.Module:
+    """Instantiate the network an architecture describes, of any kind."""
+    if isinstance(arch, DefectArchitecture):
+        if arch.kind == "patch-classifier":
+            return PatchClassifier(arch)
+        return VariationalAutoEncoder(arch) if arch.kind == "vae" else AutoEncoder(arch)
     return Classifier(arch) if arch.kind == "classifier" else Segmenter(arch)
+
+
+def inference_module(network: nn.Module) -> nn.Module:
+    """What engines and exports run, in eval mode: a classifier's logits (B, n_labels), a segmenter's
+    probabilities (B, 1, T, T), a patch classifier's defect probability (B,), an autoencoder's anomaly map
+    (B, 1, T, T)."""
+    if isinstance(network, Classifier):
+        return network.eval()
+    if isinstance(network, Segmenter):
+        return SegmenterProbabilities(network).eval()
+    if isinstance(network, AutoEncoder):
+        return AnomalyMap(network).eval()
+    if isinstance(network, PatchClassifier):
+        return ClassifierProbability(network).eval()
+    raise ModelError(f"not a semtile network: {type(network).__name__}")

@@ -8,8 +8,9 @@ import pytest
 from semtile.defects.anomaly import anomaly_map, calibrate_threshold, patch_maps, pool_maps
 from semtile.defects.classify import classify_scan
 from semtile.defects.data import load_defect_data
-from semtile.defects.modelio import load_defect_model
 from semtile.defects.scores import map_scores
+from semtile.models.io import load_model
+from semtile.models.kinds import DEFECT_KINDS
 from semtile.errors import SemtileError
 from semtile.synth.lattice import synth_lattice
 
@@ -31,7 +32,7 @@ def test_calibrated_threshold_keeps_the_false_positive_rate():
 
 
 def test_copper_anomaly_map_finds_defects_a_normal_model_never_saw(copper_autoencoder, copper_defects, copper_normal):
-    model = load_defect_model(copper_autoencoder)
+    model = load_model(copper_autoencoder, expect=DEFECT_KINDS)
     assert model.arch.normalise == "fixed" and model.tile == 128
     defects = load_defect_data(copper_defects)
     maps, fractions = zip(*(anomaly_map(image, model) for image in defects.images))
@@ -46,13 +47,13 @@ def test_copper_anomaly_map_finds_defects_a_normal_model_never_saw(copper_autoen
 
 
 def test_patch_maps_pool_and_refuse_the_wrong_model(lattice_autoencoder, patch_classifier):
-    model = load_defect_model(lattice_autoencoder)
+    model = load_model(lattice_autoencoder, expect=DEFECT_KINDS)
     patches = np.random.default_rng(0).random((3, 48, 48)).astype(np.float32)
     maps = patch_maps(patches, model)
     assert maps.shape == (3, 48, 48)
     assert np.allclose(pool_maps(maps, "max"), maps.max(axis=(1, 2)))
     with pytest.raises(SemtileError, match="no anomaly map"):
-        anomaly_map(patches[0], load_defect_model(patch_classifier))
+        anomaly_map(patches[0], load_model(patch_classifier, expect=DEFECT_KINDS))
     with pytest.raises(SemtileError, match="2-D"):
         anomaly_map(patches, model)
     with pytest.raises(SemtileError, match="multiple of 8"):
@@ -60,7 +61,7 @@ def test_patch_maps_pool_and_refuse_the_wrong_model(lattice_autoencoder, patch_c
 
 
 def test_whole_lattice_scan_is_classified_patch_by_patch(patch_classifier):
-    model = load_defect_model(patch_classifier)
+    model = load_model(patch_classifier, expect=DEFECT_KINDS)
     rng = np.random.default_rng(11)
     # one defect in the middle of patch (1, 2) of a 3 x 4 grid of 48-pixel patches
     image, mask, _ = synth_lattice(rng, (144, 192), [("adatom", (72.0, 120.0))])
@@ -81,7 +82,7 @@ def test_threshold_calibrated_on_your_own_normal_scans_goes_into_the_card(copper
     shutil.copyfile(copper_autoencoder.with_suffix(".json"), path.with_suffix(".json"))
     images = load_defect_data(copper_normal).images[:2]
     threshold = calibrate_model(path, images, 0.01, note="two scans")
-    model = load_defect_model(path)  # the sha256 of the weights still holds
+    model = load_model(path, expect=DEFECT_KINDS)  # the sha256 of the weights still holds
     assert model.threshold == threshold["value"] and model.card["threshold"]["note"] == "two scans"
     share = np.mean(np.concatenate([anomaly_map(image, model)[0].ravel() for image in images]) > model.threshold)
     assert 0.005 <= share <= 0.01

@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from semtile.defects.anomaly import anomaly_map
-from semtile.defects.modelio import load_defect_model
-from semtile.defects.networks import inference_module
+from semtile.models.io import load_model
+from semtile.models.networks import inference_module
 from semtile.synth.surfaces import synth_surface_with
 from semtile.synth.defects import defect_overlay
 
@@ -26,7 +26,7 @@ MARGIN = 32
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_tiled_anomaly_map_matches_one_pass(copper_autoencoder, seed):
-    model = load_defect_model(copper_autoencoder)
+    model = load_model(copper_autoencoder, expect="autoencoder")
     frame, _, bar, _ = synth_surface_with(np.random.default_rng(seed), (480 + 30, 640), 0.5,
                                           defect_overlay(np.random.default_rng(seed + 100)))
     image = frame[: 480].astype(np.float32) / 255.0
@@ -53,7 +53,7 @@ def test_tiled_anomaly_map_matches_one_pass(copper_autoencoder, seed):
 def test_a_halo_off_the_networks_grid_is_refused(copper_autoencoder):
     from semtile.errors import SemtileError
 
-    model = load_defect_model(copper_autoencoder)
+    model = load_model(copper_autoencoder, expect="autoencoder")
     image = np.zeros((200, 200), np.float32)
     with pytest.raises(SemtileError, match="multiple of 4"):
         anomaly_map(image, model, tile=128, halo=6)  # tiles would start off the stride-8 grid

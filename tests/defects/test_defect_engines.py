@@ -1,4 +1,5 @@
-"""Defect models on the fast CPU engines: ONNX export (cached), ONNX Runtime and OpenVINO against PyTorch."""
+"""Defect models on the fast CPU engines of the one registry: ONNX export (cached), ONNX Runtime and OpenVINO
+against PyTorch."""
 
 from __future__ import annotations
 
@@ -7,10 +8,15 @@ import pytest
 
 from semtile.defects.conformance import engine_conformance
 from semtile.defects.data import load_defect_data
-from semtile.defects.engines import create_defect_engine
-from semtile.defects.export import exported_defect_model, read_export_manifest
-from semtile.defects.modelio import load_defect_model
+from semtile.engines import DefectEngine, EngineSettings, create_engine, pick_engine, resolve_engine
 from semtile.errors import ModelError, SemtileError
+from semtile.models.export import export_model, read_export_manifest
+from semtile.models.io import load_model
+from semtile.models.kinds import DEFECT_KINDS
+
+
+def load_defect_model(path):
+    return load_model(path, expect=DEFECT_KINDS)
 
 
 @pytest.fixture(scope="module")
@@ -35,23 +41,50 @@ def test_engines_agree_with_pytorch_on_patch_auc(request, fixture, test_patches)
 
 def test_export_is_cached_checked_and_verified(lattice_autoencoder):
     model = load_defect_model(lattice_autoencoder)
-    folder = exported_defect_model(model, tile=48)
-    assert exported_defect_model(model, tile=48) == folder  # made once
+    folder = export_model(model, tile=48)
+    assert export_model(model, tile=48) == folder  # made once
+    assert folder.parent.name == "exports" and folder.name.startswith("autoencoder-")
     manifest = read_export_manifest(folder)
     assert manifest["weights_sha256"] == model.sha256 and manifest["tile"] == 48
     assert manifest["outputs"] == {"anomaly_map": ["batch", 1, 48, 48]}
     (folder / "model.onnx").write_bytes(b"changed")
     with pytest.raises(ModelError, match="sha256"):
         read_export_manifest(folder)
-    assert read_export_manifest(exported_defect_model(model, tile=48))  # a broken entry is replaced
+    assert read_export_manifest(export_model(model, tile=48))  # a broken entry is replaced
 
 
 def test_engines_refuse_what_they_cannot_run(lattice_autoencoder):
     model = load_defect_model(lattice_autoencoder)
-    engine = create_defect_engine(model, "onnxruntime", tile=48)
+    engine, why = create_engine("onnxruntime", model, EngineSettings(tile=48))
+    assert isinstance(engine, DefectEngine) and why.startswith("asked for (onnxruntime")
     with pytest.raises(ValueError, match="48-pixel tiles"):
         engine.run(np.zeros((1, 64, 64), np.float32))
-    with pytest.raises(SemtileError, match="unknown defect engine"):
-        create_defect_engine(model, "tensorrt")
-    with pytest.raises(SemtileError, match="f32"):
-        create_defect_engine(model, "onnxruntime", precision="int8")
+    with pytest.raises(SemtileError, match="engine tensorrt does not run autoencoder models: choose auto or one of "
+                                           "openvino, onnxruntime, torch-cpu"):
+        create_engine("tensorrt", model)
+    with pytest.raises(SemtileError, match="engine onnxruntime does not run precision int8 for autoencoder models: "
+                                           "it runs f32"):
+        create_engine("onnxruntime", model, EngineSettings(precision="int8"))
+    with pytest.raises(SemtileError, match="engine torch-cpu does not run precision bf16 for autoencoder models"):
+        create_engine("torch-cpu", model, EngineSettings(precision="bf16"))
+    with pytest.raises(SemtileError, match="tile 50 must be a positive multiple of 8"):
+        create_engine("onnxruntime", model, EngineSettings(tile=50))
+
+
+def test_the_registry_builds_every_defect_engine_as_before(lattice_autoencoder):
+    """Through the registry: the card's tile by default, PyTorch at any tile, the same describe() and outputs."""
+    model = load_defect_model(lattice_autoencoder)
+    torch_engine, _ = create_engine("torch-cpu", model, EngineSettings(tile=None, precision="f32"))
+    assert torch_engine.tile is None and torch_engine.describe() == {
+        "name": "torch-cpu", "precision": "f32", "model_sha256": model.sha256}
+    tiles = np.random.default_rng(0).random((3, 48, 48), dtype=np.float32)
+    reference = torch_engine.run(tiles)
+    assert reference.shape == (3, 48, 48) and torch_engine.run(tiles[:, :32, :32]).shape == (3, 32, 32)
+    for name in ("onnxruntime", "openvino"):
+        engine, _ = create_engine(name, model, EngineSettings(tile=None, precision="f32"))
+        assert engine.tile == model.tile == 48 and engine.describe() == {
+            "name": name, "precision": "f32", "model_sha256": model.sha256}
+        np.testing.assert_allclose(engine.run(tiles), reference, rtol=1e-4, atol=1e-5 * float(reference.max()))
+    assert pick_engine("auto", kind=model.kind) == pick_engine("auto", kind="vae")
+    name, precision, why = resolve_engine("auto", "f32", kind="patch-classifier")
+    assert name in ("openvino", "onnxruntime", "torch-cpu") and precision == "f32" and why.startswith("auto: ")

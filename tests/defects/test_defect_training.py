@@ -8,14 +8,14 @@ import pytest
 
 from semtile.defects.augment import augment
 from semtile.defects.data import load_defect_data
-from semtile.defects.modelio import load_defect_model
+from semtile.models.io import load_model
 from semtile.defects.training import DefectTrainConfig, train_autoencoder, train_patch_classifier
 from semtile.errors import DatasetError, SemtileError
 
 
 @pytest.mark.slow
 def test_patch_classifier_learns_rare_defects(patch_classifier):
-    model = load_defect_model(patch_classifier)
+    model = load_model(patch_classifier)
     card = model.card
     test = card["scores"]["test"]["probability"]
     assert test["positives"] == 16 and test["n"] == 160
@@ -32,7 +32,7 @@ def test_patch_classifier_learns_rare_defects(patch_classifier):
 
 @pytest.mark.slow
 def test_autoencoder_trained_on_perfect_patches_scores_defects(lattice_autoencoder, lattice_data):
-    model = load_defect_model(lattice_autoencoder)
+    model = load_model(lattice_autoencoder)
     scores = model.card["scores"]
     assert scores["test"]["max"]["auroc"] > 0.75, scores["test"]
     assert scores["test_pixels"]["pixel_auroc"] > 0.8, scores["test_pixels"]

@@ -22,7 +22,7 @@ from click.testing import CliRunner
 
 from semtile.cli.main import main
 from semtile.defects.anomaly import anomaly_map
-from semtile.defects.modelio import load_defect_model
+from semtile.models.io import load_model
 from semtile.engines import EngineSettings
 from semtile.defects.anomaly_pass import anomaly_pass
 from semtile.execution.batch import run_process
@@ -68,7 +68,7 @@ def _valid(path: Path) -> np.ndarray:
 
 
 def test_process_anomaly_stores_the_blended_map_and_its_fraction(in_memory, scans, copper_autoencoder):
-    model = load_defect_model(copper_autoencoder)
+    model = load_model(copper_autoencoder, expect="autoencoder")
     results = open_results(in_memory)
     assert len(results) == 3
     for image in results:
@@ -139,7 +139,7 @@ def test_reruns_skip_until_the_anomaly_model_or_threshold_changes(in_memory, sca
     assert not open_results(tmp_path / "plain.zarr")[open_results(tmp_path / "plain.zarr").names[0]].maps
     bad = run_cli("process", scans, "--out", tmp_path / "x.zarr", "--model", tiny_bundle, *OPTIONS,
                   "--anomaly", tiny_bundle / "segmenter.pt")
-    assert bad.exit_code == 2 and "not a defect model card" in bad.output
+    assert bad.exit_code == 2 and "the card says segmenter" in bad.output
 
 
 def test_calibrate_then_score_the_stored_maps_against_the_defect_masks(in_memory, copper_autoencoder, copper_normal,

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from semtile.cli.main import main
 from semtile.engines import AUTO_ORDER, available_engines
 from semtile.errors import ModelError
-from semtile.models.export import read_bundle_manifest
+from semtile.models.export import CONFORMANCE_FORMAT, read_conformance, read_export_manifest
 
 
 def test_engines_lists_every_backend_and_the_auto_pick():
@@ -32,12 +32,22 @@ def exported(tmp_path_factory):
     out = tmp_path_factory.mktemp("export") / "bundle"
     result = CliRunner().invoke(main, ["export", "--out", str(out), "--tile", "64", "--halo", "8"])
     assert result.exit_code == 0, result.output
-    assert f"wrote {out}" in result.output
+    assert f"wrote {out}" in result.output and "onnxruntime f32 (f32): max |difference| from PyTorch" in result.output
     return out
 
 
+def test_export_records_every_engine_against_pytorch(exported):
+    report = read_conformance(exported)  # the one conformance record, as for a defect model
+    assert report["format"] == CONFORMANCE_FORMAT and report["kind"] == "bundle" and report["tile"] == 64
+    assert set(report["weights_sha256"]) == {"classifier", "segmenter"}
+    assert list(report["engines"]) == ["torch-cpu", "onnxruntime f32", "openvino f32", "openvino auto"]
+    ort_entry = report["engines"]["onnxruntime f32"]
+    assert set(ort_entry["outputs"]) == {"class_logits", "mask_probs"}
+    assert ort_entry["precision"] == "f32" and ort_entry["max_rel_difference"] < 1e-4
+
+
 def test_export_writes_a_verifiable_bundle(exported):
-    manifest = read_bundle_manifest(exported)  # checks every file's sha256
+    manifest = read_export_manifest(exported)  # checks every file's sha256
     assert manifest["tile"] == 64 and manifest["halo"] == 8
     assert {"classifier.onnx", "segmenter.onnx", "classifier.pt", "segmenter.pt"} <= set(manifest["sha256"])
     tiles = np.random.default_rng(0).random((3, 1, 64, 64), dtype=np.float32)
@@ -59,7 +69,7 @@ def test_the_manifest_catches_a_changed_file(exported, tmp_path):
     data[-1] ^= 0xFF
     (copy / "classifier.onnx").write_bytes(bytes(data))
     with pytest.raises(ModelError, match="sha256 mismatch"):
-        read_bundle_manifest(copy)
+        read_export_manifest(copy)
 
 
 def test_export_refuses_a_bad_tile(tmp_path):

@@ -20,7 +20,7 @@ import torch
 
 from semtile.engines.torch_cpu import TorchCPUEngine
 from semtile.errors import SemtileError
-from semtile.models.export import export_bundle
+from semtile.models.export import export_model
 from semtile.models.io import load_bundle, save_model
 from semtile.models.networks import Architecture, build_model
 
@@ -53,7 +53,7 @@ def bundle_dir(tmp_path_factory) -> Path:
                     module.running_mean.uniform_(-0.2, 0.2)
                     module.running_var.uniform_(0.5, 1.5)
         save_model(network, arch, list(range(arch.n_labels)), folder / f"{kind}.pt")
-    export_bundle(load_bundle(folder), folder, tile=TILE, halo=8)
+    export_model(load_bundle(folder), folder, tile=TILE, halo=8)
     return folder
 
 

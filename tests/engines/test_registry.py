@@ -17,7 +17,19 @@ import numpy as np
 import pytest
 
 import semtile.engines.registry as registry
-from semtile.engines import AUTO_ORDER, ENGINE_NAMES, EngineSettings, available_engines, create_engine
+from semtile.engines import (
+    AUTO_ORDER,
+    ENGINE_NAMES,
+    GRADIENT_ENGINES,
+    EngineSettings,
+    available_engines,
+    create_engine,
+    engines_for,
+    is_gpu_engine,
+    pick_engine,
+    resolve_engine,
+    torch_device,
+)
 from semtile.engines.registry import ENGINES, PRECISIONS, REGISTRY, EngineEntry, check_options
 from semtile.errors import SemtileError
 
@@ -30,6 +42,7 @@ EXPECTED = {  # what each backend runs, and its precision for "auto", as the eng
     "torch-cpu": ({"f32", "bf16"}, "f32"),
 }
 UNSUPPORTED = [(e.name, p) for e in REGISTRY for p in PRECISIONS if p not in e.precisions]
+DEFECT_EXPECTED = {"openvino": {"f32", "bf16"}, "onnxruntime": {"f32"}, "torch-cpu": {"f32"}}  # as before the registry
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +50,17 @@ def bundle():
     from semtile.models.io import load_bundle
 
     return load_bundle()
+
+
+@pytest.fixture(scope="module")
+def autoencoder():
+    """A small defect model in memory (card tile 64), as ``load_model`` gives one."""
+    from semtile.models.io import LoadedModel
+    from semtile.models.networks import DefectArchitecture, build_model
+
+    arch = DefectArchitecture("autoencoder", c=4, normalise="fixed")
+    return LoadedModel(network=build_model(arch).eval(), arch=arch, labels=[], card={"tile": 64},
+                       path=Path("ae.pt"), sha256="0" * 64)
 
 
 @pytest.fixture
@@ -97,6 +121,22 @@ def test_table_matches_auto_order_and_the_engines():
         assert entry.describe_default()
     with pytest.raises(dataclasses.FrozenInstanceError):
         REGISTRY[0].precisions = ("f32",)  # type: ignore[misc]
+
+
+def test_table_says_the_kinds_the_gpu_and_the_gradients_of_every_engine():
+    for entry in REGISTRY:
+        assert "bundle" in entry.kinds and entry.precisions_for("bundle") == entry.precisions
+        assert set(entry.precisions_for("autoencoder")) == DEFECT_EXPECTED.get(entry.name, set())
+        assert ("vae" in entry.kinds) == ("patch-classifier" in entry.kinds) == (entry.name in DEFECT_EXPECTED)
+        assert is_gpu_engine(entry.name) == entry.gpu == (entry.name in ("tensorrt", "torch-cuda"))
+        assert entry.gradients == (entry.name in ("torch-cuda", "torch-cpu"))
+    assert not is_gpu_engine("auto") and not is_gpu_engine("nonsense")
+    assert engines_for("bundle") == AUTO_ORDER
+    assert engines_for("autoencoder") == engines_for("vae") == engines_for("patch-classifier") == (
+        "openvino", "onnxruntime", "torch-cpu")  # the anomaly pass's order, fastest first
+    assert set(GRADIENT_ENGINES) == {"torch-cpu", "torch-cuda"}
+    with pytest.raises(SemtileError, match="unknown model kind 'segmenter'"):
+        engines_for("segmenter")
 
 
 def test_every_precision_has_an_engine_and_openvino_default_fits():
@@ -160,6 +200,29 @@ def test_bad_settings_are_refused_before_probing(bundle, no_probing, settings, m
         create_engine("torch-cpu", bundle, settings)
 
 
+@pytest.mark.parametrize("name,precision,match", [
+    ("tensorrt", "auto", "engine tensorrt does not run autoencoder models: choose auto or one of openvino, "
+                         "onnxruntime, torch-cpu"),
+    ("torch-cuda", "fp16", "engine torch-cuda does not run autoencoder models"),
+    ("openvino", "int8", "engine openvino does not run precision int8 for autoencoder models: it runs f32, bf16 "
+                         ".*int8 runs on no engine"),
+    ("torch-cpu", "bf16", "engine torch-cpu does not run precision bf16 for autoencoder models: it runs f32 .*bf16 "
+                          "runs on openvino"),
+])
+def test_defect_models_are_refused_what_their_engines_do_not_run(autoencoder, no_probing, name, precision, match):
+    with pytest.raises(SemtileError, match=match):
+        create_engine(name, autoencoder, EngineSettings(precision=precision))
+
+
+def test_a_lone_network_or_compile_is_refused_for_defect_engines(bundle, autoencoder, no_probing):
+    with pytest.raises(SemtileError, match="not a lone classifier"):
+        create_engine("torch-cpu", bundle.classifier)
+    with pytest.raises(SemtileError, match="torch.compile applies to bundles"):
+        create_engine("torch-cpu", autoencoder, EngineSettings(compile="default"))
+    with pytest.raises(SemtileError, match="tile 60 must be a positive multiple of 8"):
+        create_engine("onnxruntime", autoencoder, EngineSettings(tile=60))
+
+
 def test_aliases_are_canonical():
     assert [check_options("tensorrt", p) for p in ("fp32", "FP16", "half")] == ["f32", "fp16", "fp16"]
     assert check_options("torch-cuda", "bfloat16") == "bf16" and check_options("auto", "auto") == "auto"
@@ -196,6 +259,39 @@ def test_auto_precision_is_resolved_before_building(bundle, machine):
     for name, want in (("tensorrt", "fp16"), ("torch-cuda", "fp16"), ("onnxruntime", "f32"), ("torch-cpu", "f32")):
         create_engine(name, bundle)
         assert built[-1] == (name, EngineSettings(precision=want))
+
+
+def test_auto_for_a_defect_model_picks_among_the_engines_that_run_it(autoencoder, machine):
+    built = machine(set(AUTO_ORDER))  # a GPU machine: the bundle would go to tensorrt
+    assert create_engine("auto", autoencoder)[0] == "openvino"
+    assert built[-1] == ("openvino", EngineSettings(tile=64, precision="f32"))  # the card's tile
+    assert pick_engine("auto", kind="autoencoder") == ("openvino", "auto: openvino is the fastest available (fake yes)")
+    machine({"onnxruntime", "torch-cpu"})
+    name, why = pick_engine(kind="vae")
+    assert name == "onnxruntime"
+    assert why == "auto: onnxruntime is the fastest available (fake yes); not available: openvino: fake absent"
+    assert pick_engine("torch-cpu", kind="autoencoder") == ("torch-cpu", "asked for (fake yes)")
+    assert resolve_engine("auto", "f32", kind="patch-classifier")[:2] == ("onnxruntime", "f32")
+    machine({"torch-cpu"})
+    assert pick_engine("auto", kind="autoencoder")[0] == "torch-cpu"
+    assert pick_engine("auto")[0] == "torch-cpu"
+    with pytest.raises(SemtileError, match="engine openvino is not available here: fake absent"):
+        pick_engine("openvino", kind="autoencoder")
+
+
+def test_torch_device_for_heat_maps(monkeypatch):
+    import torch
+
+    for cuda in (False, True):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+        device = "cuda" if cuda else "cpu"
+        assert torch_device("auto")[0] == device and torch_device("torch-cpu") == ("cpu", "torch-cpu as asked")
+        device_, why = torch_device("openvino")
+        assert device_ == device and "heat maps need gradients, which openvino cannot give" in why
+    assert torch_device("torch-cuda") == ("cuda", "torch-cuda as asked")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SemtileError, match="--engine torch-cuda: no CUDA device is available here"):
+        torch_device("torch-cuda")
 
 
 def test_tensorrt_profile_admits_the_batch_size(bundle, monkeypatch, tmp_path):

@@ -16,7 +16,7 @@ import tifffile
 import torch
 from onnx import TensorProto
 
-from semtile.models.export import export_bundle
+from semtile.models.export import export_model
 from semtile.models.fp16 import FP16_CONVERTER_VERSION, convert_onnx_to_fp16
 from semtile.models.io import load_bundle
 
@@ -35,7 +35,7 @@ LOGITS_ATOL = 2.5e-2
 
 @pytest.fixture(scope="module")
 def builtin_export(tmp_path_factory) -> Path:
-    return export_bundle(load_bundle(), tmp_path_factory.mktemp("builtin-export"), tile=TILE)
+    return export_model(load_bundle(), tmp_path_factory.mktemp("builtin-export"), tile=TILE)
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""The paper's networks and their files."""
+"""The paper's networks and their files; one loader and one build_model for every kind."""
 
 from __future__ import annotations
 
@@ -9,8 +9,16 @@ import torch
 from torch import nn
 
 from semtile.errors import ModelError
-from semtile.models.io import load_model, save_model
-from semtile.models.networks import Architecture, build_model
+from semtile.models.io import CARD_FORMAT, builtin_bundle_dir, load_model, save_model
+from semtile.models.kinds import BUNDLE_KINDS, MODEL_KINDS
+from semtile.models.networks import (
+    Architecture,
+    DefectArchitecture,
+    SegmenterProbabilities,
+    architecture,
+    build_model,
+    inference_module,
+)
 
 
 @pytest.mark.parametrize("c,d,n,N", [(8, 2, 1, 1), (4, 3, 2, 2)])
@@ -56,3 +64,39 @@ def test_tampered_or_missing_files_are_refused(tmp_path):
         load_model(path)
     with pytest.raises(ModelError, match="not found"):
         load_model(tmp_path / "none.pt")
+
+
+def test_the_builtin_cards_of_the_first_format_load_with_their_sha256():
+    folder = builtin_bundle_dir()
+    for kind in BUNDLE_KINDS:
+        card = json.loads((folder / f"{kind}.json").read_text())
+        assert card["format"] == "semtile-model/1"  # shipped before the one card format: loads unchanged
+        model = load_model(folder / f"{kind}.pt", expect=kind)
+        assert model.sha256 == card["sha256"] and model.kind == kind and model.labels == list(range(16))
+        assert (model.tile, model.halo, model.threshold) == (256, None, None)  # not in these cards
+    with pytest.raises(ModelError, match="expected a autoencoder or vae, the card says classifier"):
+        load_model(folder / "classifier.pt", expect=("autoencoder", "vae"))
+
+
+def test_one_build_model_and_inference_graph_for_every_kind(tmp_path):
+    x = torch.rand(2, 1, 32, 32)
+    for kind in MODEL_KINDS:
+        fields = {"kind": kind, "c": 4}
+        fields.update({"d": 2, "n": 1, "n_labels": 3} if kind in BUNDLE_KINDS else {"normalise": "tile"})
+        arch = architecture(fields)
+        assert isinstance(arch, Architecture if kind in BUNDLE_KINDS else DefectArchitecture)
+        assert not arch.is_anomaly or kind in ("autoencoder", "vae")
+        net = build_model(arch)
+        path = save_model(net, arch, [0, 1, 2] if kind in BUNDLE_KINDS else (), tmp_path / f"{kind}.pt")
+        assert json.loads(path.with_suffix(".json").read_text())["format"] == CARD_FORMAT
+        loaded = load_model(path, expect=kind)
+        with torch.inference_mode():
+            out = inference_module(loaded.network)(x)
+            torch.testing.assert_close(out, inference_module(net.eval())(x))
+        assert out.shape == {"classifier": (2, 3), "patch-classifier": (2,)}.get(kind, (2, 1, 32, 32))
+    segmenter = build_model(Architecture("segmenter", 4, 2, 1, 1))
+    assert isinstance(inference_module(segmenter), SegmenterProbabilities)
+    with pytest.raises(ValueError, match="unknown model kind"):
+        architecture({"kind": "detector"})
+    with pytest.raises(ModelError, match="not a semtile network"):
+        inference_module(nn.Conv2d(1, 1, 3))

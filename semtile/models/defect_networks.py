@@ -24,6 +24,9 @@ pixel, smoothed by a Gaussian of ``smooth`` pixels (a few noisy pixels are
 not a defect, a missing atom is); a VAE adds its latent term, each cell's KL
 divergence spread over the pixels the cell covers, weighted by ``beta``
 as in training, so the map's mean is the training loss (the negative ELBO).
+
+They are built, like the paper's networks, by :func:`semtile.models.networks.build_model`,
+and engines run :func:`semtile.models.networks.inference_module` of them.
 """
 
 from __future__ import annotations
@@ -36,11 +39,12 @@ from torch import nn
 from torch.nn import functional as F
 
 from semtile.errors import ModelError
+from semtile.models.kinds import DEFECT_KINDS
 
 __all__ = ["DefectArchitecture", "PatchClassifier", "AutoEncoder", "VariationalAutoEncoder", "AnomalyMap",
-           "build_defect_model", "inference_module", "gaussian_kernel", "KINDS", "POOLINGS"]
+           "ClassifierProbability", "gaussian_kernel", "KINDS", "POOLINGS"]
 
-KINDS = ("patch-classifier", "autoencoder", "vae")
+KINDS = DEFECT_KINDS
 NORMALISATIONS = ("auto", "fixed", "tile")
 #: How a per-pixel anomaly map is pooled into one score per patch.
 POOLINGS = ("max", "mean")
@@ -239,26 +243,12 @@ class AnomalyMap(nn.Module):
         return terms["error"] + terms["latent"] if self.vae else terms["error"]
 
 
-class _ClassifierProbability(nn.Module):
+class ClassifierProbability(nn.Module):
+    """A patch classifier with its sigmoid: the defect probability (B,)."""
+
     def __init__(self, network: PatchClassifier):
         super().__init__()
         self.network = network
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.network(x))
-
-
-def build_defect_model(arch: DefectArchitecture) -> nn.Module:
-    """The network an architecture describes."""
-    if arch.kind == "patch-classifier":
-        return PatchClassifier(arch)
-    return VariationalAutoEncoder(arch) if arch.kind == "vae" else AutoEncoder(arch)
-
-
-def inference_module(network: nn.Module) -> nn.Module:
-    """What engines run: the defect probability (B,) of a classifier, the anomaly map (B, 1, T, T) of an autoencoder."""
-    if isinstance(network, AutoEncoder):
-        return AnomalyMap(network).eval()
-    if isinstance(network, PatchClassifier):
-        return _ClassifierProbability(network).eval()
-    raise ModelError(f"not a defect network: {type(network).__name__}")
