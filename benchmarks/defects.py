@@ -38,20 +38,20 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout, installed or not
 
-import torch  # noqa: E402
+import torch
 
-from semtile.defects.anomaly import anomaly_map  # noqa: E402
-from semtile.defects.conformance import engine_conformance  # noqa: E402
-from semtile.defects.data import load_defect_data  # noqa: E402
-from semtile.engines import EngineSettings, create_engine  # noqa: E402
-from semtile.models.io import load_model  # noqa: E402
-from semtile.models.networks import DefectArchitecture, inference_module  # noqa: E402
-from semtile.defects.scores import map_scores, patch_scores  # noqa: E402
-from semtile.defects.training import DefectTrainConfig, train_autoencoder, train_patch_classifier  # noqa: E402
-from semtile.synth import SynthConfig, databar_height, write_dataset  # noqa: E402
-from semtile.synth.defects import defect_overlay  # noqa: E402
-from semtile.synth.lattice import LatticeConfig, write_lattice_dataset  # noqa: E402
-from semtile.synth.surfaces import synth_surface_with  # noqa: E402
+from semtile.defects.anomaly import anomaly_map
+from semtile.defects.conformance import engine_conformance
+from semtile.defects.data import load_defect_data
+from semtile.defects.scores import map_scores, patch_scores
+from semtile.defects.training import DefectTrainConfig, train_autoencoder, train_patch_classifier
+from semtile.engines import EngineSettings, create_engine
+from semtile.models.io import load_model
+from semtile.models.networks import DefectArchitecture, inference_module
+from semtile.synth import SynthConfig, databar_height, write_dataset
+from semtile.synth.defects import defect_overlay
+from semtile.synth.lattice import LatticeConfig, write_lattice_dataset
+from semtile.synth.surfaces import synth_surface_with
 
 SPLIT = (0.6, 0.2, 0.2)
 

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from scale import make_base, write_scan  # noqa: E402
+from scale import make_base, write_scan
 
 
 def timed(args: list[str]) -> tuple[float, float]:

@@ -44,7 +44,12 @@ import numpy as np  # noqa: E402
 from structlog.testing import capture_logs  # noqa: E402
 
 from tiff_mutations import (  # noqa: E402
-    RandomChooser, apply_mutations, check_case, draw_mutations, header_dims, write_base_files,
+    RandomChooser,
+    apply_mutations,
+    check_case,
+    draw_mutations,
+    header_dims,
+    write_base_files,
 )
 
 #: Pixel budget of the decode path: 4 Mpx, 16 MB of float32 (the bases have 12288 pixels).
@@ -67,7 +72,7 @@ def run_case(path: Path) -> tuple[str, str]:
     signal.setitimer(signal.ITIMER_REAL, DEADLINE_S)
     try:
         return check_case(path, max_pixels=MAX_PIXELS)
-    except BaseException as exc:  # noqa: BLE001 - every escape is a finding
+    except BaseException as exc:
         if isinstance(exc, KeyboardInterrupt):
             raise
         return "crash", f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=6)}"
@@ -112,7 +117,7 @@ class Pipeline:
             try:
                 summary = process_scans(inputs, self.store_path, options=self.options, table=table,
                                         passes=[SegmentPass.of_engine(self.engine, self.bundle, self.options)])
-            except BaseException as exc:  # noqa: BLE001
+            except BaseException as exc:  # noqa: BLE001 - a crash of any kind is what the fuzzer counts
                 self.failures.append(f"batch {index} crashed: {type(exc).__name__}: {exc}")
                 self.counts["batch crashes"] += 1
                 return

@@ -42,6 +42,7 @@ from semtile.engines.torch_cuda import TorchCUDAEngine, bf16_supported, torch_cu
 from semtile.execution.batch import run_process
 from semtile.execution.distributed import ClusterSpec
 from semtile.execution.local import ProcessOptions, process_scans
+from semtile.inference.segment import SegmentPass, segment_pass
 from semtile.inference.split import TileGrid, read_windows
 from semtile.io.tiff import open_scan
 from semtile.kernels.stitch import stitch_tiles
@@ -49,7 +50,6 @@ from semtile.kernels.window import blend_window
 from semtile.models.io import load_bundle
 from semtile.results import open_results
 from semtile.synth import SynthConfig, write_dataset
-from semtile.inference.segment import SegmentPass, segment_pass
 
 TILE, HALO = 256, 32
 

@@ -15,10 +15,8 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -26,8 +24,9 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from scale import make_base, write_scan
 from semtile.synth import SynthConfig, write_dataset
+
+from scale import make_base, write_scan
 
 
 def rows_done(runs: Path) -> int:

@@ -32,9 +32,9 @@ from semtile.engines import EngineSettings
 from semtile.execution.batch import run_process
 from semtile.execution.distributed import ClusterSpec
 from semtile.inference.options import ProcessOptions
+from semtile.inference.segment import segment_pass
 from semtile.models.io import load_bundle
 from semtile.synth import SynthConfig, write_dataset
-from semtile.inference.segment import segment_pass
 
 
 def make_scans(folder: Path, count: int) -> list[Path]:

@@ -25,13 +25,13 @@ from collections.abc import Callable
 import numba
 import numpy as np
 
+from semtile.inference.split import TileGrid
 from semtile.kernels.stitch import (
     accumulate_tiles,
     accumulate_tiles_reference,
     normalise_canvas,
 )
 from semtile.kernels.window import blend_window
-from semtile.inference.split import TileGrid
 
 TILE = 256
 HALO = 32

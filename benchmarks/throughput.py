@@ -31,15 +31,15 @@ import torch
 import zarr
 
 from semtile.engines import EngineSettings, create_engine
+from semtile.execution.local import ProcessOptions, process_scans
+from semtile.inference.sampling import calibration_tiles
+from semtile.inference.segment import SegmentPass
+from semtile.inference.split import TileGrid, read_windows
+from semtile.io.tiff import open_scan
 from semtile.kernels.stitch import stitch_tiles
 from semtile.kernels.window import blend_window
 from semtile.models.io import load_bundle
-from semtile.execution.local import ProcessOptions, process_scans
-from semtile.inference.sampling import calibration_tiles
-from semtile.io.tiff import open_scan
 from semtile.synth import SynthConfig, synth_surface, write_dataset
-from semtile.inference.split import TileGrid, read_windows
-from semtile.inference.segment import SegmentPass
 
 
 def make_scans(folder: Path, count: int, big: bool) -> list[Path]:

@@ -7,10 +7,9 @@ from pathlib import Path
 
 import click
 
-from semtile.errors import SemtileError
-from semtile.engines import ENGINE_NAMES, engines_for
-
 from semtile.cli.options import Progress, cluster_options, cluster_spec
+from semtile.engines import ENGINE_NAMES, engines_for
+from semtile.errors import SemtileError
 
 
 @click.command()

@@ -6,10 +6,8 @@ from pathlib import Path
 
 import click
 
+from semtile.cli.options import Progress, deprecated_alias, resolve_alias, train_config, train_option, train_options
 from semtile.errors import SemtileError
-
-from semtile.cli.options import (Progress, deprecated_alias, resolve_alias, train_config, train_option,
-                                 train_options)
 
 
 @click.group()
@@ -131,8 +129,8 @@ def train_defects_cmd(data: Path, out: Path, c: int, normalise: str, balance: st
     Scored on the held-out test split by AUC-ROC and average precision
     (in the card), with OUT.roc.png and OUT.test.csv beside the weights.
     """
-    from semtile.models.networks import DefectArchitecture
     from semtile.defects.training import train_patch_classifier
+    from semtile.models.networks import DefectArchitecture
 
     try:
         resolve_alias(kw, "--stages", "--d")
@@ -165,8 +163,8 @@ def train_autoencoder_cmd(data: Path, out: Path, c: int, normalise: str, vae: bo
                           latent: int, smooth: float, beta: float, pool: str, crop: int, tile: int, fpr: float,
                           **kw) -> None:
     """Train a convolutional autoencoder (or --vae) on the normal images of DATA: an anomaly map per pixel."""
-    from semtile.models.networks import DefectArchitecture
     from semtile.defects.training import train_autoencoder
+    from semtile.models.networks import DefectArchitecture
 
     try:
         resolve_alias(kw, "--stages", "--d")

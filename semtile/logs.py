@@ -76,7 +76,7 @@ class _ToStructlog(logging.Handler):
             try:
                 structlog.get_logger(record.name).error(
                     "unformattable log record", logger=record.name, msg=repr(record.msg), args=repr(record.args))
-            except Exception:  # noqa: BLE001
+            except Exception:  # noqa: BLE001 - logging must never raise into the code that logs
                 pass
 
 

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import json
-import shutil
 from pathlib import Path
 
 import pytest
 
 from semtile.models.networks import Architecture
-from semtile.synth import SynthConfig, write_dataset
 from semtile.science.training import TrainConfig, train_classifier, train_segmenter
+from semtile.synth import SynthConfig, write_dataset
 
 from shared_paths import SHARED_DATA, shared_data  # noqa: F401 - re-exported for older imports
 

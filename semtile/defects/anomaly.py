@@ -14,15 +14,15 @@ values of normal pixels (or of normal patches' scores).
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 
 from semtile.engines.base import DefectEngine
 from semtile.engines.torch_cpu import TorchDefectEngine
+from semtile.errors import SemtileError
 from semtile.models.defect_networks import POOLINGS
 from semtile.models.io import LoadedModel
-from semtile.errors import SemtileError
 
 __all__ = ["anomaly_map", "calibrate_threshold", "calibrate_model", "patch_maps", "pool_maps", "as_engine"]
 

@@ -167,9 +167,9 @@ def calibrate_on_scans(model_path: str | Path, scans: list[Path], fpr: float, *,
     """
     from semtile.defects.anomaly import calibrate_model
     from semtile.engines import EngineSettings, create_engine, pick_engine
+    from semtile.io.tiff import open_scan
     from semtile.models.io import load_model
     from semtile.models.kinds import ANOMALY_KINDS
-    from semtile.io.tiff import open_scan
 
     if not scans:
         raise SemtileError(f"{model_path}: no normal scans to calibrate the threshold on")

@@ -10,7 +10,7 @@ and flips. :class:`AugmentedBatches` is the sampler of the training loop
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch

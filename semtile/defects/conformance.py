@@ -10,7 +10,7 @@ AUC-ROC of each engine and its difference from PyTorch's.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

@@ -106,7 +106,7 @@ def read_mask(path: str | Path, shape: tuple[int, int]) -> np.ndarray:
     path = Path(path)
     try:
         m = np.asarray(tifffile.imread(path))
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise DatasetError(f"{path}: cannot read the defect mask ({type(exc).__name__}: {exc})") from exc
     if m.ndim != 2 or m.shape[0] < shape[0] or m.shape[1] != shape[1]:
         raise DatasetError(f"{path}: defect mask of shape {m.shape} does not cover the image's {shape}")
@@ -150,6 +150,6 @@ def read_patch_shape(path: Path) -> tuple[int, int]:
     try:
         with tifffile.TiffFile(path) as tif:
             shape = tif.pages[0].shape
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise DatasetError(f"{path}: cannot read the TIFF header ({type(exc).__name__}: {exc})") from exc
     return int(shape[0]), int(shape[1])

@@ -18,8 +18,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -33,7 +33,7 @@ def _binary(labels, what: str) -> np.ndarray:
     if y.ndim != 1 or y.size == 0:
         raise SemtileError(f"{what}: labels must be a non-empty 1-D sequence, got shape {y.shape}")
     values = set(np.unique(y).tolist())
-    if not values <= {0, 1, True, False}:
+    if not values <= {0, 1}:
         raise SemtileError(f"{what}: labels must be 0 (normal) or 1 (defect), found {sorted(values, key=str)}")
     y = y.astype(np.int64)
     if y.min() == y.max():

@@ -26,9 +26,9 @@ turns, intensity jitter), keeping the weights of the best validation epoch.
 from __future__ import annotations
 
 import csv
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -36,11 +36,11 @@ from torch.nn import functional as F
 
 from semtile.defects.augment import AugmentedBatches, crop_sampler
 from semtile.defects.data import DefectData, load_defect_data
-from semtile.models.io import LoadedModel, load_model, save_model, update_card
-from semtile.models.networks import DefectArchitecture, build_model
 from semtile.defects.scores import patch_scores, roc_figure
 from semtile.errors import DatasetError, SemtileError
 from semtile.logs import get_logger
+from semtile.models.io import LoadedModel, load_model, save_model, update_card
+from semtile.models.networks import DefectArchitecture, build_model
 from semtile.models.training import LoopConfig, Validation, fit, start
 
 __all__ = ["DefectTrainConfig", "train_patch_classifier", "train_autoencoder", "classifier_scores"]

@@ -22,8 +22,8 @@ import contextlib
 import json
 import os
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 

@@ -16,8 +16,9 @@ engines that run the model's kind (:func:`pick_engine`, :func:`resolve_engine`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -59,7 +60,7 @@ class EngineEntry:
     default: str | Callable[[], str]  # the precision "auto" means (a callable where it depends on the machine)
     probe: Callable[[], tuple[bool, str]]  # (can run here, why / version)
     # (bundle or loaded defect model, settings with precision and tile resolved, calibration tiles) -> engine
-    build: Callable[["ModelBundle | LoadedModel", EngineSettings, "np.ndarray | None"], "Engine | DefectEngine"]
+    build: Callable[[ModelBundle | LoadedModel, EngineSettings, np.ndarray | None], Engine | DefectEngine]
     default_note: str = ""  # how a machine-dependent default is chosen, for messages
     gpu: bool = False  # needs a CUDA GPU (a Dask task of it asks for a GPU worker)
     gradients: bool = False  # a PyTorch engine: heat maps can take gradients through it
@@ -122,7 +123,7 @@ def _openvino_default() -> str:
     return openvino_default_precision()
 
 
-def _exported(bundle: "ModelBundle", s: EngineSettings):
+def _exported(bundle: ModelBundle, s: EngineSettings):
     from semtile.models.export import export_model
 
     return export_model(bundle, tile=s.tile, halo=s.halo)
@@ -313,7 +314,7 @@ def _pick_auto(precision: str, kind: str = BUNDLE) -> tuple[EngineEntry, str]:
 
 def create_engine(
     name: str,
-    model: "ModelBundle | LoadedModel",
+    model: ModelBundle | LoadedModel,
     settings: EngineSettings | None = None,
     *,
     calibration_tiles: np.ndarray | None = None,

@@ -82,7 +82,7 @@ def tensorrt_available() -> tuple[bool, str]:
             why = "was built without CUDA" if torch.version.cuda is None else "sees no CUDA device"
             return False, f"TensorRT {trt.__version__} is installed but PyTorch {torch.__version__} {why}"
         name = torch.cuda.get_device_name(0)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001 - a broken CUDA install raises anything: "not available"
         return False, f"TensorRT {trt.__version__} is installed but CUDA is unusable: {exc}"
     return True, f"TensorRT {trt.__version__} on {name}"
 

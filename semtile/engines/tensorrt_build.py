@@ -131,7 +131,7 @@ class TensorRTBuilds:
             cache = None
             try:
                 cache = probe_config.create_timing_cache(data)
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:  # noqa: BLE001 - a damaged timing cache only costs time: start a new one
                 log.warning("tensorrt: timing cache %s unreadable (%s); starting a new one", self.timing_cache_path, exc)
             if cache is None and data:
                 data = b""
@@ -187,7 +187,7 @@ class TensorRTBuilds:
         config.add_optimization_profile(profile)
         try:
             plan = builder.build_serialized_network(network, config)
-        except Exception as exc:  # noqa: BLE001 - TensorRT 11 may raise where 10 returns None
+        except Exception as exc:
             raise SemtileError(f"TensorRT failed to build the {net} engine from {onnx_path}: {exc}") from exc
         if plan is None:
             raise SemtileError(f"TensorRT failed to build the {net} engine from {onnx_path} (see its log above)")

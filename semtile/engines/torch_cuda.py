@@ -69,7 +69,7 @@ def torch_cuda_available() -> tuple[bool, str]:
     try:
         available = torch.cuda.is_available()
         count = torch.cuda.device_count() if available else 0
-    except Exception as exc:  # a broken driver can raise instead of returning False
+    except Exception as exc:  # noqa: BLE001 - a broken driver can raise anything instead of returning False
         return False, f"CUDA initialisation failed: {exc}"
     if not available or count == 0:
         return False, (f"PyTorch {torch.__version__} has CUDA {torch.version.cuda} support but no CUDA device "

@@ -28,12 +28,11 @@ import shutil
 import signal
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
-
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 from semtile.errors import SemtileError
 from semtile.execution.outcome import ImageOutcome
@@ -143,14 +142,14 @@ def run_process(
     scans: list[Path],
     out: Path,
     *,
-    passes: Sequence["Pass"],
+    passes: Sequence[Pass],
     options: ProcessOptions = ProcessOptions(),
     csv_path: Path | None = None,
     scratch: Path | None = None,
     force: bool = False,
     problems: list[tuple[Path, str]] = (),
     on_image: Callable[[ImageOutcome], None] | None = None,
-    cluster: "ClusterSpec | None" = None,
+    cluster: ClusterSpec | None = None,
 ) -> BatchSummary:
     """Run ``semtile process`` over ``scans`` through ``passes`` into the store ``out``; see the module docstring.
 

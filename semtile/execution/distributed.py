@@ -28,10 +28,10 @@ from __future__ import annotations
 import os
 import tempfile
 from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
 
 from semtile.errors import SemtileError
 from semtile.execution.outcome import ImageOutcome
@@ -168,7 +168,7 @@ def slurm_cluster(spec: ClusterSpec, *, engine_threads: int | None = None):
 
 
 @contextmanager
-def connect(spec: ClusterSpec) -> Iterator[tuple["object", dict[str, int]]]:
+def connect(spec: ClusterSpec) -> Iterator[tuple[object, dict[str, int]]]:
     """A Client on the cluster ``spec`` names, and how many workers share each worker's host."""
     try:
         from distributed import Client, LocalCluster

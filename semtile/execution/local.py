@@ -15,10 +15,10 @@ from __future__ import annotations
 import os
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 from semtile.errors import ImageError, SemtileError
 from semtile.execution.outcome import ImageOutcome, failed_outcome, log_outcome

@@ -39,10 +39,9 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-
-from typing import Any
 
 from semtile.errors import ModelError, SemtileError
 from semtile.inference.passes import Pass, PassRunner, TileOutputs, register_pass

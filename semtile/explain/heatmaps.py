@@ -35,14 +35,13 @@ or a CUDA device, whatever engine produced the results.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch.nn import functional as F
-
-from dataclasses import dataclass, field
-from typing import Any
 
 from semtile.errors import SemtileError
 from semtile.inference.passes import Pass, PassRunner, TileOutputs, register_pass

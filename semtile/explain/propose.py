@@ -89,7 +89,7 @@ def read_gray(path: str | Path) -> tuple[np.ndarray, tuple[int, int]]:
             return np.ascontiguousarray(scan.valid().compute(), dtype=np.float32), tuple(scan.info.frame_shape)
     try:
         raw = _read_any(path)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001 - image libraries raise many types; the user gets one message
         raise SemtileError(f"{path}: cannot read the image ({type(exc).__name__}: {exc})") from None
     if raw.ndim == 3:
         raw = raw[..., :3].mean(axis=-1) if raw.shape[-1] in (3, 4) else raw[0]

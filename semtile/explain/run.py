@@ -207,7 +207,7 @@ def explain_store(store: str | Path, kinds: str | Sequence[str] = KINDS, *, clas
         except SemtileError as exc:
             outcome.status, outcome.error = "error", str(exc)
             log.error("explain_failed", result=name, error=str(exc))
-        except Exception as exc:  # noqa: BLE001 - one result's failure must not stop the others
+        except Exception as exc:
             outcome.status, outcome.error = "error", f"{type(exc).__name__}: {exc}"
             log.error("explain_failed", result=name, error=outcome.error, exc_info=exc)
         finally:

@@ -7,8 +7,8 @@ workers): :func:`judge_region` per region, then :func:`finish_result` once.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 from semtile.inference.passes import Pass, PassResult, merge_nested
 from semtile.inference.split import TileGrid

@@ -29,10 +29,10 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Callable, Mapping
 
 import numpy as np
 
@@ -85,7 +85,7 @@ class RegionPlan:
             raise ValueError(f"block_tiles and region must be >= 1, got {self.block_tiles}, {self.region}")
 
     @classmethod
-    def for_grid(cls, grid: TileGrid, *, region: int, block_pixels: int | None = None) -> "RegionPlan":
+    def for_grid(cls, grid: TileGrid, *, region: int, block_pixels: int | None = None) -> RegionPlan:
         """Blocks of about ``block_pixels`` (default :data:`BLOCK_PIXELS`) per side, whole tiles."""
         from semtile.inference.strategy import BLOCK_PIXELS
 

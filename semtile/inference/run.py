@@ -26,9 +26,9 @@ import shutil
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Mapping, Sequence
 
 import dask.array as da
 import numpy as np
@@ -225,7 +225,7 @@ def _end(job: ScanJob) -> ScanJob:
         t0 = time.perf_counter()
         try:
             job.maps = {name: merger.finish() for name, merger in job.mergers.items()}
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001 - one scan's failure must not stop the others
             job.fail(exc)
         job.timings["stitch"] += time.perf_counter() - t0
     job.mergers = {}

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 
 from semtile.errors import ImageError, SemtileError
-from semtile.inference.split import TileGrid, read_windows
 from semtile.inference.options import MIN_SIDE, ProcessOptions
+from semtile.inference.split import TileGrid, read_windows
 from semtile.io.tiff import open_scan
 
 __all__ = ["calibration_tiles"]

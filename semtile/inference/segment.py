@@ -83,7 +83,7 @@ class SegmentPass(Pass):
         return state
 
     @classmethod
-    def of_engine(cls, engine: Engine, bundle, options: ProcessOptions = ProcessOptions()) -> "SegmentPass":
+    def of_engine(cls, engine: Engine, bundle, options: ProcessOptions = ProcessOptions()) -> SegmentPass:
         """The pass of an engine already built here (tests, benchmarks, embedding semtile in a program)."""
         facts = engine.describe()
         made = segment_pass(bundle, "torch-cpu", EngineSettings(precision="f32"), options)
@@ -167,7 +167,7 @@ class SegmentPass(Pass):
         return {"model": self.source, "engine": self.engine, "precision": self.precision,
                 "engine_reason": self.engine_reason}
 
-    def prepared(self, scans: list) -> "SegmentPass":
+    def prepared(self, scans: list) -> SegmentPass:
         if self.precision != "int8" or self.calibration is not None or not scans:
             return self
         from semtile.inference.sampling import calibration_tiles

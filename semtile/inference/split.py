@@ -144,7 +144,7 @@ class GridRule:
 
     @classmethod
     def derive(cls, tile: int, halo: int | None = None, *, multiple: int = 1, aligned: bool = False,
-               what: str = "") -> "GridRule":
+               what: str = "") -> GridRule:
         """The rule for ``tile`` and ``halo`` (``None``: :func:`default_halo`, moved onto the phase grid when
         ``aligned``); SemtileError naming ``what`` (e.g. ``--tile``, a model file) when a value is out of range."""
         from semtile.errors import SemtileError
@@ -168,7 +168,7 @@ class GridRule:
                                f"{multiple} pixels, and tiles shifted against it would not agree where they overlap")
         return cls(tile, halo, multiple)
 
-    def grid(self, shape: tuple[int, int]) -> "TileGrid":
+    def grid(self, shape: tuple[int, int]) -> TileGrid:
         """The tile grid of this rule over an image of ``shape`` (rows, cols)."""
         return TileGrid(tuple(int(s) for s in shape), self.tile, self.halo)
 

@@ -89,7 +89,7 @@ class DefectArchitecture:
     def is_anomaly(self) -> bool:
         return self.kind in ("autoencoder", "vae")
 
-    def with_(self, **changes) -> "DefectArchitecture":
+    def with_(self, **changes) -> DefectArchitecture:
         return replace(self, **changes)
 
     def to_dict(self) -> dict:

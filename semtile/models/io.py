@@ -19,10 +19,10 @@ their cards; the built-in model is one such folder shipped inside the package.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from torch import nn

@@ -24,8 +24,8 @@ from torch.nn import functional as F
 
 from semtile.errors import ModelError
 from semtile.models.defect_networks import (
-    AutoEncoder,
     AnomalyMap,
+    AutoEncoder,
     ClassifierProbability,
     DefectArchitecture,
     PatchClassifier,

@@ -24,9 +24,9 @@ is read out of the calibrated masks (:mod:`semtile.science.curve_calibration`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch

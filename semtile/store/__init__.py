@@ -5,12 +5,14 @@ from pathlib import Path
 
 from semtile.errors import SemtileError
 from semtile.store.base import ImageResult, ResultStore, StoredResult
+
 # What readers above the store need of the OME-Zarr layout: the adhesive label image's name, the scale of the
 # stored uint16 image and the pyramid's level shapes. Only semtile/store/ imports the backends themselves.
 from semtile.store.ome_zarr import LABEL, QUANT, OmeZarrStore, level_shapes
 from semtile.store.ownership import host_name, process_alive
 from semtile.store.table import RUN_COLUMNS, RunTable, default_csv_path
-from semtile.store.zarr_dir import ROOT_KEY as _ZARR_DIR_KEY, ZarrDirectoryStore
+from semtile.store.zarr_dir import ROOT_KEY as _ZARR_DIR_KEY
+from semtile.store.zarr_dir import ZarrDirectoryStore
 
 __all__ = ["ImageResult", "ResultStore", "StoredResult", "OmeZarrStore", "ZarrDirectoryStore", "RunTable",
            "RUN_COLUMNS", "default_csv_path", "open_store", "LABEL", "QUANT", "level_shapes", "host_name",

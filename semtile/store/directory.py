@@ -48,7 +48,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import time
 import uuid
 from collections.abc import Iterator, Mapping
@@ -58,9 +57,18 @@ from typing import Any
 import zarr
 
 from semtile.errors import SemtileError
+from semtile.store.base import (
+    RESERVED_NAMES,
+    ImageResult,
+    ResultStore,
+    StoredResult,
+    check_maps,
+    check_result,
+    safe_stem,
+    source_key,
+    valid_name,
+)
 from semtile.store.ownership import host_name, process_alive, process_start, temporary_name
-from semtile.store.base import (RESERVED_NAMES, ImageResult, ResultStore, StoredResult, check_maps, check_result,
-                                safe_stem, source_key, valid_name)
 
 __all__ = ["DirectoryStore", "HIDDEN", "STALE_AFTER_S", "temporary_name", "process_start", "host_name",
            "process_alive"]

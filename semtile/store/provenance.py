@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import platform
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 
 from semtile.io.discover import sha256_file  # re-exported: the one implementation lives with file discovery
@@ -26,7 +26,7 @@ def package_versions() -> dict[str, str]:
 
 def provenance_record(*, inputs: dict, model: dict, engine: dict, parameters: dict) -> dict:
     return {
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "input": inputs,
         "model": model,
         "engine": engine,

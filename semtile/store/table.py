@@ -14,7 +14,7 @@ import csv
 import os
 import socket
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 __all__ = ["RunTable", "RUN_COLUMNS", "OPTIONAL_COLUMNS", "run_columns", "default_csv_path", "runs_folder", "new_run_id", "write_current_table"]
@@ -44,7 +44,7 @@ def runs_folder(csv_path: Path) -> Path:
 
 def new_run_id() -> str:
     """Sortable by start time, unique across hosts and processes."""
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
     return f"{stamp}-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
@@ -71,7 +71,7 @@ class RunTable:
     def close(self) -> None:
         self._handle.close()
 
-    def __enter__(self) -> "RunTable":
+    def __enter__(self) -> RunTable:
         return self
 
     def __exit__(self, *exc) -> None:

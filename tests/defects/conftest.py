@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from semtile.models.networks import DefectArchitecture
 from semtile.defects.training import DefectTrainConfig, train_autoencoder, train_patch_classifier
+from semtile.models.networks import DefectArchitecture
 from semtile.synth import SynthConfig, write_dataset
 from semtile.synth.lattice import LatticeConfig, write_lattice_dataset
 

@@ -9,9 +9,9 @@ from semtile.defects.anomaly import anomaly_map, calibrate_threshold, patch_maps
 from semtile.defects.classify import classify_scan
 from semtile.defects.data import load_defect_data
 from semtile.defects.scores import map_scores
+from semtile.errors import SemtileError
 from semtile.models.io import load_model
 from semtile.models.kinds import DEFECT_KINDS
-from semtile.errors import SemtileError
 from semtile.synth.lattice import synth_lattice
 
 

@@ -17,8 +17,8 @@ import torch
 from semtile.defects.anomaly import anomaly_map
 from semtile.models.io import load_model
 from semtile.models.networks import inference_module
-from semtile.synth.surfaces import synth_surface_with
 from semtile.synth.defects import defect_overlay
+from semtile.synth.surfaces import synth_surface_with
 
 #: Pixels at the image border left out: one pass zero-pads there, tiles reflect.
 MARGIN = 32

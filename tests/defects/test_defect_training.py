@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 
 from semtile.defects.augment import augment
 from semtile.defects.data import load_defect_data
-from semtile.models.io import load_model
 from semtile.defects.training import DefectTrainConfig, train_autoencoder, train_patch_classifier
 from semtile.errors import DatasetError, SemtileError
+from semtile.models.io import load_model
 
 
 @pytest.mark.slow

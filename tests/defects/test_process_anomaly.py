@@ -17,20 +17,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import zarr
 from click.testing import CliRunner
 
 from semtile.cli.main import main
 from semtile.defects.anomaly import anomaly_map
-from semtile.models.io import load_model
-from semtile.engines import EngineSettings
 from semtile.defects.anomaly_pass import anomaly_pass
+from semtile.engines import EngineSettings
 from semtile.execution.batch import run_process
 from semtile.inference.options import ProcessOptions
-from semtile.io.tiff import open_scan
-from semtile.models.io import load_bundle
-from semtile.results import open_results
 from semtile.inference.segment import segment_pass
+from semtile.io.tiff import open_scan
+from semtile.models.io import load_bundle, load_model
+from semtile.results import open_results
 
 OPTIONS = ["--tile", "64", "--halo", "8", "--batch-size", "8", "--engine", "torch-cpu"]
 

@@ -9,7 +9,6 @@ the runner's bookkeeping is exercised on any machine.
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,8 +19,8 @@ from semtile.engines import EngineSettings, available_engines, create_engine
 from semtile.engines.base import EngineOutput, Submitted
 from semtile.engines.torch_cpu import TorchCPUEngine
 from semtile.execution.local import ProcessOptions, process_scans
-from semtile.models.io import load_bundle
 from semtile.inference.segment import SegmentPass
+from semtile.models.io import load_bundle
 
 OPTIONS = ProcessOptions(tile=64, halo=8, batch_size=3)  # 3: batches straddle scans
 

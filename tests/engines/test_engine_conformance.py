@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from semtile.engines import AUTO_ORDER, EngineSettings, available_engines, create_engine
-from semtile.models.io import load_bundle
 from semtile.execution.local import ProcessOptions, analyse_scan
-from semtile.inference.segment import SegmentPass
 from semtile.inference.sampling import calibration_tiles
+from semtile.inference.segment import SegmentPass
+from semtile.models.io import load_bundle
 from semtile.synth import SynthConfig, write_dataset
 
 CASES = [("torch-cpu", "bf16"), ("onnxruntime", "f32"), ("openvino", "f32"), ("openvino", "bf16"),

@@ -283,7 +283,7 @@ def test_torch_device_for_heat_maps(monkeypatch):
     import torch
 
     for cuda in (False, True):
-        monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+        monkeypatch.setattr(torch.cuda, "is_available", lambda cuda=cuda: cuda)
         device = "cuda" if cuda else "cpu"
         assert torch_device("auto")[0] == device and torch_device("torch-cpu") == ("cpu", "torch-cpu as asked")
         device_, why = torch_device("openvino")

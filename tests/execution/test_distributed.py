@@ -12,13 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from scan_compare import assert_same_results, write_large_scan
 from semtile.engines import EngineSettings
 from semtile.execution.batch import run_process
 from semtile.execution.distributed import ClusterSpec
 from semtile.inference.options import ProcessOptions
-from semtile.models.io import load_bundle
 from semtile.inference.segment import segment_pass
+from semtile.models.io import load_bundle
+
+from scan_compare import assert_same_results, write_large_scan
 
 distributed = pytest.importorskip("distributed")
 

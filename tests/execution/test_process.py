@@ -14,11 +14,11 @@ from click.testing import CliRunner
 
 from semtile.cli.main import main
 from semtile.engines import AUTO_ORDER, EngineSettings, create_engine
-from semtile.models.io import load_bundle
 from semtile.execution.local import ProcessOptions, process_scans
-from semtile.io.discover import find_scans
-from semtile.store import open_store
 from semtile.inference.segment import SegmentPass
+from semtile.io.discover import find_scans
+from semtile.models.io import load_bundle
+from semtile.store import open_store
 
 OPTIONS = ["--tile", "64", "--halo", "8", "--batch-size", "3", "--engine", "torch-cpu"]
 

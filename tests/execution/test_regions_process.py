@@ -6,15 +6,16 @@ import numpy as np
 import zarr
 from click.testing import CliRunner
 
-from scan_compare import assert_same_results, write_large_scan
 from semtile.cli.main import main
 from semtile.engines import EngineSettings
 from semtile.execution.batch import run_process
 from semtile.inference.options import ProcessOptions
-from semtile.models.io import load_bundle
 from semtile.inference.regions import RegionPlan
-from semtile.inference.split import TileGrid
 from semtile.inference.segment import segment_pass
+from semtile.inference.split import TileGrid
+from semtile.models.io import load_bundle
+
+from scan_compare import assert_same_results, write_large_scan
 
 OPTIONS = ["--tile", "64", "--halo", "8", "--batch-size", "8", "--engine", "torch-cpu"]
 

@@ -11,7 +11,13 @@ from click.testing import CliRunner
 
 from semtile.errors import SemtileError
 from semtile.explain.clusters import (
-    MAP_NAME, TileEmbedder, cluster_features, cluster_store, embed_tiles, tile_map, tile_truth,
+    MAP_NAME,
+    TileEmbedder,
+    cluster_features,
+    cluster_store,
+    embed_tiles,
+    tile_map,
+    tile_truth,
 )
 from semtile.inference.split import TileGrid
 from semtile.models.io import load_model

@@ -7,8 +7,14 @@ import math
 import numpy as np
 import pytest
 
-from semtile.explain.masks import (candidate_masks, centre_biased_mask, heat_to_mask, largest_component,
-                                   normalise_by_max, otsu_mask)
+from semtile.explain.masks import (
+    candidate_masks,
+    centre_biased_mask,
+    heat_to_mask,
+    largest_component,
+    normalise_by_max,
+    otsu_mask,
+)
 
 
 def test_algorithm_2_normalises_by_the_whole_maximum_and_keeps_values_above_tau():

@@ -7,8 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from semtile.explain.scores import (Summary, binary_scores, choose_tau, counts, format_table, summarise,
-                                    validation_split)
+from semtile.explain.scores import Summary, binary_scores, choose_tau, counts, format_table, summarise, validation_split
 
 
 def test_scores_match_a_hand_computed_case():

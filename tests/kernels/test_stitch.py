@@ -6,6 +6,7 @@ import numba
 import numpy as np
 import pytest
 
+from semtile.inference.split import TileGrid
 from semtile.kernels.stitch import (
     accumulate_tiles,
     accumulate_tiles_reference,
@@ -14,7 +15,6 @@ from semtile.kernels.stitch import (
     stitch_tiles_reference,
 )
 from semtile.kernels.window import blend_profile, blend_window
-from semtile.inference.split import TileGrid
 
 SHAPES = [(37, 53), (101, 67), (250, 333), (5, 7)]
 TILE_HALO = [(16, 3), (32, 8), (33, 5), (64, 0)]

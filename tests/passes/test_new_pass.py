@@ -18,7 +18,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))  # the workers of the cluster import the pass from here too
 
-from local_variance import NAME, LocalVariancePass, local_variance  # noqa: E402 - after its folder is on the path
+from local_variance import NAME, LocalVariancePass, local_variance
 
 from semtile.engines import EngineSettings
 from semtile.execution.batch import run_process

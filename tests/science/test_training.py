@@ -73,8 +73,8 @@ def test_learned_hypothesis_trains_and_is_saved(tiny_dataset, tmp_path):
 
 def _undecided(path, dataset) -> float:
     """Mean p(1 - p) of a segmenter's mask over the tiny dataset's images."""
-    from semtile.models.io import load_model
     from semtile.io.tiff import open_scan
+    from semtile.models.io import load_model
 
     net = load_model(path, "segmenter").network.eval()
     values = []

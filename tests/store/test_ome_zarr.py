@@ -18,12 +18,12 @@ from ome_zarr_models import open_ome_zarr
 from ome_zarr_models.v05.image import Image
 from ome_zarr_models.v05.image_label import ImageLabel
 from ome_zarr_models.v05.labels import Labels
+from test_store_conformance import assert_same, make_result, snapshot
+from test_zarr_dir import legacy_write
 
 from semtile.errors import SemtileError
 from semtile.store import OmeZarrStore, ZarrDirectoryStore, open_store
 from semtile.store.ome_zarr import level_shapes
-from test_store_conformance import assert_same, make_result, snapshot
-from test_zarr_dir import legacy_write
 
 
 def written(tmp_path, shape=(1030, 700), pixel_size_m=1.5e-9, seed=0):

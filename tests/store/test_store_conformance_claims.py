@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 import zarr
+from test_store_conformance import BACKENDS, BY_ID, assert_same, make_result, put, snapshot
 
 from semtile.errors import SemtileError
 from semtile.store.directory import HIDDEN
-from test_store_conformance import BACKENDS, BY_ID, assert_same, make_result, put, snapshot
 
 
 @pytest.fixture(params=BACKENDS, ids=lambda b: b.id)

@@ -13,14 +13,13 @@ import json
 import numpy as np
 import pytest
 import zarr
+from test_store_conformance import BACKENDS, assert_same, make_result, snapshot
 
 from semtile.errors import SemtileError
 from semtile.results import open_results
 from semtile.store import OmeZarrStore
 from semtile.store.directory import DirectoryStore
 from semtile.store.ome_zarr import CHUNK, level_shapes, write_region
-
-from test_store_conformance import BACKENDS, assert_same, make_result, snapshot
 
 
 def _unlocked(files: dict) -> dict:

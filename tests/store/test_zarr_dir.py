@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
+from test_store_conformance import assert_same, make_result, snapshot
 
 import semtile.store.directory as directory
 from semtile.errors import SemtileError
 from semtile.store import ZarrDirectoryStore, open_store
-from test_store_conformance import assert_same, make_result, snapshot
 
 
 def legacy_write(path: Path, name: str, result, group_name: str | None = None) -> None:
