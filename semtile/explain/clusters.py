@@ -43,6 +43,7 @@ from typing import Any
 
 import numpy as np
 
+from semtile.engines import torch_device
 from semtile.errors import ModelError, SemtileError
 from semtile.inference.passes import Pass, PassRunner, TileOutputs, register_pass
 from semtile.inference.run import run_pass
@@ -316,7 +317,7 @@ def cluster_store(store: str | Path, out: str | Path, *, k: int | None = None, f
     chosen = chosen_names(results, names, store, "cluster")
     if threads:
         torch.set_num_threads(int(threads))
-    dev = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+    dev = torch_device("auto")[0] if device == "auto" else device  # the registry's choice of torch device
     cache: dict = {}
     t0 = time.perf_counter()
     per_image: dict[str, dict] = {}
