@@ -56,20 +56,12 @@ class AnomalyPass(Pass):
     model_kind: str  # autoencoder or vae
     engine: str
     precision: str
-    grid_rule: GridRule
+    rule: GridRule
     threshold: float
     threshold_source: str  # "card" or "option"
-    batch: int = 8
+    batch_size: int = 8
     threads: int | None = None
     engine_reason: str = ""
-
-    @property
-    def rule(self) -> GridRule:
-        return self.grid_rule
-
-    @property
-    def batch_size(self) -> int:
-        return self.batch
 
     def build_runner(self) -> PassRunner:
         from semtile.engines import EngineSettings, create_engine
@@ -88,7 +80,7 @@ class AnomalyPass(Pass):
         return (MAP_NAME,)
 
     def parameters(self) -> dict:
-        return {"tile": self.rule.tile, "halo": self.rule.halo, "batch_size": self.batch,
+        return {"tile": self.rule.tile, "halo": self.rule.halo, "batch_size": self.batch_size,
                 "threshold": self.threshold, "threshold_source": self.threshold_source}
 
     def judge_region(self, maps: dict) -> RegionJudgement:
@@ -151,8 +143,8 @@ def anomaly_pass(model_path: str | Path, *, engine: str = "auto", threshold: flo
         raise SemtileError(f"--anomaly-threshold {threshold}: must be a finite number")
     name, why = pick_engine(engine, kind=model.kind)
     return AnomalyPass(model=str(Path(model_path).resolve()), sha256=model.sha256, model_kind=model.arch.kind,
-                       engine=name, precision="f32", grid_rule=rule, threshold=float(threshold),
-                       threshold_source=source, batch=int(batch_size), threads=threads, engine_reason=why)
+                       engine=name, precision="f32", rule=rule, threshold=float(threshold),
+                       threshold_source=source, batch_size=int(batch_size), threads=threads, engine_reason=why)
 
 
 def calibrate_on_scans(model_path: str | Path, scans: list[Path], fpr: float, *, engine: str = "auto",

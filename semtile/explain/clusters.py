@@ -121,19 +121,11 @@ class EmbeddingPass(Pass):
 
     kind = "embedding"
 
-    grid_rule: GridRule
+    rule: GridRule
     width: int
     device: str = "cpu"
-    batch: int = 16
+    batch_size: int = 16
     network: Any = field(default=None, repr=False, compare=False)  # the loaded network (this process)
-
-    @property
-    def rule(self) -> GridRule:
-        return self.grid_rule
-
-    @property
-    def batch_size(self) -> int:
-        return self.batch
 
     def token(self):
         return (id(self.network), self.device)

@@ -137,21 +137,13 @@ class HeatMapPass(Pass):
 
     kind = "heatmaps"
 
-    grid_rule: GridRule
+    rule: GridRule
     class_index: int
     kinds: tuple[str, ...] = KINDS
     classifier_sha256: str = ""
     device: str = "cpu"
-    batch: int = 8
+    batch_size: int = 8
     network: Any = field(default=None, repr=False, compare=False)  # the loaded classifier (this process)
-
-    @property
-    def rule(self) -> GridRule:
-        return self.grid_rule
-
-    @property
-    def batch_size(self) -> int:
-        return self.batch
 
     def token(self):
         return (self.classifier_sha256, self.class_index, self.kinds, self.device, id(self.network))

@@ -126,25 +126,22 @@ def pass_runner(p: Pass) -> PassRunner:
 
 
 class Pass(ABC):
-    """One tiled pass over an image; see the module docstring. Subclasses are frozen dataclasses."""
+    """One tiled pass over an image; see the module docstring. Subclasses are frozen dataclasses.
+
+    A pass gives its ``rule`` (:class:`GridRule`: tile and halo) and its
+    ``batch_size`` (tiles per runner call) as fields or properties.
+    """
 
     #: The kind of pass (the registry's key); ``name`` (default: the kind) names one instance in a run.
     kind: ClassVar[str] = "pass"
     #: Batches of this pass need a GPU worker (Dask's ``GPU`` resource).
     gpu: ClassVar[bool] = False
+    rule: GridRule
+    batch_size: int = 8
 
     @property
     def name(self) -> str:
         return self.kind
-
-    @property
-    @abstractmethod
-    def rule(self) -> GridRule:
-        """Tile and halo of this pass."""
-
-    @property
-    def batch_size(self) -> int:
-        return 8
 
     # -- the runner ---------------------------------------------------------------------------------
     @abstractmethod
