@@ -331,12 +331,12 @@ def create_engine(
     """
     kind = engine_kind(model)
     settings = settings if settings is not None else EngineSettings(tile=None)
-    check_options(name, settings.precision, kind)
+    precision = check_options(name, settings.precision, kind)
     settings = replace(settings, tile=int(settings.tile or (256 if kind == BUNDLE else model.tile)))
     _check_settings(settings, model.multiple if kind == BUNDLE else model.arch.multiple)
     if settings.compile is not None and kind != BUNDLE:
         raise SemtileError(f"torch.compile applies to bundles on the torch-cuda and torch-cpu engines, not to a {kind}")
-    entry, resolved, reason = _resolve(name, settings.precision, kind)
+    entry, resolved, reason = _probe_and_pick(name, precision, kind)
     if settings.compile is not None and entry.name not in ("torch-cuda", "torch-cpu"):
         raise SemtileError(f"torch.compile applies to the torch-cuda and torch-cpu engines, not {entry.name} "
                            f"({reason}); pass --engine torch-cuda or torch-cpu")
@@ -344,7 +344,11 @@ def create_engine(
 
 
 def _resolve(name: str, precision: str, kind: str = BUNDLE) -> tuple[EngineEntry, str, str]:
-    precision = check_options(name, precision, kind)
+    return _probe_and_pick(name, check_options(name, precision, kind), kind)
+
+
+def _probe_and_pick(name: str, precision: str, kind: str) -> tuple[EngineEntry, str, str]:
+    """The entry for an already checked ``name``/``precision`` pair: probed (auto: the first that runs here)."""
     if name == "auto":
         entry, reason = _pick_auto(precision, kind)
     else:
