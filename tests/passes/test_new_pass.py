@@ -40,15 +40,11 @@ def scans(tiny_dataset, tmp_path_factory) -> Path:
     return folder
 
 
-def _run(scans: Path, out: Path, bundle: Path, **options):
+def _run(scans: Path, out: Path, bundle: Path, cluster=None, **options):
     options = ProcessOptions(tile=64, halo=8, batch_size=8, **options)
     passes = [segment_pass(load_bundle(bundle), "torch-cpu", EngineSettings(tile=64, halo=8, threads=1), options),
               LocalVariancePass()]
-    return run_process(sorted(scans.iterdir()), out, passes=passes, options=options,
-                       cluster=options_cluster.pop(out.name, None))
-
-
-options_cluster: dict = {}
+    return run_process(sorted(scans.iterdir()), out, passes=passes, options=options, cluster=cluster)
 
 
 def test_a_new_pass_runs_in_memory_region_by_region_and_on_a_cluster(scans, tiny_bundle, tmp_path):
@@ -56,10 +52,11 @@ def test_a_new_pass_runs_in_memory_region_by_region_and_on_a_cluster(scans, tiny
     pytest.importorskip("distributed")
     from semtile.execution.distributed import ClusterSpec
 
-    options_cluster["cluster.zarr"] = ClusterSpec(kind="local", workers=1)
     runs = {"memory": _run(scans, tmp_path / "memory.zarr", tiny_bundle),
             "regions": _run(scans, tmp_path / "regions.zarr", tiny_bundle, region_pixels=0, block_pixels=100),
-            "cluster": _run(scans, tmp_path / "cluster.zarr", tiny_bundle, region_pixels=0, block_pixels=100)}
+            "cluster": _run(scans, tmp_path / "cluster.zarr", tiny_bundle, ClusterSpec(kind="local", workers=1),
+                            region_pixels=0, block_pixels=100),
+            "groups": _run(scans, tmp_path / "groups.zarr", tiny_bundle, ClusterSpec(kind="local", workers=1))}
     for label, summary in runs.items():
         assert summary.exit_code == 0, (label, [o.error for o in summary.failed])
     stores = {label: open_results(tmp_path / f"{label}.zarr") for label in runs}
@@ -76,9 +73,9 @@ def test_a_new_pass_runs_in_memory_region_by_region_and_on_a_cluster(scans, tiny
         assert got.shape == image.shape
         error = np.abs(got - oracle)
         assert np.median(error) < 1e-6 and error.max() < 0.15 * oracle.max()
-        for label in ("regions", "cluster"):
+        for label in ("regions", "cluster", "groups"):
             other = stores[label][name]
-            assert "regions" in other.attrs
+            assert ("regions" in other.attrs) == (label != "groups")  # on a cluster: region tasks, then group tasks
             assert np.abs(other.map(NAME).compute() - got).max() <= 1e-6, (label, name)
             assert other.attrs["rough_fraction"] == pytest.approx(memory.attrs["rough_fraction"], abs=1e-6)
             assert other.stored.maps[NAME].get("kind") == NAME  # the map's own attributes
