@@ -45,6 +45,10 @@ TRAIN_OPTIONS = {
     "split": (("--split", "split"), {"default": None,
                                      "help": "Train,val,test shares per label, e.g. 80,10,10 (default) or 40,5,5; "
                                              "a split column in labels.csv wins."}),
+    "path_column": (("--path-column",), {"default": None,
+                                         "help": "Column of labels.csv holding the image paths (default: path, else file)."}),
+    "label_column": (("--label-column",), {"default": None,
+                                           "help": "Column of labels.csv holding the labels (default: label)."}),
     "threads": (("--threads",), {"default": None, "type": click.IntRange(1), "help": "Torch CPU threads."}),
     "device": (("--device",), {"default": "auto", "show_default": True,
                                "help": "auto (GPU when present), cpu or cuda."}),
@@ -103,6 +107,8 @@ def train_options(**defaults):
             train_option("lr", d["lr"]),
             train_option("seed"),
             train_option("split"),
+            train_option("path_column"),
+            train_option("label_column"),
             train_option("threads"),
             click.option("--patience", default=0, show_default=True, type=click.IntRange(0), help="Stop after this many epochs without a better validation loss (0: never)."),
             train_option("device"),
@@ -177,7 +183,8 @@ def train_config(kw: dict):
     arch = dict(c=kw.pop("c"), d=kw.pop("d"), n=kw.pop("n"), N=kw.pop("N"))
     config = TrainConfig(split=parse_split(kw.pop("split")),
                          **{k: kw.pop(k) for k in ("epochs", "steps_per_epoch", "batch_size", "crop", "lr", "seed",
-                                                   "threads", "patience", "device", "resume")})
+                                                   "threads", "patience", "device", "resume",
+                                                   "path_column", "label_column")})
     return arch, config, Architecture
 
 

@@ -118,7 +118,10 @@ def _evaluate_defects(data: Path, model: Path, part: str, out: Path, engine: str
 
 @click.command()
 @click.argument("results", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--labels", "labels_csv", required=False, type=click.Path(exists=True, path_type=Path), help="labels.csv (path,label) of the processed images.")
+@click.option("--labels", "labels_csv", required=False, type=click.Path(exists=True, path_type=Path),
+              help="labels.csv of the processed images (or their dataset folder): columns path (or file) and label.")
+@click.option("--path-column", default=None, help="Column of --labels holding the image paths (default: path, else file).")
+@click.option("--label-column", default=None, help="Column of --labels holding the labels (default: label).")
 @click.option("--expert", "expert_csv", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None, help="An expert's answers (path,label) to score beside the model.")
 @click.option("--split-from", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="A trained model (.pt or its .json card): score only the images of its --part split.")
@@ -135,7 +138,7 @@ def _evaluate_defects(data: Path, model: Path, part: str, out: Path, engine: str
 @click.option("--seed", default=0, show_default=True, type=int, help="With --masks: seed of the validation split.")
 @_defect_evaluation_options
 @_stored_map_options
-def evaluate(results: Path, labels_csv: Path, expert_csv: Path | None, split_from: Path | None, part: str,
+def evaluate(results: Path, labels_csv: Path, path_column: str | None, label_column: str | None, expert_csv: Path | None, split_from: Path | None, part: str,
              out: Path, masks_dir: Path | None, tau: float, val_fraction: float, seed: int,
              defect_model: Path | None, defect_engine: str, defect_masks: Path | None = None,
              map_name: str = "anomaly") -> None:
@@ -159,7 +162,8 @@ def evaluate(results: Path, labels_csv: Path, expert_csv: Path | None, split_fro
 
     try:
         if labels_csv is not None:
-            evaluate_store(results, labels_csv, out, expert_csv=expert_csv, split_from=split_from, part=part)
+            evaluate_store(results, labels_csv, out, expert_csv=expert_csv, split_from=split_from, part=part,
+                           path_column=path_column, label_column=label_column)
         if masks_dir is not None:
             evaluate_explanations(results, masks_dir, out, tau=tau, val_fraction=val_fraction, seed=seed)
     except SemtileError as exc:

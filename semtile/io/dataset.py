@@ -1,4 +1,10 @@
-"""Datasets: a folder with ``labels.csv`` (``path,label[,split]``), paths relative to the CSV."""
+"""Datasets: a folder with ``labels.csv`` (``path,label[,split]``), paths relative to the CSV.
+
+The path column may also be called ``file`` (the public lung-cell set's
+``file,label,...``); other names are given with ``path_column`` and
+``label_column`` (``--path-column``, ``--label-column``). Other columns are
+ignored.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +16,7 @@ import numpy as np
 
 from semtile.errors import DatasetError
 
-__all__ = ["Sample", "read_labels", "label_order", "parse_split", "split_samples", "SPLITS"]
+__all__ = ["Sample", "read_labels", "label_columns", "PATH_COLUMNS", "LABEL_COLUMN", "label_order", "parse_split", "split_samples", "SPLITS"]
 
 
 @dataclass(frozen=True)
@@ -32,26 +38,61 @@ def label_order(labels) -> list:
     return sorted(set(labels))
 
 
-def read_labels(source: str | Path) -> list[Sample]:
-    """Read a dataset folder (or its ``labels.csv``) into samples with absolute paths."""
+#: The names the image-path column of a labels.csv may have, in the order they are looked for.
+PATH_COLUMNS = ("path", "file")
+#: The name of the label column unless one is given.
+LABEL_COLUMN = "label"
+
+
+def label_columns(fields, where: str | Path, path_column: str | None = None,
+                  label_column: str | None = None) -> tuple[str, str]:
+    """The (path, label) column names of a CSV with the columns ``fields``.
+
+    The path column is ``path_column`` where given, else the first of
+    :data:`PATH_COLUMNS` present; the label column is ``label_column`` where
+    given, else ``label``. A missing one is a DatasetError naming ``where``
+    and listing the columns found.
+    """
+    fields = [f for f in (fields or []) if f is not None]
+    found = ", ".join(fields) if fields else "none"
+    if path_column is not None:
+        path_key = path_column if path_column in fields else None
+        wanted_path = f"'{path_column}' (--path-column)"
+    else:
+        path_key = next((name for name in PATH_COLUMNS if name in fields), None)
+        wanted_path = " or ".join(f"'{name}'" for name in PATH_COLUMNS)
+    label_key = label_column or LABEL_COLUMN
+    wanted_label = f"'{label_key}'" + (" (--label-column)" if label_column is not None else "")
+    missing = ([f"an image path column {wanted_path}"] if path_key is None else []) + \
+              ([f"a label column {wanted_label}"] if label_key not in fields else [])
+    if missing:
+        raise DatasetError(f"{where}: needs {' and '.join(missing)}; found the columns: {found} "
+                           "(name others with --path-column and --label-column)")
+    return path_key, label_key  # type: ignore[return-value]
+
+
+def read_labels(source: str | Path, path_column: str | None = None,
+                label_column: str | None = None) -> list[Sample]:
+    """Read a dataset folder (or its ``labels.csv``) into samples with absolute paths.
+
+    The columns are found by :func:`label_columns`.
+    """
     source = Path(source)
     csv_path = source / "labels.csv" if source.is_dir() else source
     if not csv_path.is_file():
         raise DatasetError(f"{csv_path}: labels.csv not found")
     with csv_path.open(newline="") as handle:
         reader = csv.DictReader(handle)
-        fields = reader.fieldnames or []
-        if "path" not in fields or "label" not in fields:
-            raise DatasetError(f"{csv_path}: needs columns 'path' and 'label', found {fields}")
+        path_key, label_key = label_columns(reader.fieldnames, csv_path, path_column, label_column)
         rows = list(reader)
     if not rows:
         raise DatasetError(f"{csv_path}: no rows")
-    labels = _coerce([r["label"].strip() for r in rows])
+    labels = _coerce([(r[label_key] or "").strip() for r in rows])
     samples = []
     for line, (row, label) in enumerate(zip(rows, labels), start=2):
-        path = (csv_path.parent / row["path"].strip()).resolve()
+        path = (csv_path.parent / (row[path_key] or "").strip()).resolve()
         if not path.is_file():
-            raise DatasetError(f"{csv_path}:{line}: image {row['path']} not found")
+            raise DatasetError(f"{csv_path}:{line}: image {row[path_key]} not found")
         samples.append(Sample(path=path, label=label, split=(row.get("split") or "").strip() or None))
     return samples
 

@@ -336,10 +336,14 @@ class Results:
                 "seconds_per_image": float(seconds.mean()) if len(seconds) else None,
                 "stages": stages, "maps": sorted({m for v in table["maps"] for m in v.split(", ") if m})}
 
-    def answers(self, csv_path: str | Path) -> pd.Series:
+    def answers(self, csv_path: str | Path, path_column: str | None = None,
+                label_column: str | None = None) -> pd.Series:
         """The labels an answers CSV (``path,label``: ``labels.csv``, an expert's) gives each result, by name.
 
-        ``csv_path`` may be a dataset folder holding ``labels.csv``. A result is
+        ``csv_path`` may be a dataset folder holding ``labels.csv``. Its path
+        column is ``path`` or ``file`` (or ``path_column``), its label column
+        ``label`` (or ``label_column``); without them the error lists the
+        columns found. A result is
         matched by its input's path, else by its file name where that name is
         unique on both sides (images moved after processing). Results without
         an answer get None; ``Series.attrs`` holds the counts
@@ -352,7 +356,7 @@ class Results:
             csv_path = csv_path / "labels.csv"
         if not csv_path.is_file():
             raise SemtileError(f"{csv_path}: answers file (path,label) not found")
-        given = read_answers(csv_path)
+        given = read_answers(csv_path, path_column=path_column, label_column=label_column)
         by_file: dict[str, list[Path]] = {}
         for path in given:
             by_file.setdefault(path.name, []).append(path)

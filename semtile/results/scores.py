@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from semtile.errors import DatasetError
+from semtile.io.dataset import label_columns
 
 __all__ = ["LabelScores", "label_scores", "read_answers"]
 
@@ -67,25 +68,30 @@ def label_scores(true: list, predicted: list, labels: list) -> LabelScores:
     return LabelScores(labels, confusion, top1, within1, mae, per_label)
 
 
-def read_answers(path: str | Path, base: str | Path | None = None) -> dict[Path, object]:
+def read_answers(path: str | Path, base: str | Path | None = None, path_column: str | None = None,
+                 label_column: str | None = None) -> dict[Path, object]:
     """An answers CSV (``path,label``: an expert's, or any labelling) as resolved path -> label.
 
     Paths are relative to ``base`` (the CSV's folder by default); labels are
-    integers where every one is. Unlike a dataset's ``labels.csv`` the images
-    need not exist here: only the paths are compared with the results'.
+    integers where every one is. The columns are found as in a dataset's
+    ``labels.csv`` (``path`` or ``file``, or ``path_column``; ``label`` or
+    ``label_column``), but unlike there the images need not exist here: only
+    the paths are compared with the results'.
     """
     path = Path(path)
     base = path.parent if base is None else Path(base)
     try:
         with path.open(newline="", encoding="utf-8") as handle:
-            rows = list(csv.DictReader(handle))
+            reader = csv.DictReader(handle)
+            path_key, label_key = label_columns(reader.fieldnames, path, path_column, label_column)
+            rows = list(reader)
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise DatasetError(f"{path}: cannot read ({exc})") from None
-    if not rows or "path" not in rows[0] or "label" not in rows[0]:
-        raise DatasetError(f"{path}: needs columns 'path' and 'label'")
-    values = [(r["label"] or "").strip() for r in rows]
+    if not rows:
+        raise DatasetError(f"{path}: no rows")
+    values = [(r[label_key] or "").strip() for r in rows]
     try:
         values = [int(v) for v in values]
     except ValueError:
         pass
-    return {(base / (r["path"] or "").strip()).resolve(): v for r, v in zip(rows, values)}
+    return {(base / (r[path_key] or "").strip()).resolve(): v for r, v in zip(rows, values)}

@@ -87,15 +87,17 @@ def split_names(model: str | Path, part: str) -> set[str]:
 
 def evaluate_store(store: str | Path, labels_csv: str | Path, out: str | Path,
                    expert_csv: str | Path | None = None, split_from: str | Path | None = None,
-                   part: str = "test") -> dict:
+                   part: str = "test", path_column: str | None = None, label_column: str | None = None) -> dict:
     """Score a result store against a dataset; write CSV, PNG, JSON and markdown into ``out``.
 
     With ``split_from`` (a trained model's weights or card) only the images of
     its ``part`` split are scored: the held-out test set of that training run.
+    ``path_column`` and ``label_column`` name the columns of ``labels_csv``
+    (default: ``path`` or ``file``, and ``label``).
     """
     store, out = Path(store), Path(out)
     results = open_results(store)  # SemtileError naming the path unless it is a result store
-    samples = read_labels(labels_csv)
+    samples = read_labels(labels_csv, path_column, label_column)
     if split_from is not None:
         names = split_names(split_from, part)
         samples = [s for s in samples if s.path.name in names]

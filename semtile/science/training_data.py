@@ -45,6 +45,8 @@ class TrainConfig:
     threads: int | None = None
     device: str = "auto"
     resume: bool = False
+    path_column: str | None = None  # labels.csv column of the image paths (default: path or file)
+    label_column: str | None = None  # labels.csv column of the labels (default: label)
 
 
 @dataclass
@@ -127,13 +129,13 @@ def masked_samples(data: str | Path, masks: str | Path) -> list[Sample]:
 
 
 def load_training_data(data: str | Path, config: TrainConfig, masks: str | Path | None = None) -> TrainingData:
-    """Read a dataset: labels.csv (``path,label[,split]``), or, with ``masks`` and no labels.csv, the images
+    """Read a dataset: labels.csv (``path,label[,split]``; the columns as in :func:`read_labels`), or, with ``masks`` and no labels.csv, the images
     that have masks (:func:`masked_samples`: one label, split at random by the seed)."""
     if masks is not None and not _has_labels(data):
         samples = masked_samples(data, masks)
         labels = [MASK_LABEL]
     else:
-        samples = read_labels(data)
+        samples = read_labels(data, config.path_column, config.label_column)
         labels = label_order([s.label for s in samples])
         if masks is None and len(labels) < 2:
             raise DatasetError(f"{data}: need at least two labels, found {labels}")
