@@ -12,7 +12,18 @@ from semtile.errors import SemtileError
 
 @click.group()
 def train() -> None:
-    """Train the segmenter, the classifier or a defect model on a dataset folder with labels.csv."""
+    """Train the segmenter, the classifier or a defect model on a dataset folder DATA.
+
+    \b
+    DATA is a folder holding labels.csv (or that CSV itself), one row per image:
+      path   the image file, relative to the CSV (a column named file is
+             taken too; --path-column names another)
+      label  its label: integers (ordered, e.g. etching times) or names
+             (--label-column names another)
+      split  optional: train, val or test (else --split decides)
+    Other columns are ignored, so the public lung-cell labels.csv
+    (file,label,label_id,...) is used as it is.
+    """
 
 
 @train.command("segmenter")
@@ -29,6 +40,9 @@ def train() -> None:
 def train_segmenter_cmd(data: Path, hypothesis: str, g_range: str, masks: Path | None, binary_weight: float | None,
                         loss: str, out: Path, **kw) -> None:
     """Train a segmenter (weak labels: mean of the mask regressed onto g(t)).
+
+    DATA is a folder with labels.csv: columns path (or file) and label, an
+    optional split (see `semtile train --help`).
 
     With --masks DIR: supervised, per pixel, against the masks named like the
     images (same file name or stem). DATA then needs no labels.csv: the images
@@ -53,14 +67,14 @@ def train_segmenter_cmd(data: Path, hypothesis: str, g_range: str, masks: Path |
                                    loss=loss, arch=Architecture("segmenter", **arch), config=config, progress=progress)
     except SemtileError as exc:
         raise click.UsageError(str(exc)) from exc
-    click.echo(f"wrote {path}")
+    _echo_training(path)
 
 
 @train.command("classifier")
 @click.argument("data", type=click.Path(exists=True, path_type=Path))
 @train_options()
 def train_classifier_cmd(data: Path, out: Path, **kw) -> None:
-    """Train the baseline classifier."""
+    """Train the baseline classifier on DATA: a folder with labels.csv (path or file, label; see `semtile train --help`)."""
     from semtile.science.training import train_classifier
 
     try:
@@ -69,6 +83,20 @@ def train_classifier_cmd(data: Path, out: Path, **kw) -> None:
             path = train_classifier(data, out, arch=Architecture("classifier", **arch), config=config, progress=progress)
     except SemtileError as exc:
         raise click.UsageError(str(exc)) from exc
+    _echo_training(path)
+
+
+def _echo_training(path: Path) -> None:
+    """One line per epoch (losses, validation accuracy where there is one), the best epoch, the weights written."""
+    from semtile.models.io import load_model
+
+    training = load_model(path).card.get("training") or {}
+    for record in training.get("history") or []:
+        figures = [f"{key.replace('_', ' ')} {record[key]:.4f}" for key in ("train_loss", "val_loss", "val_accuracy")
+                   if isinstance(record.get(key), (int, float))]
+        click.echo(f"epoch {record['epoch']}: " + ", ".join(figures))
+    best = training.get("best_epoch")
+    click.echo(f"best epoch {best} (its weights are kept)" if best else "no epoch ranked: the last weights are kept")
     click.echo(f"wrote {path}")
 
 

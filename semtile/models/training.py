@@ -15,7 +15,13 @@ interrupted run resumes exactly.
 * loss: ``loss(network, batch)`` -> a scalar tensor, or ``(scalar, metrics)``
   with a dict of floats averaged over the epoch into the history;
 * validation: :class:`Validation`, ``score(network, device)`` -> a float,
-  called in eval mode under ``torch.inference_mode``.
+  called in eval mode under ``torch.inference_mode`` (and, optionally,
+  ``metrics(network, device)`` -> more validation figures, such as
+  ``val_accuracy``, for the history and the log).
+
+Every epoch is logged (``epoch``: its losses and validation figures) and the
+end of the run once (``best_epoch``: the epoch whose weights are kept, with
+its figures).
 """
 
 from __future__ import annotations
@@ -87,6 +93,8 @@ class Validation:
     higher_is_better: bool = False
     on_cpu: bool = False
     undefined: str = "train_loss"
+    #: More figures of the epoch (e.g. ``{"val_accuracy": 0.75}``), recorded but not ranked on.
+    metrics: Callable[[nn.Module, torch.device], dict] | None = None
 
     def __post_init__(self) -> None:
         if self.undefined not in ("train_loss", "skip"):
@@ -194,10 +202,10 @@ def fit(network: nn.Module, sampler: Sampler, loss: Loss, config: LoopConfig, *,
             if progress:
                 progress(1)
         network.eval()
-        v = _validate(network, validation, device)
+        v, val_metrics = _validate(network, validation, device)
         record = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)),
                   **{f"train_{k}": float(np.mean(vs)) for k, vs in metrics.items()},
-                  (validation.key if validation is not None else "val_loss"): v,
+                  (validation.key if validation is not None else "val_loss"): v, **val_metrics,
                   "seconds": round(time.perf_counter() - t0, 2)}
         if describe is not None:
             with torch.no_grad():
@@ -227,16 +235,22 @@ def fit(network: nn.Module, sampler: Sampler, loss: Loss, config: LoopConfig, *,
     network.cpu().eval()
     if extra is not None:
         extra.cpu()
+    kept = next((r for r in history if r["epoch"] == best["epoch"]), None)
+    log.info("best_epoch", model=name, epoch=best["epoch"], epochs=len(history),
+             **({k: v for k, v in kept.items() if k.startswith("val_")} if kept else {}),
+             note="weights of this epoch kept" if kept else "no epoch ranked: the last weights kept")
     return FitResult(history, best["epoch"])
 
 
-def _validate(network: nn.Module, validation: Validation | None, device: torch.device) -> float:
+def _validate(network: nn.Module, validation: Validation | None, device: torch.device) -> tuple[float, dict]:
     if validation is None:
-        return float("nan")
+        return float("nan"), {}
     where = torch.device("cpu") if validation.on_cpu else device
     network.to(where)
     try:
         with torch.inference_mode():
-            return float(validation.score(network, where))
+            score = float(validation.score(network, where))
+            extra = validation.metrics(network, where) if validation.metrics is not None else {}
+            return score, {k: float(v) for k, v in (extra or {}).items()}
     finally:
         network.to(device)

@@ -101,16 +101,31 @@ def _start(arch: Architecture, config: TrainConfig) -> None:
     start(config.seed, config.threads)
 
 
+def accuracy_on(batch) -> Callable[[nn.Module, torch.device], dict]:
+    """Validation figures of a classifier: ``val_accuracy``, the share of the fixed crops ``batch``
+    (``(x, masks, labels)`` or None) given their image's label (NaN without crops)."""
+    def metrics(network: nn.Module, device: torch.device) -> dict:
+        if batch is None:
+            return {"val_accuracy": float("nan")}
+        x, _, t = batch
+        predicted = network(x.to(device)).argmax(dim=1).cpu()
+        return {"val_accuracy": float((predicted == t).float().mean())}
+    return metrics
+
+
 def _fit(network: nn.Module, loss, data: TrainingData, config: TrainConfig, out: Path, name: str,
-         progress: Callable[[int], None] | None, curve: nn.Module | None = None) -> tuple[list, int]:
-    """Random crops of the training split; validation loss on fixed crops of the validation split."""
+         progress: Callable[[int], None] | None, curve: nn.Module | None = None,
+         classifier: bool = False) -> tuple[list, int]:
+    """Random crops of the training split; validation loss on fixed crops of the validation split
+    (and, for a ``classifier``, the accuracy on them)."""
     sampler = CropSampler(data, data.split["train"], config.crop, np.random.default_rng(config.seed))
     val = fixed_crops(data, data.split["val"], config.crop, config.val_crops, config.seed)
     describe = None if curve is None else (lambda: {"g": [round(float(g), 4) for g in curve()]})
     result = fit(network, sampler, loss,
                  LoopConfig(config.epochs, config.steps_per_epoch, config.batch_size, config.lr, pct_start=0.1,
                             device=config.device, patience=config.patience),
-                 validation=Validation(loss_on(val, loss)), extra=curve, extra_lr_factor=CURVE_LR_FACTOR,
+                 validation=Validation(loss_on(val, loss), metrics=accuracy_on(val) if classifier else None),
+                 extra=curve, extra_lr_factor=CURVE_LR_FACTOR,
                  checkpoint=out.with_suffix(".ckpt"), resume=config.resume, progress=progress, describe=describe,
                  name=name, log=log)
     return result.history, result.best_epoch
@@ -242,7 +257,8 @@ def train_classifier(
         x, _, t = batch
         return F.cross_entropy(net(x), t)
 
-    history, best_epoch = _fit(network, loss, data, config, Path(out), "classifier", progress)
+    history, best_epoch = _fit(network, loss, data, config, Path(out), "classifier", progress,
+                                 classifier=True)
     return save_model(
         network, arch, data.labels, out,
         training={"mode": "classification", "data": data.source, "config": asdict(config),
