@@ -9,6 +9,7 @@ data, at open or later inside dask, into an
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from semtile.errors import ImageError, UnreadableImageError
 
 __all__ = [
     "DEFAULT_MAX_PIXELS", "ImageTooLargeError", "DecodedPage",
-    "check_file", "check_budget", "check_last_rows", "describe",
+    "check_file", "check_budget", "check_last_rows", "describe", "truncation",
 ]
 
 #: Pixels a page header may claim (rows x columns) before the file is refused.
@@ -65,6 +66,8 @@ def check_file(path: Path) -> int:
             head = fh.read(4)
     except OSError as exc:
         raise UnreadableImageError(path, f"cannot read file: {exc.strerror or exc}") from exc
+    if len(head) < 4 and any(magic.startswith(head) for magic in _TIFF_MAGIC):
+        raise UnreadableImageError(path, f"truncated: the file has {len(head)} bytes, fewer than a TIFF header")
     if head not in _TIFF_MAGIC:
         raise UnreadableImageError(
             path, f"not a TIFF file: it starts with {head!r}, not a TIFF header (b'II*\\x00' or b'MM\\x00*')"
@@ -115,3 +118,45 @@ def check_last_rows(z: DecodedPage, axes: str) -> None:
     if nbytes > CHECK_READ_LIMIT:
         return
     z[tuple(slice(-1, None) if i == y else slice(None) for i in range(z.ndim))]
+
+
+#: Bytes per value of the TIFF field types (BYTE, ASCII, SHORT, LONG, RATIONAL, ..., LONG8, SLONG8, IFD8).
+_TYPE_SIZES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8, 13: 4, 16: 8, 17: 8, 18: 8}
+
+
+def truncation(path: Path, size: int) -> str | None:
+    """Why the file at ``path`` (``size`` bytes) looks cut short, or None: the first IFD, its entries or
+    a tag value it points to lying past the end of the file. Used to name the cause when tifffile fails."""
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(min(size, 2**24))
+    except OSError:
+        return None
+    if len(data) < 8:
+        return f"truncated: the file has {size} bytes, fewer than a TIFF header"
+    order = "<" if data[:2] == b"II" else ">"
+    big = struct.unpack_from(order + "H", data, 2)[0] == 43
+    if big and len(data) < 16:
+        return f"truncated: the file has {size} bytes, fewer than a BigTIFF header"
+    ifd = struct.unpack_from(order + ("Q" if big else "I"), data, 8 if big else 4)[0]
+    count_size, entry_size, inline = (8, 20, 8) if big else (2, 12, 4)
+    if ifd + count_size > size:
+        return f"truncated: the first image directory starts at byte {ifd} but the file has {size} bytes"
+    if ifd + count_size > len(data):
+        return None
+    entries = struct.unpack_from(order + ("Q" if big else "H"), data, ifd)[0]
+    end = ifd + count_size + entries * entry_size
+    if end > size:
+        return f"truncated: the image directory ends at byte {end} but the file has {size} bytes"
+    for i in range(entries):
+        pos = ifd + count_size + i * entry_size
+        if pos + entry_size > len(data):
+            return None
+        kind = struct.unpack_from(order + "H", data, pos + 2)[0]
+        count = struct.unpack_from(order + ("Q" if big else "I"), data, pos + 4)[0]
+        nbytes = _TYPE_SIZES.get(kind, 0) * count
+        if nbytes > inline:
+            offset = struct.unpack_from(order + ("Q" if big else "I"), data, pos + (12 if big else 8))[0]
+            if offset + nbytes > size and offset < 2 * size:  # past the end, not a nonsense offset
+                return f"truncated: a tag value ends at byte {offset + nbytes} but the file has {size} bytes"
+    return None

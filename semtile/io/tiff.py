@@ -39,12 +39,28 @@ from semtile.io.guards import (
     check_file,
     check_last_rows,
     describe,
+    truncation,
 )
 from semtile.io.png import open_png_scan, sniff_format
 from semtile.io.scan import Scan, ScanInfo, detect_scan_databar
 from semtile.io.vendor import fei_databar, fei_metadata, read_pixel_size
+from semtile.logs import get_logger
 
 __all__ = ["DEFAULT_MAX_PIXELS", "ImageTooLargeError", "ScanInfo", "Scan", "open_scan", "scan_pixels"]
+
+log = get_logger("semtile.io")
+
+#: (file, page) pairs whose page choice this process has logged: a scan opened again (a region, a retry) is not
+#: logged again.
+_PAGE_LOGGED: set[tuple[str, int]] = set()
+
+
+def _log_page_choice(path: Path, page: int, n_pages: int) -> None:
+    """Say once per scan which page of a multi-page TIFF is used: ``2 pages, using page 0 (--page)``."""
+    key = (str(path.resolve()), page)
+    if n_pages > 1 and key not in _PAGE_LOGGED:
+        _PAGE_LOGGED.add(key)
+        log.info(f"{n_pages} pages, using page {page} (--page)", file=str(path), pages=n_pages, page=page)
 
 # --------------------------------------------------------------------------
 # opening
@@ -104,7 +120,7 @@ def open_scan(
     try:
         tif = tifffile.TiffFile(path)
     except Exception as exc:  # tifffile raises many kinds
-        raise UnreadableImageError(path, f"cannot parse TIFF: {describe(exc)}") from exc
+        raise UnreadableImageError(path, truncation(path, size) or f"cannot parse TIFF: {describe(exc)}") from exc
     try:
         return _open(tif, path, size, page, databar_rows, int(max_pixels))
     except BaseException:
@@ -118,9 +134,9 @@ def _open(
     try:
         n_pages = len(tif.pages)
     except Exception as exc:
-        raise UnreadableImageError(path, f"cannot read the page list: {describe(exc)}") from exc
+        raise UnreadableImageError(path, truncation(path, size) or f"cannot read the page list: {describe(exc)}") from exc
     if n_pages == 0:
-        raise UnreadableImageError(path, "the TIFF has no image pages")
+        raise UnreadableImageError(path, truncation(path, size) or "the TIFF has no image pages")
     if not isinstance(page_index, (int, np.integer)) or isinstance(page_index, bool):
         raise SemtileError(f"page must be an integer, got {page_index!r}")
     if not 0 <= page_index < n_pages:
@@ -142,13 +158,15 @@ def _open(
     except ImageError:
         raise
     except Exception as exc:
-        raise UnreadableImageError(path, f"cannot read page {page_index}: {describe(exc)}") from exc
+        cut = truncation(path, size)
+        raise UnreadableImageError(path, cut or f"cannot read page {page_index}: {describe(exc)}") from exc
 
     # truncated files: every strip/tile must lie inside the file
     if not all(isinstance(v, (int, np.integer)) and v >= 0 for v in offsets + counts):
-        raise UnreadableImageError(path, f"page {page_index} has malformed strip or tile offsets or byte counts")
+        raise UnreadableImageError(path, truncation(path, size)
+                                   or f"page {page_index} has malformed strip or tile offsets or byte counts")
     if not offsets or not any(counts):
-        raise UnreadableImageError(path, f"page {page_index} has no image data")
+        raise UnreadableImageError(path, truncation(path, size) or f"page {page_index} has no image data")
     data_end = max((o + c for o, c in zip(offsets, counts) if c), default=0)
     if data_end > size:
         raise UnreadableImageError(
@@ -156,6 +174,7 @@ def _open(
         )
     if dtype is None:
         raise UnsupportedImageError(path, f"unsupported sample format on page {page_index}")
+    _log_page_choice(path, int(page_index), n_pages)
 
     convert, raw_axes = choose_conversion(path, page, axes, shape, photometric, dtype)
 
