@@ -197,8 +197,9 @@ def store_one(job: ScanJob, result: ImageResult | None, row: dict, store: Result
         return ImageOutcome(path=job.path, status="error", error=job.error,
                             databar_rows=job.info.databar_rows if job.info else None,
                             pixel_size_m=job.info.pixel_size_m if job.info else None)
-    # From the start of reading to the end of writing; stages overlap, so this includes queueing.
-    job.timings["elapsed"] = time.perf_counter() - job.started
+    # Wall-clock seconds from the start of reading to the end of writing; stages of many scans overlap, so this
+    # includes queueing beside others and is not this image's cost (readers take the old name "elapsed" too).
+    job.timings["wall_clock"] = time.perf_counter() - job.started
     attrs = result.attrs
     outcome = ImageOutcome(path=job.path, status="ok", group=name, label=result.label,
                            adhesive_ratio=result.adhesive_ratio, pixel_size_m=attrs["pixel_size_m"],

@@ -235,7 +235,7 @@ def _columns(table: pd.DataFrame, summary: dict) -> list[dict]:
                 {"key": "px", "title": "pixel size (nm)", "kind": "num"},
                 {"key": "size", "title": "size (px)", "kind": "num"}]
     if table["seconds"].notna().any():
-        columns.append({"key": "sec", "title": "s / image", "kind": "num"})
+        columns.append({"key": "sec", "title": "work s (stages summed)", "kind": "num"})
     if summary["maps"]:
         columns.append({"key": "maps", "title": "maps", "kind": "text"})
     return columns

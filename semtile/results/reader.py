@@ -42,6 +42,11 @@ from semtile.store import (
 
 __all__ = ["Results", "ResultImage", "MapInfo", "Preview", "open_results", "TABLE_COLUMNS"]
 
+#: The timing of an image's wall clock from the start of its read to the end of its write (it overlaps other
+#: scans' work, so it is no stage); its older name is read as this one.
+WALL_CLOCK = "wall_clock"
+OLD_WALL_CLOCK = ("elapsed",)
+
 TABLE_COLUMNS = ("name", "source", "file", "status", "label", "adhesive_ratio", "adhesive_ratio_soft",
                  "pixel_size_m", "height", "width", "databar_rows", "tiles", "label_rule", "engine", "precision",
                  "segmenter_sha256", "classifier_sha256", "model_source", "run_id", "created", "seconds", "maps")
@@ -295,10 +300,10 @@ class Results:
             row["anomaly_fraction"] = _number(attrs.get("anomaly_fraction"))
         timings = attrs.get("timings")
         if isinstance(timings, dict):
-            stages = {k: _number(v) for k, v in timings.items()}
+            stages = {WALL_CLOCK if k in OLD_WALL_CLOCK else k: _number(v) for k, v in timings.items()}
             row.update({f"t_{k}": v for k, v in stages.items()})
-            # "elapsed" is wall time from start to write, overlapping other scans: not a cost of this image
-            work = [v for k, v in stages.items() if k != "elapsed" and v is not None]
+            # the wall clock from read to write overlaps other scans: not a cost of this image
+            work = [v for k, v in stages.items() if k != WALL_CLOCK and v is not None]
             row["seconds"] = sum(work) if work else None
         return row
 
@@ -319,7 +324,12 @@ class Results:
         return self[self.names[0]].labels if self.names else []
 
     def summary(self) -> dict:
-        """The run at a glance: counts, engines, models, time per image, failures."""
+        """The run at a glance: counts, engines, models, time per image, failures.
+
+        ``seconds_per_image`` is the work of an image (its stages summed);
+        ``wall_clock_per_image`` the wall clock from its read to its write,
+        which overlaps other scans; ``stages`` the mean of each stage.
+        """
         table, runs = self.table, self.runs
         latest = runs.counts() if runs.latest_id else None
         def distinct(*columns):
@@ -327,13 +337,16 @@ class Results:
                 return []
             counts = table.groupby(list(columns), dropna=False).size().reset_index(name="images")
             return [{k: (None if pd.isna(v) else v) for k, v in row.items()} for row in counts.to_dict("records")]
-        stages = {c[2:]: float(table[c].mean()) for c in table.columns if c.startswith("t_") and table[c].notna().any()}
+        stages = {c[2:]: float(table[c].mean()) for c in table.columns
+                  if c.startswith("t_") and c != f"t_{WALL_CLOCK}" and table[c].notna().any()}
         seconds = table["seconds"].dropna()
+        wall = table[f"t_{WALL_CLOCK}"].dropna() if f"t_{WALL_CLOCK}" in table else pd.Series(dtype=float)
         return {"store": str(self.path), "results": len(table), "latest_run": runs.latest_id,
                 "latest_counts": latest, "runs": len(runs.run_ids), "failures": len(self.failures),
                 "engines": distinct("engine", "precision"),
                 "models": distinct("model_source", "segmenter_sha256", "classifier_sha256"),
                 "seconds_per_image": float(seconds.mean()) if len(seconds) else None,
+                "wall_clock_per_image": float(wall.mean()) if len(wall) else None,
                 "stages": stages, "maps": sorted({m for v in table["maps"] for m in v.split(", ") if m})}
 
     def answers(self, csv_path: str | Path, path_column: str | None = None,
