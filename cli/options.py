@@ -123,25 +123,65 @@ def train_options(**defaults):
     return decorate
 
 
+class SectionOption(click.Option):
+    """An option listed under its own heading in ``--help`` (``section=``) by a :class:`SectionedCommand`."""
+
+    def __init__(self, *args, section: str | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.section = section
+
+
+class SectionedCommand(click.Command):
+    """A command whose ``--help`` lists its options by section: first the common ones (under "Options"), then
+    each :class:`SectionOption` heading in the order its first option is declared."""
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        sections: dict[str, list] = {"Options": []}
+        for param in self.get_params(ctx):
+            if not isinstance(param, click.Option):
+                continue  # arguments are in the usage line
+            record = param.get_help_record(ctx)
+            if record is not None:
+                sections.setdefault(getattr(param, "section", None) or "Options", []).append(record)
+        for heading, records in sections.items():
+            if records:
+                with formatter.section(heading):
+                    formatter.write_dl(records)
+
+
+#: The headings of the cluster options in ``semtile process --help``.
+CLUSTER_SECTION = "Dask cluster options (default: run in this process)"
+SLURM_SECTION = "SLURM options (with --cluster slurm)"
+
+
 def cluster_options(func):
-    """Where ``semtile process`` runs: this process (default), a Dask cluster started here, or a running one."""
+    """Where ``semtile process`` runs: this process (default), a Dask cluster started here, or a running one.
+
+    Listed under their own headings by a :class:`SectionedCommand`: the cluster, then the SLURM job options."""
+    def dask(*decls, **settings):
+        return click.option(*decls, cls=SectionOption, section=CLUSTER_SECTION, **settings)
+
+    def slurm(*decls, **settings):
+        return click.option(*decls, cls=SectionOption, section=SLURM_SECTION, **settings)
+
     options = [
-        click.option("--cluster", type=click.Choice(["local", "slurm"]), default=None,
-                     help="Run on a Dask cluster started here: local worker processes, or SLURM jobs (dask-jobqueue). "
-                          "Default: in this process (the fastest on one machine)."),
-        click.option("--workers", type=click.IntRange(1), default=None,
-                     help="--cluster local: worker processes (default: one per 2 cores)."),
-        click.option("--scheduler-address", default=None, help="Join a running Dask scheduler, tcp://HOST:PORT."),
-        click.option("--scheduler-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
-                     help="Join the Dask scheduler that wrote this file (dask scheduler --scheduler-file)."),
-        click.option("--jobs", type=click.IntRange(1), default=1, show_default=True, help="--cluster slurm: jobs (one worker each)."),
-        click.option("--cores", type=click.IntRange(1), default=4, show_default=True, help="--cluster slurm: CPUs per job (the engine's threads)."),
-        click.option("--memory", default="8GB", show_default=True, help="--cluster slurm: memory per job."),
-        click.option("--walltime", default="04:00:00", show_default=True, help="--cluster slurm: walltime per job."),
-        click.option("--queue", default=None, help="--cluster slurm: partition."),
-        click.option("--account", default=None, help="--cluster slurm: account."),
-        click.option("--gpus", type=click.IntRange(0), default=0, show_default=True,
-                     help="--cluster slurm: GPUs per job (--gres=gpu:N; the worker gets the GPU resource)."),
+        dask("--cluster", type=click.Choice(["local", "slurm"]), default=None,
+             help="Run on a Dask cluster started here: local worker processes, or SLURM jobs (dask-jobqueue). "
+                  "Default: in this process (the fastest on one machine)."),
+        dask("--workers", type=click.IntRange(1), default=None,
+             help="--cluster local: worker processes (default: one per 2 cores)."),
+        dask("--scheduler-address", default=None,
+             help="Join a running Dask scheduler, tcp://HOST:PORT (default: none)."),
+        dask("--scheduler-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+             help="Join the Dask scheduler that wrote this file (dask scheduler --scheduler-file; default: none)."),
+        slurm("--jobs", type=click.IntRange(1), default=1, show_default=True, help="Jobs (one worker each)."),
+        slurm("--cores", type=click.IntRange(1), default=4, show_default=True, help="CPUs per job (the engine's threads)."),
+        slurm("--memory", default="8GB", show_default=True, help="Memory per job."),
+        slurm("--walltime", default="04:00:00", show_default=True, help="Walltime per job."),
+        slurm("--queue", default=None, help="Partition (default: the cluster's default partition)."),
+        slurm("--account", default=None, help="Account (default: your default account)."),
+        slurm("--gpus", type=click.IntRange(0), default=0, show_default=True,
+              help="GPUs per job (--gres=gpu:N; the worker gets the GPU resource)."),
     ]
     for option in reversed(options):
         func = option(func)

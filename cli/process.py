@@ -7,36 +7,39 @@ from pathlib import Path
 
 import click
 
-from semtile.cli.options import Progress, cluster_options, cluster_spec
+from semtile.cli.options import Progress, SectionedCommand, cluster_options, cluster_spec
 from semtile.engines import ENGINE_NAMES, engines_for
 from semtile.errors import SemtileError
 
 
-@click.command()
+@click.command(cls=SectionedCommand)
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Result Zarr store (created or added to).")
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Per-run table (default: beside the store, results.csv for results.zarr).")
 @click.option("--model", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="Model folder with classifier.pt and segmenter.pt (default: the built-in model).")
-@click.option("--classifier", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None, help="Classifier weights overriding the model folder's.")
-@click.option("--segmenter", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None, help="Segmenter weights overriding the model folder's.")
+@click.option("--classifier", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None, help="Classifier weights overriding the model folder's (default: the folder's).")
+@click.option("--segmenter", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None, help="Segmenter weights overriding the model folder's (default: the folder's).")
 @click.option("--engine", "engine_name", default="auto", show_default=True, type=click.Choice(ENGINE_NAMES),
               help="Inference backend; auto picks the fastest available and logs why.")
 @click.option("--precision", default="auto", show_default=True, type=click.Choice(["auto", "f32", "bf16", "fp16", "int8"]),
               help="Engine precision (auto: the engine's fastest at parity; int8 calibrates on tiles of these scans).")
 @click.option("--tile", default=256, show_default=True, type=click.IntRange(16), help="Tile (window) side in pixels.")
-@click.option("--halo", default=None, type=click.IntRange(0), help="Overlap added on each side of a tile core (default: tile/8).")
+@click.option("--halo", default=None, type=click.IntRange(0), help="Overlap added on each side of a tile core (default: tile // 8).")
 @click.option("--batch-size", default=8, show_default=True, type=click.IntRange(1), help="Tiles per engine call.")
 @click.option("--threshold", default=0.5, show_default=True, type=click.FloatRange(0, 1, min_open=True, max_open=True), help="Probability above which a pixel is adhesive.")
 @click.option("--page", default=0, show_default=True, type=click.IntRange(0), help="Page of multi-page TIFFs.")
 @click.option("--databar-rows", default=None, type=click.IntRange(0), help="Data-bar rows at the bottom (default: from metadata or detected).")
-@click.option("--threads", default=None, type=click.IntRange(1), help="CPU threads for the engine.")
+@click.option("--threads", default=None, type=click.IntRange(1), help="CPU threads for the engine (default: the engine library's own choice, about one per core; "
+                   "on Dask workers, the cores of each worker's share).")
 @click.option("--torch-compile", "torch_compile", default=None,
               type=click.Choice(["default", "max-autotune-no-cudagraphs"]),
-              help="torch engines: run the networks through torch.compile (Inductor) with this mode.")
-@click.option("--scratch", type=click.Path(file_okay=False, path_type=Path), default=None, help="Folder for temporary tile stores.")
-@click.option("--force", is_flag=True, help="Redo images whose stored result is already up to date.")
+              help="torch engines: run the networks through torch.compile (Inductor) with this mode "
+                   "(default: not compiled).")
+@click.option("--scratch", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder for temporary tile stores (default: the system's temporary folder, $TMPDIR or /tmp).")
+@click.option("--force", is_flag=True, help="Redo images whose stored result is already up to date (default: skip them).")
 @click.option("--max-pixels", default=None, type=click.IntRange(1),
               help="Refuse a scan whose header claims more pixels (default 2**32: a guard against lying headers).")
 @click.option("--region-pixels", default=None, type=click.IntRange(0),
@@ -44,7 +47,8 @@ from semtile.errors import SemtileError
                    "(default 16 MP; 0: every scan).")
 @click.option("--anomaly", "anomaly_model", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="An autoencoder or VAE (.pt, `semtile train autoencoder`): also a whole-scan anomaly map per "
-                   "scan (stored as the map 'anomaly') and its anomaly fraction (table column anomaly_fraction).")
+                   "scan (stored as the map 'anomaly') and its anomaly fraction (table column anomaly_fraction; "
+                   "default: no anomaly map).")
 @click.option("--anomaly-threshold", default=None, type=float,
               help="With --anomaly: the pixel threshold of the anomaly fraction (default: the one calibrated in the "
                    "model's card, `semtile train calibrate-anomaly`).")
