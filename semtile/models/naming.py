@@ -64,9 +64,9 @@ def builtin_note(parts: Iterable[str]) -> str:
     if not parts:
         return ""
     if "classifier" in parts:
-        what = "labels are synthetic copper etching conditions 0-15"
+        what = "labels are synthetic copper etching conditions 0-15, not classes of real scans"
     else:
-        what = "masks are of synthetic etched copper"
+        what = "masks learnt on synthetic etched copper only"
     name = "model" if len(parts) == 2 else parts[0]
     trains = "/".join(reversed(parts))
-    return f"built-in {name}: {what}, not classes of real scans (train your own: semtile train {trains}, docs/cli.md)"
+    return f"built-in {name}: {what} (train your own: semtile train {trains}, docs/cli.md)"

@@ -83,7 +83,7 @@ def test_process_with_a_classifier_folder_says_what_it_used(tiny_bundle, two_sca
     assert start["model"] == named
     caveat = [e for e in events if e.get("event") == "model_caveat"]
     assert len(caveat) == 1 and caveat[0]["level"] == "warning" and "segmenter" in caveat[0]["note"]
-    assert "built-in segmenter: masks are of synthetic etched copper" in done.stderr.splitlines()[-1]
+    assert "built-in segmenter: masks learnt on synthetic etched copper only" in done.stderr.splitlines()[-1]
     results = open_results(store)
     assert set(results.table["model_source"]) == {named}
     assert results.builtin_model and results[results.names[0]].builtin_parts == ["segmenter"]
