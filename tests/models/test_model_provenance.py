@@ -113,3 +113,19 @@ def test_explain_finds_the_recorded_classifier_from_another_folder(tiny_bundle, 
     done = _run("explain", store, "--kinds", "gradcam", "--threads", "1")
     assert done.exit_code != 0
     assert f"{work / 'clf.pt'}" in done.output and "give it with --model" in done.output
+
+
+def test_the_builtin_model_is_said_once_in_the_log_and_in_the_summary(two_scans, tmp_path):
+    store = tmp_path / "r.zarr"
+    done = _run("process", two_scans, "--out", store, *PROCESS)
+    assert done.exit_code == 0, done.output
+    caveats = [e for e in _events(done.stderr) if e.get("event") == "model_caveat"]
+    assert len(caveats) == 1 and caveats[0]["level"] == "warning"
+    assert "synthetic copper etching conditions 0-15" in caveats[0]["note"]
+    assert "semtile train classifier" in caveats[0]["note"]
+    last = done.stderr.splitlines()[-1]
+    assert last.startswith("2 done") and "built-in model: labels are synthetic copper etching conditions 0-15" in last
+    assert open_results(store).builtin_model
+    again = _run("process", two_scans, "--out", store, *PROCESS)  # nothing runs: nothing to say
+    assert not [e for e in _events(again.stderr) if e.get("event") == "model_caveat"]
+    assert "built-in" not in again.stderr.splitlines()[-1]
