@@ -194,7 +194,8 @@ def build_report(store: str | Path, out: str | Path, labels_csv: str | Path | No
 
         pictures = render_pictures(results, staged, workers=workers)
         t_pictures = time.perf_counter()
-        curve = results.hypothesis_curve()
+        # g(t) is the first result's segmenter's: drawn only when every result has that segmenter
+        curve = results.hypothesis_curve() if len({x["segmenter_sha256"] for x in sets}) <= 1 else None
         x_column = "true_label" if "true_label" in table else "label"
         with_x = table[table[x_column].notna()]
         unknown = section is not None and section["unknown"] is not None

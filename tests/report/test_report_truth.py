@@ -107,3 +107,17 @@ def test_old_records_without_the_part_flag_still_read(tmp_path):
            "segmenter": {"path": "/x/segmenter.pt", "sha256": "5e" * 32}}
     results = open_results(_store(tmp_path, [0.5], model=old))
     assert results[results.names[0]].builtin_parts == ["segmenter", "classifier"]
+
+
+def test_no_single_g_is_drawn_for_results_of_several_segmenters(tmp_path):
+    other = {"source": "other", "classifier": {"path": "/o/classifier.pt", "sha256": "c1" * 32},
+             "segmenter": {"path": "/o/segmenter.pt", "sha256": "77" * 32,
+                           "training": {"mode": "weak", "hypothesis": "linear", "g": [1.0, 0.6, 0.3, 0.0]}}}
+    store = _store(tmp_path / "a", [0.5, 0.5], model=other)
+    assert "linear (source: provenance)" in build_report(store, tmp_path / "ra").index.read_text()
+    extra = open_store(store)
+    source = tmp_path / "a" / "scans" / "scan_9.tif"
+    source.write_bytes(b"")
+    extra.write(extra.claim(source), sample_result(source, 9, shape=(120, 160)))  # the sample segmenter
+    text = build_report(store, tmp_path / "rb").index.read_text()
+    assert "linear (source: provenance)" not in text and "made by 2 different models" in text
