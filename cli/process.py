@@ -83,6 +83,7 @@ def process(inputs, out, csv_path, model, classifier, segmenter, engine_name, pr
     from semtile.inference.segment import segment_pass
     from semtile.io.discover import discover_scans
     from semtile.models.io import load_bundle
+    from semtile.models.naming import builtin_note
 
     try:
         where = cluster_spec(cluster)
@@ -119,5 +120,6 @@ def process(inputs, out, csv_path, model, classifier, segmenter, engine_name, pr
         click.echo(f"WARNING {summary.table_error}", err=True)
     done = len(summary.outcomes) - len(summary.failed)
     click.echo(f"{done} done, {len(summary.skipped)} skipped (already complete), {len(summary.failed)} failed"
-               + (f"; interrupted by {summary.interrupted}" if summary.interrupted else ""), err=True)
+               + (f"; interrupted by {summary.interrupted}" if summary.interrupted else "")
+               + (f"; {builtin_note(bundle.builtin)}" if bundle.builtin and done else ""), err=True)
     sys.exit(summary.exit_code)

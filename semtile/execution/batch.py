@@ -185,6 +185,9 @@ def run_process(
     facts = {k: v for p in passes for k, v in p.run_facts().items()}
     log.info("run_start", run_id=summary.run_id, images=len(scans), to_do=len(plan.todo), skipped=len(plan.skipped),
              stale_temporaries_removed=stale[0], stale_scratch_removed=stale[1], store=str(out), **facts)
+    for caveat in dict.fromkeys(getattr(p, "caveat", "") for p in passes) if plan.todo else ():
+        if caveat:  # e.g. the built-in model: what its answers mean, once per run
+            log.warning("model_caveat", run_id=summary.run_id, note=caveat)
     def seen(outcome: ImageOutcome) -> None:  # collected as they come: an interrupted run keeps what it did
         summary.outcomes.append(outcome)
         if on_image:

@@ -45,6 +45,7 @@ import numpy as np
 
 from semtile.engines import torch_device
 from semtile.errors import ModelError, SemtileError
+from semtile.explain.recorded import recorded_model
 from semtile.inference.passes import Pass, PassRunner, TileOutputs, register_pass
 from semtile.inference.run import run_pass
 from semtile.inference.split import GridRule, TileGrid, read_windows
@@ -251,19 +252,14 @@ class ClusterReport:
 
 def _network_for(result, features: str, model: Path | None, cache: dict):
     """The classifier or segmenter that produced ``result`` (path and sha256 from its provenance), or ``model``."""
-    from semtile.models.io import builtin_bundle_dir, load_model
+    from semtile.models.io import load_model
 
     recorded = ((result.provenance.get("model") or {}).get(features) or {})
     if model is not None:
         path = Path(model)
         path = path / f"{features}.pt" if path.is_dir() else path
     else:
-        source = (result.provenance.get("model") or {}).get("source")
-        path = Path(recorded["path"]) if recorded.get("path") else None
-        if (path is None or not path.is_file()) and source == "builtin":
-            path = builtin_bundle_dir() / f"{features}.pt"
-        if path is None:
-            raise ModelError(f"{result.group_path}: the result's provenance names no {features}; give --model")
+        path = recorded_model(result, features)
     key = str(path)
     if key not in cache:
         cache[key] = load_model(path, features)

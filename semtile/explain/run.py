@@ -34,6 +34,7 @@ import numpy as np
 from semtile.engines import torch_device
 from semtile.errors import ModelError, SemtileError
 from semtile.explain.heatmaps import KINDS, HeatMapPass, parse_kinds
+from semtile.explain.recorded import recorded_model
 from semtile.inference.options import ProcessOptions
 from semtile.inference.run import run_pass
 from semtile.inference.split import GridRule
@@ -79,19 +80,14 @@ def chosen_names(results, names: Sequence[str] | None, store: Path, what: str) -
 
 def _classifier_for(result, model: Path | None, cache: dict):
     """The classifier that produced ``result`` (path and sha256 from its provenance), or ``model``."""
-    from semtile.models.io import builtin_bundle_dir, load_model
+    from semtile.models.io import load_model
 
     recorded = ((result.provenance.get("model") or {}).get("classifier") or {})
     if model is not None:
         path = Path(model)
         path = path / "classifier.pt" if path.is_dir() else path
     else:
-        source = (result.provenance.get("model") or {}).get("source")
-        path = Path(recorded["path"]) if recorded.get("path") else None
-        if (path is None or not path.is_file()) and source == "builtin":
-            path = builtin_bundle_dir() / "classifier.pt"
-        if path is None:
-            raise ModelError(f"{result.group_path}: the result's provenance names no classifier; give --model")
+        path = recorded_model(result, "classifier")
     key = str(path)
     if key not in cache:
         cache[key] = load_model(path, "classifier")

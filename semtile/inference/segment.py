@@ -163,6 +163,13 @@ class SegmentPass(Pass):
                 "engine": {"name": self.engine, "precision": self.precision},
                 "parameters": {k: getattr(self.options, k) for k in OUTPUT_PARAMETERS}}
 
+    @property
+    def caveat(self) -> str:
+        """What the built-in model's answers mean, where a part of it runs ('' otherwise); logged at run start."""
+        from semtile.models.naming import builtin_caveat, builtin_parts
+
+        return builtin_caveat(builtin_parts(self.provenance))
+
     def run_facts(self) -> dict:
         return {"model": self.source, "engine": self.engine, "precision": self.precision,
                 "engine_reason": self.engine_reason}

@@ -14,6 +14,9 @@ and ``semtile-defect-model/1`` (patch classifier, autoencoder, VAE).
 
 A *bundle* is a folder holding ``classifier.pt`` and ``segmenter.pt`` with
 their cards; the built-in model is one such folder shipped inside the package.
+A folder with only one of the two takes the other from the built-in model (and
+says so in the log). A bundle names each part by absolute path and sha256, and
+whether it is the built-in one (:mod:`semtile.models.naming`).
 """
 
 from __future__ import annotations
@@ -29,7 +32,9 @@ from torch import nn
 
 from semtile.errors import ModelError
 from semtile.io.discover import sha256_file
+from semtile.logs import get_logger
 from semtile.models.kinds import BUNDLE_KINDS, DEFECT_KINDS
+from semtile.models.naming import PARTS, builtin_caveat, bundle_source
 from semtile.models.networks import Architecture, DefectArchitecture, architecture, build_model
 
 __all__ = ["CARD_FORMAT", "CARD_FORMATS", "LoadedModel", "ModelBundle", "save_model", "load_model", "update_card",
@@ -40,6 +45,8 @@ CARD_FORMAT = "semtile-model/2"
 CARD_FORMATS = {CARD_FORMAT: (*BUNDLE_KINDS, *DEFECT_KINDS), "semtile-model/1": BUNDLE_KINDS,
                 "semtile-defect-model/1": DEFECT_KINDS}
 DEFAULT_TILE = 256
+
+log = get_logger("semtile.models")
 
 
 def card_path(weights: Path) -> Path:
@@ -85,6 +92,12 @@ class ModelBundle:
     classifier: LoadedModel
     segmenter: LoadedModel
     source: str = ""
+    builtin: tuple[str, ...] = ()  # the parts that are the built-in ones
+
+    @property
+    def caveat(self) -> str:
+        """What the built-in parts' answers mean ('' when no part is built in)."""
+        return builtin_caveat(self.builtin)
 
     @property
     def labels(self) -> list:
@@ -98,9 +111,10 @@ class ModelBundle:
     def provenance(self) -> dict:
         return {
             "source": self.source,
-            "classifier": {"path": str(self.classifier.path), "sha256": self.classifier.sha256,
-                           "architecture": self.classifier.arch.to_dict()},
-            "segmenter": {"path": str(self.segmenter.path), "sha256": self.segmenter.sha256,
+            "classifier": {"path": str(Path(self.classifier.path).absolute()), "sha256": self.classifier.sha256,
+                           "builtin": "classifier" in self.builtin, "architecture": self.classifier.arch.to_dict()},
+            "segmenter": {"path": str(Path(self.segmenter.path).absolute()), "sha256": self.segmenter.sha256,
+                          "builtin": "segmenter" in self.builtin,
                           "architecture": self.segmenter.arch.to_dict(),
                           "training": self.segmenter.card.get("training", {})},
         }
@@ -199,10 +213,37 @@ def load_bundle(
     classifier: str | Path | None = None,
     segmenter: str | Path | None = None,
 ) -> ModelBundle:
-    """Load a bundle folder (default: the built-in one), optionally overriding either part."""
-    folder = Path(model_dir) if model_dir else builtin_bundle_dir()
-    if model_dir and not folder.is_dir():
+    """Load a bundle folder (default: the built-in one), optionally overriding either part.
+
+    A folder holding only one of ``classifier.pt`` and ``segmenter.pt`` takes
+    the other from the built-in model, with a warning in the log; a folder
+    holding neither (and not completed by ``classifier``/``segmenter``) is a
+    ModelError. Every part is recorded by absolute path; a part whose file lies
+    in the built-in folder is named built-in, however it was given.
+    """
+    builtin_dir = builtin_bundle_dir().resolve()
+    folder = Path(model_dir).absolute() if model_dir else None
+    if folder is not None and not folder.is_dir():
         raise ModelError(f"{folder}: model folder not found")
-    clf = load_model(Path(classifier) if classifier else folder / "classifier.pt", "classifier")
-    seg = load_model(Path(segmenter) if segmenter else folder / "segmenter.pt", "segmenter")
-    return ModelBundle(classifier=clf, segmenter=seg, source="builtin" if not model_dir else str(folder))
+    given = {"classifier": classifier, "segmenter": segmenter}
+    paths: dict[str, Path] = {}
+    filled = []  # parts the folder lacks, taken from the built-in model
+    for part in PARTS:
+        if given[part]:
+            paths[part] = Path(given[part]).absolute()
+        elif folder is not None and (folder / f"{part}.pt").is_file():
+            paths[part] = folder / f"{part}.pt"
+        else:
+            paths[part] = builtin_dir / f"{part}.pt"
+            filled += [part] if folder is not None else []
+    if filled and all(p in filled or given[p] for p in PARTS):  # the folder gave nothing it was asked for
+        raise ModelError(f"{folder}: holds neither classifier.pt nor segmenter.pt; give a folder with either "
+                         f"or both (the other is then the built-in one), or the files with --classifier / --segmenter")
+    clf = load_model(paths["classifier"], "classifier")
+    seg = load_model(paths["segmenter"], "segmenter")
+    builtin = tuple(p for p in PARTS if paths[p].resolve().parent == builtin_dir)
+    for part in filled:
+        log.warning("model_part_builtin", folder=str(folder), part=part, path=str(paths[part]),
+                    note=f"{folder} has no {part}.pt: the built-in {part} is used (give another with --{part})")
+    source = bundle_source(paths, builtin, folder)
+    return ModelBundle(classifier=clf, segmenter=seg, source=source, builtin=builtin)

@@ -31,7 +31,8 @@ import pandas as pd
 from semtile import __version__
 from semtile.errors import SemtileError
 from semtile.logs import get_logger
-from semtile.results import LabelScores, Results, label_scores, open_results
+from semtile.models.naming import PARTS, builtin_caveat
+from semtile.results import LabelScores, Results, describe_parameters, label_scores, open_results
 
 __all__ = ["ReportOutcome", "build_report", "REPORT_FORMAT"]
 
@@ -111,14 +112,19 @@ def _score_labels(table: pd.DataFrame, labels: list, column: str, answered: str 
     return label_scores(list(judged[column]), list(judged[answered]), labels)
 
 
-def _facts(results: Results, summary: dict, table: pd.DataFrame) -> dict:
-    first = results[results.names[0]] if results.names else None
-    prov = first.provenance if first else {}
-    params = prov.get("parameters") if isinstance(prov.get("parameters"), dict) else {}
-    engine = prov.get("engine") if isinstance(prov.get("engine"), dict) else {}
+def _facts(results: Results, summary: dict, table: pd.DataFrame, sets: list[dict]) -> dict:
+    """The store's facts: every parameter set with its count (never the first result's for all), devices..."""
+    devices, versions = [], {}
+    for result in results:
+        engine = result.provenance.get("engine") if isinstance(result.provenance.get("engine"), dict) else {}
+        if engine.get("device") and engine["device"] not in devices:
+            devices.append(engine["device"])
+        versions = versions or result.provenance.get("versions") or {}
     sizes = sorted({_plain(v) for v in table["pixel_size_m"] if _plain(v) is not None})
-    return {"parameters": {k: params.get(k) for k in ("tile", "halo", "batch_size", "threshold") if k in params},
-            "device": engine.get("device"), "versions": prov.get("versions") or {},
+    shown = [{"parameters": describe_parameters(s["parameters"]), "engine": s["engine"] or "unknown",
+              "precision": s["precision"] or "", "model": s["model"] or "unknown", "images": s["images"],
+              "builtin": bool(s["builtin"])} for s in sets]
+    return {"parameter_sets": shown, "device": ", ".join(map(str, devices)) or None, "versions": versions,
             "pixel_sizes_nm": [f"{v * 1e9:g}" for v in sizes[:6]], "more_pixel_sizes": max(0, len(sizes) - 6),
             "label_rules": sorted({str(v) for v in table["label_rule"].dropna()})}
 
@@ -144,19 +150,25 @@ def build_report(store: str | Path, out: str | Path, labels_csv: str | Path | No
     summary = results.summary()
     failures = results.failures
     labels = _label_list(results, table)
-    section = None
+    sets = results.parameter_sets()
+    builtin = [p for p in PARTS if any(p in s["builtin"] for s in sets)]
+    section, model, expert = None, None, None
     if labels_csv is not None:
         truth = results.answers(labels_csv)
         table["true_label"] = truth
         if not truth.attrs["matched"]:
             raise SemtileError(f"{truth.attrs['file']}: no image of it has a result in {store}")
-        labels += [v for v in dict.fromkeys(truth.dropna()) if v not in labels]
+        true_values = list(dict.fromkeys(truth.dropna()))
         section = {"file": truth.attrs["file"], "matched": truth.attrs["matched"], "by_name": truth.attrs["by_name"],
                    "unmatched_answers": truth.attrs["unmatched_answers"],
-                   "without_truth": int(truth.isna().sum()), "who": []}
-        model = _score_labels(table, labels, "true_label")
-        section["who"].append({"name": "model", **model.to_dict()})
-        expert = None
+                   "without_truth": int(truth.isna().sum()), "who": [], "unknown": None}
+        if not set(true_values) & set(results.labels):  # e.g. cell classes against the built-in 0-15
+            section["unknown"] = _unknown_labels(table, results.labels, true_values)
+            labels = true_values
+        else:
+            labels += [v for v in true_values if v not in labels]
+            model = _score_labels(table, labels, "true_label")
+            section["who"].append({"name": "model", **model.to_dict()})
         if expert_csv is not None:
             answers = results.answers(expert_csv)
             if not answers.attrs["matched"]:
@@ -167,9 +179,10 @@ def build_report(store: str | Path, out: str | Path, labels_csv: str | Path | No
             if both.empty:
                 raise SemtileError(f"{answers.attrs['file']}: no image it answers has a true label in {labels_csv}")
             expert = label_scores(list(both["true_label"]), list(both["expert_label"]), labels)
-            same = label_scores(list(both["true_label"]), list(both["label"]), labels)
-            section["who"] += [{"name": "expert", **expert.to_dict()},
-                               {"name": "model on the expert's images", **same.to_dict()}]
+            section["who"].append({"name": "expert", **expert.to_dict()})
+            if model is not None:
+                same = label_scores(list(both["true_label"]), list(both["label"]), labels)
+                section["who"].append({"name": "model on the expert's images", **same.to_dict()})
             section["expert_file"] = answers.attrs["file"]
     t_read = time.perf_counter()
 
@@ -181,33 +194,42 @@ def build_report(store: str | Path, out: str | Path, labels_csv: str | Path | No
 
         pictures = render_pictures(results, staged, workers=workers)
         t_pictures = time.perf_counter()
-        curve = results.hypothesis_curve()
+        # g(t) is the first result's segmenter's: drawn only when every result has that segmenter
+        curve = results.hypothesis_curve() if len({x["segmenter_sha256"] for x in sets}) <= 1 else None
         x_column = "true_label" if "true_label" in table else "label"
         with_x = table[table[x_column].notna()]
+        unknown = section is not None and section["unknown"] is not None
+        if unknown:
+            curve = None  # g(t) is on the model's scale, which none of the true labels is on
         figures = {"ratio_distribution": ratio_distribution(table["adhesive_ratio"].to_numpy()),
                    "ratio_against_label": ratio_against_label(
                        labels, list(with_x[x_column]), with_x["adhesive_ratio"].to_numpy(), curve,
-                       "true label t" if x_column == "true_label" else "predicted label t")}
-        if section is not None:
+                       "true label" if unknown else "true label t" if x_column == "true_label"
+                       else "predicted label t")}
+        if model is not None:
             figures["confusion_model"] = confusion(model, "model")
-            if expert is not None:
-                figures["confusion_expert"] = confusion(expert, "expert")
-            figures["accuracy_per_label"] = accuracy_per_label(model, expert)
-        rows = _rows(table, pictures)
+        if expert is not None:
+            figures["confusion_expert"] = confusion(expert, "expert")
+        if model is not None or expert is not None:
+            figures["accuracy_per_label"] = accuracy_per_label(model or expert, expert if model else None)
+        made = {name: describe_parameters(s["parameters"]) for s in sets for name in s["names"]}
+        rows = _rows(table, pictures, made)
         maps = _map_gallery(table, pictures)
-        facts = _facts(results, summary, table)
+        facts = _facts(results, summary, table, sets)
         page = _render({
             "title": title or f"semtile report: {store.name}",
             "generated": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
             "version": __version__, "store": str(store.resolve()), "summary": summary, "facts": facts,
             "failures": failures.head(MAX_FAILURES_SHOWN).to_dict("records"), "failure_count": len(failures),
             "figures": figures, "curve": curve, "labels_section": section, "maps": maps,
+            "builtin_caveat": builtin_caveat(builtin), "ratio_x": "true" if x_column == "true_label" else "predicted",
             "picture_errors": sum(1 for p in pictures.values() if p.error), "thumb": THUMB,
-            "data": {"rows": rows, "columns": _columns(table, summary), "labels": "true_label" in table,
+            "data": {"rows": rows, "columns": _columns(table, summary, len(sets) > 1), "labels": "true_label" in table,
                      "expert": "expert_label" in table}})
         (staged / "index.html").write_text(page, encoding="utf-8")
         marker = {"format": REPORT_FORMAT, "store": str(store.resolve()), "images": len(table),
-                  "failures": len(failures), "summary": summary, "labels": section,
+                  "failures": len(failures), "summary": summary, "labels": section, "builtin_model": builtin,
+                  "parameter_sets": facts["parameter_sets"],
                   "semtile": __version__, "generated": datetime.now(UTC).isoformat(timespec="seconds")}
         (staged / MARKER).write_text(json.dumps(marker, indent=2, default=_plain) + "\n", encoding="utf-8")
         _publish(staged, out)
@@ -223,7 +245,27 @@ def build_report(store: str | Path, out: str | Path, labels_csv: str | Path | No
                          picture_errors=errors)
 
 
-def _columns(table: pd.DataFrame, summary: dict) -> list[dict]:
+def _unknown_labels(table: pd.DataFrame, model_labels: list, true_values: list) -> dict:
+    """None of the true labels is a label of the model: no scores, but how the model's answers fall per true label."""
+    judged = table[table["true_label"].notna()]
+    answered = list(dict.fromkeys(v for v in model_labels if v in set(judged["label"])))
+    answered += [v for v in dict.fromkeys(judged["label"]) if v not in answered]
+    counts = [{"truth": t, "images": int((judged["true_label"] == t).sum()),
+               "counts": [int(((judged["true_label"] == t) & (judged["label"] == a)).sum()) for a in answered]}
+              for t in true_values]
+    return {"model_labels": _span(model_labels), "true_labels": [str(v) for v in true_values],
+            "answered": [str(v) for v in answered], "rows": counts}
+
+
+def _span(values: list) -> str:
+    """``0-15`` for consecutive integers, else the values listed."""
+    ints = all(isinstance(v, int) and not isinstance(v, bool) for v in values)
+    if ints and len(values) > 2 and list(values) == list(range(values[0], values[0] + len(values))):
+        return f"{values[0]}-{values[-1]}"
+    return ", ".join(map(str, values))
+
+
+def _columns(table: pd.DataFrame, summary: dict, several_sets: bool = False) -> list[dict]:
     """The table's columns for the page script: key, title, kind (num/text), and whether it shows at all."""
     columns = [{"key": "name", "title": "name", "kind": "text"},
                {"key": "label", "title": "label", "kind": "num"}]
@@ -236,12 +278,14 @@ def _columns(table: pd.DataFrame, summary: dict) -> list[dict]:
                 {"key": "size", "title": "size (px)", "kind": "num"}]
     if table["seconds"].notna().any():
         columns.append({"key": "sec", "title": "work s (stages summed)", "kind": "num"})
+    if several_sets:
+        columns.append({"key": "params", "title": "parameters", "kind": "text"})
     if summary["maps"]:
         columns.append({"key": "maps", "title": "maps", "kind": "text"})
     return columns
 
 
-def _rows(table: pd.DataFrame, pictures: dict) -> list[dict]:
+def _rows(table: pd.DataFrame, pictures: dict, made: dict) -> list[dict]:
     rows = []
     has_truth, has_expert = "true_label" in table, "expert_label" in table
     for record in table.to_dict("records"):
@@ -253,7 +297,7 @@ def _rows(table: pd.DataFrame, pictures: dict) -> list[dict]:
                "px": None if _plain(record["pixel_size_m"]) is None else round(record["pixel_size_m"] * 1e9, 4),
                "size": h * w if h and w else None, "hw": f"{h}×{w}" if h and w else "",
                "sec": None if _plain(record["seconds"]) is None else round(record["seconds"], 3),
-               "maps": record["maps"], "run": record["run_id"] or ""}
+               "maps": record["maps"], "run": record["run_id"] or "", "params": made.get(name, "")}
         if has_truth:
             row["truth"] = _plain(record["true_label"])
         if has_expert:

@@ -27,6 +27,7 @@ import pandas as pd
 import zarr
 
 from semtile.errors import SemtileError
+from semtile.models.naming import builtin_parts
 from semtile.results.maps import MapInfo, find_maps
 from semtile.results.runs import RunTables, read_run_tables
 from semtile.store import (
@@ -100,6 +101,22 @@ class ResultImage:
     def provenance(self) -> dict:
         prov = self.attrs.get("provenance")
         return prov if isinstance(prov, dict) else {}
+
+    @property
+    def builtin_parts(self) -> list[str]:
+        """The parts of the model that made this result that are the built-in ones (segmenter, classifier)."""
+        return builtin_parts(self.provenance.get("model"))
+
+    @property
+    def builtin_model(self) -> bool:
+        """Made (in part) by the built-in model, trained on synthetic copper: labels 0-15 on its scale."""
+        return bool(self.builtin_parts)
+
+    @property
+    def parameters(self) -> dict:
+        """The run's parameters that shaped this result (tile, halo, threshold...), from its provenance."""
+        params = self.provenance.get("parameters")
+        return params if isinstance(params, dict) else {}
 
     @property
     def shape(self) -> tuple[int, int] | None:
@@ -322,6 +339,17 @@ class Results:
     def labels(self) -> list:
         """The model's labels (of the first result; [] for an empty store)."""
         return self[self.names[0]].labels if self.names else []
+
+    @cached_property
+    def builtin_model(self) -> bool:
+        """Whether any result was made (in part) by the built-in model (see :func:`semtile.models.naming.builtin_caveat`)."""
+        return any(self[name].builtin_model for name in self.names)
+
+    def parameter_sets(self) -> list[dict]:
+        """Each distinct set of parameters, engine and model the results were made with, with its results."""
+        from semtile.results.sets import parameter_sets
+
+        return parameter_sets(self)
 
     def summary(self) -> dict:
         """The run at a glance: counts, engines, models, time per image, failures.

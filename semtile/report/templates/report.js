@@ -167,6 +167,7 @@
     facts.push("adhesive ratio " + (typeof row.ratio === "number" ? row.ratio.toFixed(4) : "–"));
     if (row.px !== null) { facts.push("pixel " + row.px + " nm"); }
     if (row.hw) { facts.push(row.hw + " px"); }
+    if (row.params) { facts.push(row.params); }
     facts.push(row.source);
     document.getElementById("viewer-facts").textContent = facts.join(" · ");
     var stack = document.getElementById("viewer-stack");
