@@ -131,10 +131,12 @@ def _facts(results: Results, summary: dict, table: pd.DataFrame, sets: list[dict
 
 def build_report(store: str | Path, out: str | Path, labels_csv: str | Path | None = None,
                  expert_csv: str | Path | None = None, csv: str | Path | None = None, title: str | None = None,
-                 workers: int | None = None) -> ReportOutcome:
+                 workers: int | None = None, path_column: str | None = None,
+                 label_column: str | None = None) -> ReportOutcome:
     """Write the report of the results in ``store`` to ``out/index.html``; see the module docstring.
 
-    ``labels_csv`` (``path,label``, or a dataset folder) adds the confusion
+    ``labels_csv`` (``path,label``, or a dataset folder; other column names with
+    ``path_column``/``label_column``) adds the confusion
     matrix and the accuracy per label; ``expert_csv`` an expert's answers
     beside the model's. ``csv`` is the current table of the runs when it is
     not the one beside the store. Raises SemtileError naming the file or
@@ -154,7 +156,7 @@ def build_report(store: str | Path, out: str | Path, labels_csv: str | Path | No
     builtin = [p for p in PARTS if any(p in s["builtin"] for s in sets)]
     section, model, expert = None, None, None
     if labels_csv is not None:
-        truth = results.answers(labels_csv)
+        truth = results.answers(labels_csv, path_column=path_column, label_column=label_column)
         table["true_label"] = truth
         if not truth.attrs["matched"]:
             raise SemtileError(f"{truth.attrs['file']}: no image of it has a result in {store}")

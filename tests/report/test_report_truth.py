@@ -121,3 +121,20 @@ def test_no_single_g_is_drawn_for_results_of_several_segmenters(tmp_path):
     extra.write(extra.claim(source), sample_result(source, 9, shape=(120, 160)))  # the sample segmenter
     text = build_report(store, tmp_path / "rb").index.read_text()
     assert "linear (source: provenance)" not in text and "made by 2 different models" in text
+
+
+def test_true_labels_of_other_columns_are_named_with_options(tmp_path):
+    """A labels CSV as public sets write them (``image,class``), named with --path-column and --label-column."""
+    from click.testing import CliRunner
+
+    from semtile.cli.main import main
+
+    store = _store(tmp_path, [0.5] * 4)
+    labels = tmp_path / "other.csv"
+    labels.write_text("image,class\n" + "".join(f"scans/scan_{i}.tif,{i % 4}\n" for i in range(4)))
+    refused = CliRunner().invoke(main, ["report", str(store), "--out", str(tmp_path / "a"), "--labels", str(labels)])
+    assert refused.exit_code == 2 and "image, class" in refused.output  # the columns it found
+    done = CliRunner().invoke(main, ["report", str(store), "--out", str(tmp_path / "b"), "--labels", str(labels),
+                                     "--path-column", "image", "--label-column", "class"])
+    assert done.exit_code == 0, done.output
+    assert "fig-confusion-model" in (tmp_path / "b" / "index.html").read_text()
