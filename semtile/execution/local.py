@@ -22,7 +22,7 @@ from pathlib import Path
 
 from semtile.errors import ImageError, SemtileError
 from semtile.execution.outcome import ImageOutcome, failed_outcome, log_outcome
-from semtile.execution.resume import completion_record, output_key
+from semtile.execution.resume import completion_record, live_conflict, output_key
 from semtile.inference.judge import finish_result, judge_region
 from semtile.inference.options import ProcessOptions
 from semtile.inference.passes import Pass
@@ -167,9 +167,13 @@ def large_scans(scans: list[Path], options: ProcessOptions, store: ResultStore) 
 
 
 def add_table_row(run_table: RunTable, outcome: ImageOutcome) -> None:
-    """The outcome's row in the run table; a full disk there must not lose the stored result or stop the run."""
+    """The outcome's row in the run table; a full disk there must not lose the stored result or stop the run.
+
+    ``replaced``: what the stored result this one replaced was made with (the run's plan, ``run_table.replaced``).
+    """
+    replaced = run_table.replaced.get(str(outcome.path)) if outcome.status == "ok" else None
     try:
-        run_table.add(path=str(outcome.path), status=outcome.status, label=outcome.label,
+        run_table.add(path=str(outcome.path), status=outcome.status, label=outcome.label, replaced=replaced,
                       adhesive_ratio=None if outcome.adhesive_ratio is None else f"{outcome.adhesive_ratio:.6f}",
                       pixel_size_m=outcome.pixel_size_m, databar_rows=outcome.databar_rows, error=outcome.error,
                       **{k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in outcome.columns.items()})
@@ -188,6 +192,9 @@ def store_one(job: ScanJob, result: ImageResult | None, row: dict, store: Result
         try:
             t0 = time.perf_counter()
             name = store.claim(job.path)
+            conflict = live_conflict(job.path, store.record(name), result.record)
+            if conflict is not None:  # another live run wrote it meanwhile, with another key: it stays
+                raise conflict
             store.write(name, result)
             job.timings["write"] = time.perf_counter() - t0
         except Exception as exc:  # noqa: BLE001 - a failed write is this image's failure
