@@ -176,6 +176,20 @@ def _warn_replacing(plan: Plan) -> None:
         log.info("results_kept", count=n, difference=difference, reason="--keep-existing")
 
 
+def _note_replaced(summary: BatchSummary, plan: Plan, outcome: ImageOutcome) -> None:
+    """A result this run replaced: for the summary; a WARNING when it was not in the plan (written meanwhile)."""
+    if outcome.status != "ok":
+        return
+    difference = outcome.columns.get("replaced") or plan.replaced.get(outcome.path)
+    if not difference:
+        return
+    summary.replaced[outcome.path] = difference
+    if outcome.path not in plan.replaced:
+        log.warning("results_replaced", count=1, difference=difference, inputs=[str(outcome.path)],
+                    message=f"replaced 1 result made with {difference}, written by another run (not running now) "
+                            "since this run made its plan")
+
+
 def run_process(
     scans: list[Path],
     out: Path,
@@ -232,6 +246,7 @@ def run_process(
              stale_temporaries_removed=stale[0], stale_scratch_removed=stale[1], store=str(out), **facts)
     def seen(outcome: ImageOutcome) -> None:  # collected as they come: an interrupted run keeps what it did
         summary.outcomes.append(outcome)
+        _note_replaced(summary, plan, outcome)
         if on_image:
             on_image(outcome)
 
@@ -269,8 +284,6 @@ def run_process(
         summary.table_error = f"{table}: not regenerated ({exc.strerror or exc}); rerun to write it"
         log.error("table_not_written", table=str(table), error=str(exc))
     summary.seconds = time.perf_counter() - started
-    summary.replaced = {o.path: plan.replaced[o.path] for o in summary.outcomes
-                        if o.status == "ok" and o.path in plan.replaced}
     log.info("run_end", run_id=summary.run_id, images=len(scans), done=len(summary.outcomes) - len(summary.failed),
              failed=len(summary.failed), skipped=len(summary.skipped), replaced=len(summary.replaced), interrupted=summary.interrupted,
              seconds=round(summary.seconds, 2), store=str(out), table=str(table), run_table=str(summary.run_table))

@@ -28,7 +28,8 @@ from semtile.store import ResultStore
 from semtile.store.table import run_alive
 
 __all__ = ["RECORD_FORMAT", "output_key", "input_identity", "completion_record", "Plan", "plan_run",
-           "key_difference", "describe_difference", "ResultConflict", "live_conflict"]
+           "key_difference", "describe_difference", "ResultConflict", "live_conflict",
+           "replaced_difference"]
 
 RECORD_FORMAT = "semtile-completion/1"
 
@@ -129,11 +130,23 @@ def _conflict(path, record: dict, key: dict) -> ResultConflict:
                                 "that run is done, or use another store")
 
 
+def _key_of(record: dict) -> dict:
+    return {k: v for k, v in record.items() if k not in ("input", "run_id")}
+
+
+def replaced_difference(stored: dict | None, record: dict) -> str | None:
+    """What the stored result that ``record`` is about to replace was made with, when not with ``record``'s key."""
+    key = _key_of(record)
+    if not stored or {k: stored.get(k) for k in key} == key:
+        return None
+    return describe_difference(stored, key)
+
+
 def live_conflict(path, stored: dict | None, record: dict) -> ResultConflict | None:
     """Whether writing ``record`` (with its ``run_id``) over ``stored`` would replace a live run's other result."""
     if not stored or not stored.get("run_id") or stored.get("run_id") == record.get("run_id"):
         return None
-    key = {k: v for k, v in record.items() if k not in ("input", "run_id")}
+    key = _key_of(record)
     if {k: stored.get(k) for k in key} == key or run_alive(stored["run_id"]) is not True:
         return None
     return _conflict(path, stored, key)
