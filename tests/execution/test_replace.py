@@ -165,3 +165,44 @@ def test_a_run_never_replaces_what_a_live_run_made_otherwise(tiny_dataset, tiny_
             replaced = {Path(r["path"]).name: r["replaced"] for r in rows if r["replaced"]}
             assert replaced == {"s14.tif": "threshold 0.3 (now 0.5)", "s15.tif": "threshold 0.3 (now 0.5)"}
     assert b_rows == {early[0]: "error", early[1]: "error", "s14.tif": "ok", "s15.tif": "ok"}
+
+
+def test_the_difference_is_named_field_by_field():
+    from semtile.execution.resume import describe_difference
+
+    key = {"format": "f", "model_sha256": {"classifier": "a" * 64, "segmenter": "b" * 64},
+           "engine": {"name": "torch-cpu", "precision": "bf16"}, "parameters": {"tile": 256, "threshold": 0.3},
+           "anomaly": {"threshold": 0.1}}
+    record = {"format": "f", "model_sha256": {"classifier": "c" * 64, "segmenter": "b" * 64},
+              "engine": {"name": "torch-cpu", "precision": "f32"}, "parameters": {"tile": 128, "threshold": 0.3}}
+    assert describe_difference(record, key) == ("classifier sha256 cccccccccccc (now aaaaaaaaaaaa), precision f32 "
+                                                 "(now bf16), tile 128 (now 256), no anomaly (now anomaly)")
+    assert describe_difference({**record, "anomaly": {"threshold": 0.2}}, key, now="this run:").endswith(
+        "anomaly threshold 0.2 (this run: 0.1)")
+
+
+def test_a_run_is_live_while_its_process_runs_and_only_that_process():
+    import os
+    import socket
+    from datetime import UTC, datetime
+
+    from semtile.store.table import new_run_id, run_alive, running
+
+    def run_id(pid: int, when: float, host: str = socket.gethostname()) -> str:
+        return f"{datetime.fromtimestamp(when, UTC).strftime('%Y%m%dT%H%M%S.%fZ')}-{host}-{pid}-abcdef"
+
+    mine = new_run_id()
+    assert run_alive(mine) is False  # this process, but not running it
+    with running(mine):
+        assert run_alive(mine) is True
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        time.sleep(0.5)
+        assert run_alive(run_id(other.pid, time.time())) is True
+        assert run_alive(run_id(other.pid, time.time() - 3600)) is False  # the pid is reused: a later process
+        assert run_alive(run_id(other.pid, time.time(), host="elsewhere")) is None
+    finally:
+        other.kill()
+        other.wait()
+    assert run_alive(run_id(other.pid, time.time())) is False
+    assert os.getpid() != other.pid and run_alive("not-a-run-id") is None
