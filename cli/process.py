@@ -40,6 +40,9 @@ from semtile.errors import SemtileError
 @click.option("--scratch", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Folder for temporary tile stores (default: the system's temporary folder, $TMPDIR or /tmp).")
 @click.option("--force", is_flag=True, help="Redo images whose stored result is already up to date (default: skip them).")
+@click.option("--keep-existing", is_flag=True,
+              help="Skip every image that has a result in the store, whatever it was made with (the opposite of "
+                   "--force; to compare settings, write each to its own store; default: off).")
 @click.option("--max-pixels", default=None, type=click.IntRange(1),
               help="Refuse a scan whose header claims more pixels (default 2**32: a guard against lying headers).")
 @click.option("--region-pixels", default=None, type=click.IntRange(0),
@@ -57,12 +60,17 @@ from semtile.errors import SemtileError
               help="With --anomaly: its engine (auto: the fastest available CPU engine, f32).")
 @cluster_options
 def process(inputs, out, csv_path, model, classifier, segmenter, engine_name, precision, tile, halo, batch_size,
-            threshold, page, databar_rows, threads, torch_compile, scratch, force, max_pixels, region_pixels, anomaly_model,
+            threshold, page, databar_rows, threads, torch_compile, scratch, force, keep_existing, max_pixels, region_pixels, anomaly_model,
             anomaly_threshold, anomaly_engine, **cluster) -> None:
     """Segment and classify every SEM scan in INPUTS (files or folders) into OUT.
 
     A rerun skips every image whose stored result was made from the same
     input, model, engine precision and parameters (--force redoes them).
+    A result made otherwise is replaced, and the run says what it was made
+    with ("replaced 2 results made with threshold 0.5 (now 0.3)"; the run
+    table's column replaced); --keep-existing keeps every stored result
+    instead. A result another run still running made otherwise is never
+    replaced: its image is reported as failed, naming that run.
 
     --anomaly MODEL adds a whole-scan anomaly map (through the same tiled,
     blended path: no seams) and the share of its pixels above the model's
@@ -85,6 +93,9 @@ def process(inputs, out, csv_path, model, classifier, segmenter, engine_name, pr
     from semtile.models.io import load_bundle
     from semtile.models.naming import builtin_note
 
+    if force and keep_existing:
+        raise click.UsageError("--force redoes every image, --keep-existing skips every image with a result: "
+                               "pick one")
     try:
         where = cluster_spec(cluster)
         found = discover_scans(inputs)
@@ -110,7 +121,7 @@ def process(inputs, out, csv_path, model, classifier, segmenter, engine_name, pr
             raise SemtileError("--anomaly-threshold goes with --anomaly MODEL")
         with Progress(len(scans), "images") as progress:
             summary = run_process(scans, out, passes=passes, options=options, csv_path=csv_path, scratch=scratch,
-                                  force=force, problems=found.problems,
+                                  force=force, keep_existing=keep_existing, problems=found.problems,
                                   on_image=(lambda _: progress(1)) if progress else None, cluster=where)
     except SemtileError as exc:
         raise click.UsageError(str(exc)) from exc
@@ -118,6 +129,9 @@ def process(inputs, out, csv_path, model, classifier, segmenter, engine_name, pr
         click.echo(f"FAILED {outcome.path}: {outcome.error}", err=True)
     if summary.table_error:
         click.echo(f"WARNING {summary.table_error}", err=True)
+    for note in (summary.replaced_note(), summary.kept_note()):
+        if note:
+            click.echo(note, err=True)
     done = len(summary.outcomes) - len(summary.failed)
     click.echo(f"{done} done, {len(summary.skipped)} skipped (already complete), {len(summary.failed)} failed"
                + (f"; interrupted by {summary.interrupted}" if summary.interrupted else "")

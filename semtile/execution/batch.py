@@ -9,7 +9,12 @@ In order:
    scratch folders whose process is gone.
 2. **The plan**: each input whose stored completion record matches what this
    run would write is skipped (:mod:`semtile.execution.resume`); ``force``
-   redoes everything. Nothing is loaded or compiled when nothing is to do.
+   redoes everything, ``keep_existing`` skips every input with any result.
+   A result made with another key is replaced and the run says so (a WARNING
+   ``results_replaced`` per difference, the summary, the run table's
+   ``replaced`` column); one that another run still running made with another
+   key is left alone and its input reported as failed, naming that run.
+   Nothing is loaded or compiled when nothing is to do.
 3. **The work**, through :func:`semtile.execution.local.process_scans` in this
    process, or as tasks on a Dask cluster (``cluster``:
    :mod:`semtile.execution.distributed`); large scans region by region either way.
@@ -36,11 +41,11 @@ from typing import TYPE_CHECKING
 
 from semtile.errors import SemtileError
 from semtile.execution.outcome import ImageOutcome
-from semtile.execution.resume import output_key, plan_run
+from semtile.execution.resume import Plan, output_key, plan_run
 from semtile.inference.options import ProcessOptions
 from semtile.logs import get_logger
 from semtile.store import RunTable, default_csv_path, host_name, open_store, process_alive
-from semtile.store.table import new_run_id, run_columns, runs_folder, write_current_table
+from semtile.store.table import new_run_id, run_columns, running, runs_folder, write_current_table
 
 if TYPE_CHECKING:  # the runner (dask, numba) is imported only when there is work: a rerun that skips all is quick
     from semtile.execution.distributed import ClusterSpec
@@ -69,6 +74,10 @@ class BatchSummary:
     run_id: str
     outcomes: list[ImageOutcome] = field(default_factory=list)
     skipped: list[Path] = field(default_factory=list)
+    #: input -> what its stored result was made with, for each result this run replaced: "threshold 0.5 (now 0.3)"
+    replaced: dict = field(default_factory=dict)
+    #: keep_existing: input -> how the result kept differs from what this run would make
+    kept: dict = field(default_factory=dict)
     interrupted: str | None = None
     table_error: str | None = None
     run_table: Path | None = None
@@ -79,11 +88,26 @@ class BatchSummary:
     def failed(self) -> list[ImageOutcome]:
         return [o for o in self.outcomes if o.status != "ok"]
 
+    def replaced_note(self) -> str:
+        """``replaced 2 results made with threshold 0.5 (now 0.3)``, one part per difference; "" when none."""
+        return _grouped("replaced", self.replaced)
+
+    def kept_note(self) -> str:
+        """``kept 2 results made with threshold 0.3 (this run: 0.7) (--keep-existing)``; "" when none."""
+        return _grouped("kept", self.kept) + (" (--keep-existing)" if self.kept else "")
+
     @property
     def exit_code(self) -> int:
         if self.interrupted:
             return EXIT_INTERRUPTED
         return EXIT_FAILED if self.failed or self.table_error else EXIT_OK
+
+
+def _grouped(verb: str, differences: dict) -> str:
+    groups: dict[str, int] = {}
+    for difference in differences.values():
+        groups[difference] = groups.get(difference, 0) + 1
+    return "; ".join(f"{verb} {n} result{'s' if n != 1 else ''} made with {difference}" for difference, n in groups.items())
 
 
 @contextmanager
@@ -138,6 +162,34 @@ def _run_distributed(todo, store, cluster, passes, options, key, run_id, scratch
                                   on_outcome=arrived)
 
 
+def _warn_replacing(plan: Plan) -> None:
+    """One WARNING per difference: how many stored results this run is about to replace, and what changed."""
+    for difference, paths in plan.replaced_groups().items():
+        log.warning("results_replaced", count=len(paths), difference=difference,
+                    changes={f: {"stored": old, "now": new} for f, old, new in plan.changes.get(difference, [])},
+                    message=f"replacing {len(paths)} result{'s' if len(paths) != 1 else ''} made with {difference}",
+                    inputs=[str(p) for p in paths[:5]])
+    kept: dict[str, int] = {}
+    for difference in plan.kept.values():
+        kept[difference] = kept.get(difference, 0) + 1
+    for difference, n in kept.items():
+        log.info("results_kept", count=n, difference=difference, reason="--keep-existing")
+
+
+def _note_replaced(summary: BatchSummary, plan: Plan, outcome: ImageOutcome) -> None:
+    """A result this run replaced: for the summary; a WARNING when it was not in the plan (written meanwhile)."""
+    if outcome.status != "ok":
+        return
+    difference = outcome.columns.get("replaced") or plan.replaced.get(outcome.path)
+    if not difference:
+        return
+    summary.replaced[outcome.path] = difference
+    if outcome.path not in plan.replaced:
+        log.warning("results_replaced", count=1, difference=difference, inputs=[str(outcome.path)],
+                    message=f"replaced 1 result made with {difference}, written by another run (not running now) "
+                            "since this run made its plan")
+
+
 def run_process(
     scans: list[Path],
     out: Path,
@@ -147,6 +199,7 @@ def run_process(
     csv_path: Path | None = None,
     scratch: Path | None = None,
     force: bool = False,
+    keep_existing: bool = False,
     problems: list[tuple[Path, str]] = (),
     on_image: Callable[[ImageOutcome], None] | None = None,
     cluster: ClusterSpec | None = None,
@@ -157,13 +210,17 @@ def run_process(
     (:func:`semtile.inference.segment.segment_pass`), then any other (an
     anomaly map, a new kind of map). ``problems`` are inputs that discovery
     could not list (a symlink loop, an unreadable folder): each is reported as
-    a failed input, and the run goes on. Raises SemtileError for setup
-    problems, before any image is processed.
+    a failed input, and the run goes on. ``keep_existing`` skips every input
+    that has a result in the store, whatever it was made with (not with
+    ``force``). Raises SemtileError for setup problems, before any image is
+    processed.
     """
     started = time.perf_counter()
     summary = BatchSummary(run_id=new_run_id())
     if not passes:
         raise SemtileError("process needs at least one pass (the segmenter + classifier)")
+    if force and keep_existing:
+        raise SemtileError("--force redoes every input, --keep-existing skips every input with a result: pick one")
     passes = list(passes)
     store = open_store(out)
     table = Path(csv_path) if csv_path else default_csv_path(out)
@@ -180,8 +237,10 @@ def run_process(
         raise SemtileError(f"{exc.filename or table}: cannot write here ({exc.strerror or exc})") from None
     stale = store.clean_stale(), clean_stale_scratch(scratch_root)
     key = output_key(passes)
-    plan = plan_run(scans, store, key, force=force)
-    summary.skipped = [path for path, _ in plan.skipped]
+    plan = plan_run(scans, store, key, force=force, keep_existing=keep_existing, run_id=summary.run_id)
+    summary.skipped, summary.kept = [path for path, _ in plan.skipped], dict(plan.kept)
+    _warn_replacing(plan)
+    run_table.replaced = {str(path): difference for path, difference in plan.replaced.items()}
     facts = {k: v for p in passes for k, v in p.run_facts().items()}
     log.info("run_start", run_id=summary.run_id, images=len(scans), to_do=len(plan.todo), skipped=len(plan.skipped),
              stale_temporaries_removed=stale[0], stale_scratch_removed=stale[1], store=str(out), **facts)
@@ -190,10 +249,12 @@ def run_process(
             log.warning("model_caveat", run_id=summary.run_id, note=caveat)
     def seen(outcome: ImageOutcome) -> None:  # collected as they come: an interrupted run keeps what it did
         summary.outcomes.append(outcome)
+        _note_replaced(summary, plan, outcome)
         if on_image:
             on_image(outcome)
 
-    with run_table, _stop_on_signals():
+    # While results are written, other runs (of this process too) see this one as live (resume.live_conflict).
+    with run_table, running(summary.run_id), _stop_on_signals():
         try:
             for path, _ in plan.skipped:
                 run_table.add(path=str(path), status="skipped")
@@ -201,6 +262,10 @@ def run_process(
                 log.warning("image_failed", path=str(path), error=reason, kind="discovery")
                 run_table.add(path=str(path), status="error", error=reason)
                 seen(ImageOutcome(path=Path(path), status="error", error=reason))
+            for path, conflict in plan.conflicts.items():
+                log.warning("image_failed", path=str(path), error=conflict.reason, kind="ResultConflict")
+                run_table.add(path=str(path), status="error", error=conflict.reason)
+                seen(ImageOutcome(path=Path(path), status="error", error=conflict.reason))
             if plan.todo:
                 ready = [p.prepared(plan.todo) for p in passes]  # e.g. int8 calibration tiles from these scans
                 if cluster is not None:
@@ -223,6 +288,6 @@ def run_process(
         log.error("table_not_written", table=str(table), error=str(exc))
     summary.seconds = time.perf_counter() - started
     log.info("run_end", run_id=summary.run_id, images=len(scans), done=len(summary.outcomes) - len(summary.failed),
-             failed=len(summary.failed), skipped=len(summary.skipped), interrupted=summary.interrupted,
+             failed=len(summary.failed), skipped=len(summary.skipped), replaced=len(summary.replaced), interrupted=summary.interrupted,
              seconds=round(summary.seconds, 2), store=str(out), table=str(table), run_table=str(summary.run_table))
     return summary

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from semtile.errors import ImageError, SemtileError
 from semtile.execution.outcome import ImageOutcome, failed_outcome, log_outcome
-from semtile.execution.resume import completion_record, output_key
+from semtile.execution.resume import completion_record, live_conflict, output_key, replaced_difference
 from semtile.inference.judge import finish_result, judge_region
 from semtile.inference.options import ProcessOptions
 from semtile.inference.passes import Pass
@@ -167,12 +167,18 @@ def large_scans(scans: list[Path], options: ProcessOptions, store: ResultStore) 
 
 
 def add_table_row(run_table: RunTable, outcome: ImageOutcome) -> None:
-    """The outcome's row in the run table; a full disk there must not lose the stored result or stop the run."""
+    """The outcome's row in the run table; a full disk there must not lose the stored result or stop the run.
+
+    ``replaced``: what the stored result this one replaced was made with (the run's plan, ``run_table.replaced``).
+    """
+    columns = dict(outcome.columns)
+    if outcome.status == "ok" and not columns.get("replaced"):
+        columns["replaced"] = run_table.replaced.get(str(outcome.path))
     try:
         run_table.add(path=str(outcome.path), status=outcome.status, label=outcome.label,
                       adhesive_ratio=None if outcome.adhesive_ratio is None else f"{outcome.adhesive_ratio:.6f}",
                       pixel_size_m=outcome.pixel_size_m, databar_rows=outcome.databar_rows, error=outcome.error,
-                      **{k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in outcome.columns.items()})
+                      **{k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in columns.items()})
     except OSError as exc:
         log.error("run_table_row_not_written", path=str(outcome.path), table=str(run_table.path), error=str(exc))
 
@@ -188,6 +194,11 @@ def store_one(job: ScanJob, result: ImageResult | None, row: dict, store: Result
         try:
             t0 = time.perf_counter()
             name = store.claim(job.path)
+            stored = store.record(name)
+            conflict = live_conflict(job.path, stored, result.record)
+            if conflict is not None:  # another live run wrote it meanwhile, with another key: it stays
+                raise conflict
+            replaced = replaced_difference(stored, result.record)  # e.g. written meanwhile by a run now finished
             store.write(name, result)
             job.timings["write"] = time.perf_counter() - t0
         except Exception as exc:  # noqa: BLE001 - a failed write is this image's failure
@@ -204,7 +215,8 @@ def store_one(job: ScanJob, result: ImageResult | None, row: dict, store: Result
     outcome = ImageOutcome(path=job.path, status="ok", group=name, label=result.label,
                            adhesive_ratio=result.adhesive_ratio, pixel_size_m=attrs["pixel_size_m"],
                            databar_rows=attrs["databar_rows"],
-                           timings={k: round(v, 4) for k, v in job.timings.items()}, columns=dict(row))
+                           timings={k: round(v, 4) for k, v in job.timings.items()},
+                           columns={**row, **({"replaced": replaced} if replaced else {})})
     log.info("image", path=str(job.path), status="ok", group=name, size=list(result.mask.shape),
              label=result.label, adhesive_ratio=round(result.adhesive_ratio, 4),
              databar_rows=attrs["databar_rows"], pixel_size_m=attrs["pixel_size_m"],

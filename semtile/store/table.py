@@ -14,20 +14,26 @@ import csv
 import os
 import socket
 import uuid
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
-__all__ = ["RunTable", "RUN_COLUMNS", "OPTIONAL_COLUMNS", "run_columns", "default_csv_path", "runs_folder", "new_run_id", "write_current_table"]
+from semtile.store.ownership import process_alive, process_start
+
+__all__ = ["RunTable", "RUN_COLUMNS", "OPTIONAL_COLUMNS", "REPLACED_COLUMN", "run_columns", "default_csv_path",
+           "runs_folder", "new_run_id", "run_alive", "running", "write_current_table"]
 
 RUN_COLUMNS = ("path", "status", "label", "adhesive_ratio", "pixel_size_m", "databar_rows", "error", "run_id")
 #: Columns a table gains when its run computed them (``semtile process --anomaly``).
 OPTIONAL_COLUMNS = ("anomaly_fraction",)
+#: A run's own table says, for each result it replaced, what the old one was made with ("threshold 0.5 (now 0.3)").
+REPLACED_COLUMN = "replaced"
 
 
 def run_columns(passes=()) -> tuple:
-    """A run table's columns: the standard ones, then those the run's passes fill (e.g. ``anomaly_fraction``)."""
+    """A run table's columns: the standard ones, ``replaced``, then those the run's passes fill (``anomaly_fraction``)."""
     extra = [c for p in passes for c in p.columns() if c not in RUN_COLUMNS]
-    return (*RUN_COLUMNS, *dict.fromkeys(extra))
+    return (*RUN_COLUMNS, REPLACED_COLUMN, *dict.fromkeys(extra))
 
 
 def default_csv_path(store: Path) -> Path:
@@ -48,6 +54,54 @@ def new_run_id() -> str:
     return f"{stamp}-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
+#: Runs going on in this process (a process may run several, one after another or at once).
+_RUNNING: set[str] = set()
+
+
+@contextmanager
+def running(run_id: str):
+    """Mark ``run_id`` as running in this process while the block runs (:func:`run_alive` asks)."""
+    _RUNNING.add(run_id)
+    try:
+        yield
+    finally:
+        _RUNNING.discard(run_id)
+
+
+def run_alive(run_id: str) -> bool | None:
+    """Whether the run ``run_id`` (:func:`new_run_id`) still runs: its process on this host, started by then.
+
+    None where that cannot be told (another host, an id of another shape). A
+    process id reused by a process started after the run began is not the run.
+    """
+    stamp, _, rest = str(run_id).partition("-")
+    parts = rest.rsplit("-", 2)
+    if len(parts) != 3 or not parts[1].isdigit() or parts[0] != socket.gethostname():
+        return None
+    try:
+        began = datetime.strptime(stamp, "%Y%m%dT%H%M%S.%fZ").replace(tzinfo=UTC).timestamp()
+    except ValueError:
+        return None
+    pid = int(parts[1])
+    if pid == os.getpid():
+        return run_id in _RUNNING
+    if not process_alive(pid):
+        return False
+    started = _started_at(pid)
+    return started is None or started <= began + 2.0  # 2 s: clock ticks and the stamp taken after start
+
+
+def _started_at(pid: int) -> float | None:
+    """The start of process ``pid`` in seconds since the epoch (Linux), None where unknown."""
+    ticks = process_start(pid)
+    try:
+        boot = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                    if line.startswith("btime "))
+        return boot + ticks / os.sysconf("SC_CLK_TCK") if ticks else None
+    except (OSError, ValueError, StopIteration):
+        return None
+
+
 def _cells(row: dict, columns: tuple = RUN_COLUMNS) -> dict:
     return {k: ("" if row.get(k) is None else row.get(k)) for k in columns}
 
@@ -55,8 +109,10 @@ def _cells(row: dict, columns: tuple = RUN_COLUMNS) -> dict:
 class RunTable:
     """One run's CSV, one row per image (``status``: ok, error or skipped), flushed as each image finishes."""
 
-    def __init__(self, path: str | Path, run_id: str = "", columns: tuple = RUN_COLUMNS):
+    def __init__(self, path: str | Path, run_id: str = "", columns: tuple = RUN_COLUMNS, replaced: dict | None = None):
         self.path, self.run_id, self.columns = Path(path), run_id, tuple(columns)
+        #: input path (str) -> what the result this run replaces was made with, for the ``replaced`` column
+        self.replaced = dict(replaced or {})
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._handle = self.path.open("x" if run_id else "w", newline="")
         self._writer = csv.DictWriter(self._handle, fieldnames=self.columns)
