@@ -15,7 +15,7 @@ import warnings
 
 import structlog
 
-__all__ = ["configure_logging", "get_logger"]
+__all__ = ["configure_logging", "get_logger", "json_default"]
 
 #: Libraries' records below this level are dropped, as Python itself drops them
 #: when no logging is configured; semtile's own follow ``configure_logging(level=)``.
@@ -31,7 +31,7 @@ def configure_logging(json: bool | None = None, level: int = logging.INFO) -> No
     if json is None:
         json = not sys.stderr.isatty()
     if json:
-        processors = [structlog.processors.dict_tracebacks, structlog.processors.JSONRenderer()]
+        processors = [structlog.processors.dict_tracebacks, structlog.processors.JSONRenderer(default=json_default)]
     else:
         processors = [structlog.dev.ConsoleRenderer(colors=False)]
         if sys.stderr.isatty():
@@ -49,6 +49,17 @@ def configure_logging(json: bool | None = None, level: int = logging.INFO) -> No
     )
     _route_stdlib_logging(level)
     warnings.showwarning = _show_warning
+
+
+def json_default(value):
+    """What a log field that :mod:`json` cannot write becomes: numpy scalars numbers (or booleans), numpy
+    arrays lists, paths and anything else their ``str``."""
+    np = sys.modules.get("numpy")  # a numpy value comes from a process that imported numpy
+    if np is not None and isinstance(value, (np.generic, np.ndarray)):
+        return value.tolist()  # a scalar's tolist() is its Python number
+    if isinstance(value, (set, frozenset)):
+        return sorted(value, key=str)
+    return str(value)
 
 
 def _route_stdlib_logging(level: int) -> None:
