@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from semtile.cli.options import Progress, cluster_options, cluster_spec
+from semtile.cli.options import Progress, cluster_options, cluster_spec, live_failures
 from semtile.engines import ENGINE_NAMES, engines_for
 from semtile.errors import SemtileError
 
@@ -109,7 +109,7 @@ def process(inputs, out, csv_path, model, classifier, segmenter, engine_name, pr
                                   on_image=(lambda _: progress(1)) if progress else None, cluster=where)
     except SemtileError as exc:
         raise click.UsageError(str(exc)) from exc
-    for outcome in summary.failed:
+    for outcome in [] if live_failures() else summary.failed:  # on a terminal each was shown as it failed
         click.echo(f"FAILED {outcome.path}: {outcome.error}", err=True)
     if summary.table_error:
         click.echo(f"WARNING {summary.table_error}", err=True)
