@@ -145,7 +145,6 @@ def cluster_options(func):
 def cluster_spec(kw: dict):
     """The ClusterSpec the cluster options ask for (None: in this process); pops them from ``kw``."""
     from semtile.errors import SemtileError
-    from semtile.execution.distributed import ClusterSpec
 
     cluster, workers = kw.pop("cluster"), kw.pop("workers")
     address, scheduler_file = kw.pop("scheduler_address"), kw.pop("scheduler_file")
@@ -156,6 +155,9 @@ def cluster_spec(kw: dict):
         raise SemtileError(f"{' and '.join(chosen)}: choose one place to run")
     if workers and cluster != "local":
         raise SemtileError("--workers goes with --cluster local")
+    if not chosen:
+        return None
+    from semtile.execution.distributed import ClusterSpec  # dask.distributed: only for a cluster
     if address:
         return ClusterSpec(kind="address", address=address)
     if scheduler_file:

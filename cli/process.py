@@ -73,21 +73,20 @@ def process(inputs, out, csv_path, model, classifier, segmenter, engine_name, pr
     others are still written), 2 usage or setup error, 3 interrupted
     (SIGTERM or SIGINT; finished results are kept, the rest left for a rerun).
     """
-    from semtile.engines import EngineSettings
-    from semtile.execution.batch import run_process
-    from semtile.inference.options import ProcessOptions
-    from semtile.inference.segment import segment_pass
     from semtile.io.discover import discover_scans
-    from semtile.models.io import load_bundle
 
-    try:
+    try:  # the inputs first, before anything heavy is imported: a wrong path fails at once
         where = cluster_spec(cluster)
         found = discover_scans(inputs)
         scans = found.scans
         if not scans:
             why = "".join(f"; {path}: {reason}" for path, reason in found.problems)
             raise SemtileError(f"no scans (.tif, .tiff, .png, .jpg, .jpeg) found in {', '.join(map(str, inputs))}{why}")
-        bundle = load_bundle(model, classifier=classifier, segmenter=segmenter)
+        from semtile.engines import EngineSettings
+        from semtile.execution.batch import run_process
+        from semtile.inference.options import ProcessOptions
+        from semtile.inference.segment import segment_pass_of_files
+
         options = ProcessOptions(tile=tile, halo=halo, batch_size=batch_size, threshold=threshold,
                                  page=page, databar_rows=databar_rows, max_pixels=max_pixels,
                                  **({} if region_pixels is None else {"region_pixels": region_pixels}))
@@ -95,7 +94,8 @@ def process(inputs, out, csv_path, model, classifier, segmenter, engine_name, pr
             raise SemtileError(f"--torch-compile applies to the torch-cuda and torch-cpu engines, not {engine_name!r}")
         settings = EngineSettings(tile=tile, halo=options.halo, batch_size=batch_size, precision=precision,
                                   threads=threads, compile=torch_compile)
-        passes = [segment_pass(bundle, engine_name, settings, options)]  # refused here: nothing written yet
+        # from the cards, refused here (nothing written yet); the weights load only when there is work
+        passes = [segment_pass_of_files(model, classifier, segmenter, engine_name, settings, options)]
         if anomaly_model is not None:
             from semtile.defects.anomaly_pass import anomaly_pass
 

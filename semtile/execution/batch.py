@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from semtile.errors import SemtileError
+from semtile.errors import ImageError, SemtileError
 from semtile.execution.outcome import ImageOutcome
 from semtile.execution.resume import output_key, plan_run
 from semtile.inference.options import ProcessOptions
@@ -121,6 +121,29 @@ def clean_stale_scratch(root: Path) -> int:
     return removed
 
 
+def _refuse_by_header(todo: list[Path], options: ProcessOptions, run_table: RunTable, seen) -> list[Path]:
+    """The inputs to do less those a TIFF header alone refuses (over the pixel budget, not a TIFF, no such
+    page), each failed as its runner would fail it: a batch of refused inputs builds no engine."""
+    from semtile.execution.outcome import failed_outcome
+    from semtile.io.png import sniff_format
+    from semtile.io.tiff import open_scan
+
+    kept = []
+    for path in todo:
+        try:
+            if sniff_format(path) is None:  # a PNG or JPEG decodes whole at open: its runner checks it
+                open_scan(path, page=options.page, databar_rows=0, max_pixels=options.max_pixels).close()
+        except ImageError as exc:
+            outcome = failed_outcome(path, exc)
+            run_table.add(path=str(path), status="error", error=outcome.error)
+            seen(outcome)
+            continue
+        except Exception:  # noqa: BLE001 - anything else is the runner's to report, with its traceback
+            pass
+        kept.append(path)
+    return kept
+
+
 def _run_distributed(todo, store, cluster, passes, options, key, run_id, scratch_root, run_table, seen) -> None:
     """The scans to do as tasks on a Dask cluster; outcomes reach the run table as they arrive."""
     from semtile.execution.distributed import connect, process_scans_distributed
@@ -198,15 +221,16 @@ def run_process(
                 log.warning("image_failed", path=str(path), error=reason, kind="discovery")
                 run_table.add(path=str(path), status="error", error=reason)
                 seen(ImageOutcome(path=Path(path), status="error", error=reason))
-            if plan.todo:
-                ready = [p.prepared(plan.todo) for p in passes]  # e.g. int8 calibration tiles from these scans
+            todo = _refuse_by_header(plan.todo, options, run_table, seen)  # before any engine is built
+            if todo:
+                ready = [p.prepared(todo) for p in passes]  # the weights; e.g. int8 calibration tiles
                 if cluster is not None:
-                    _run_distributed(plan.todo, store, cluster, ready, options, key, summary.run_id, scratch_root,
+                    _run_distributed(todo, store, cluster, ready, options, key, summary.run_id, scratch_root,
                                      run_table, seen)
                 else:
                     from semtile.execution.local import process_scans
 
-                    process_scans(plan.todo, store, passes=ready, options=options, table=run_table,
+                    process_scans(todo, store, passes=ready, options=options, table=run_table,
                                   scratch=scratch_root, on_image=seen, run_id=summary.run_id)
         except Interrupted as stop:
             summary.interrupted = str(stop)
