@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from semtile.errors import ImageError, SemtileError
+from semtile.errors import SemtileError
 from semtile.execution.outcome import ImageOutcome
 from semtile.execution.resume import output_key, plan_run
 from semtile.inference.options import ProcessOptions
@@ -122,23 +122,30 @@ def clean_stale_scratch(root: Path) -> int:
 
 
 def _refuse_by_header(todo: list[Path], options: ProcessOptions, run_table: RunTable, seen) -> list[Path]:
-    """The inputs to do less those a TIFF header alone refuses (over the pixel budget, not a TIFF, no such
-    page), each failed as its runner would fail it: a batch of refused inputs builds no engine."""
-    from semtile.execution.outcome import failed_outcome
-    from semtile.io.png import sniff_format
-    from semtile.io.tiff import open_scan
+    """The inputs to do less the TIFFs whose header claims more pixels than the budget, each failed as its
+    runner would fail it (the same check, from the header alone): a batch of header bombs builds no engine.
+    Anything else about a file (not a TIFF, a PNG, a broken page) is left to its runner."""
+    import tifffile
 
+    from semtile.execution.outcome import failed_outcome
+    from semtile.io.guards import DEFAULT_MAX_PIXELS, ImageTooLargeError, check_budget, check_file
+
+    budget = int(options.max_pixels or DEFAULT_MAX_PIXELS)
     kept = []
     for path in todo:
         try:
-            if sniff_format(path) is None:  # a PNG or JPEG decodes whole at open: its runner checks it
-                open_scan(path, page=options.page, databar_rows=0, max_pixels=options.max_pixels).close()
-        except ImageError as exc:
+            check_file(Path(path))
+            with tifffile.TiffFile(path) as tif:
+                page = tif.pages[int(options.page)]
+                if not isinstance(page, tifffile.TiffPage):
+                    page = page.aspage()
+                check_budget(Path(path), int(page.imagelength), int(page.imagewidth), int(page.imagedepth), budget)
+        except ImageTooLargeError as exc:
             outcome = failed_outcome(path, exc)
             run_table.add(path=str(path), status="error", error=outcome.error)
             seen(outcome)
             continue
-        except Exception:  # noqa: BLE001 - anything else is the runner's to report, with its traceback
+        except Exception:  # noqa: BLE001 - anything else is the runner's to find and report
             pass
         kept.append(path)
     return kept
