@@ -1,7 +1,7 @@
 """Structured logs: JSON lines when stderr is not a terminal, readable text when it is.
 
-On a terminal, by default (``compact``), only warnings and errors show, each
-as one line cut to the terminal's width (an image's failure as ``FAILED name:
+On a terminal, by default (``compact``), only semtile's warnings and errors
+(and Python warnings) show, each as one line cut to the terminal's width (an image's failure as ``FAILED name:
 reason``), so that a progress bar stays readable; ``verbosity`` 1 (``-v``)
 shows every event with its fields, 2 (``-vv``) debug events too, -1 (``-q``)
 warnings and errors only in every format.
@@ -140,9 +140,11 @@ _QUIET_FIELDS = frozenset({"event", "level", "timestamp", "logger", "exc_info", 
 
 def _compact(_logger, _name, event_dict: dict) -> str:
     """One terminal line per event, cut to the terminal's width: ``FAILED name: reason`` for an image."""
-    event = event_dict.get("event")
+    event, logger = event_dict.get("event"), str(event_dict.get("logger") or "semtile")
     if event == "image_error":  # its traceback is for -v; the image_failed line that follows says what failed
         raise structlog.DropEvent
+    if not logger.startswith(("semtile", "py.warnings")) and event_dict.get("level") != "critical":
+        raise structlog.DropEvent  # a library's complaint (tifffile on a broken header) is a detail, for -v
     if event == "image_failed":  # the file's name (its full path is in the run table and with -v)
         path = str(event_dict.get("path", ""))
         text = f"FAILED {path.rstrip('/').rsplit('/', 1)[-1] or path}: {event_dict.get('error')}"

@@ -112,3 +112,20 @@ def test_logging_options_after_the_command(scans, tiny_bundle, tmp_path):
 def test_quiet_and_verbose_together_is_a_usage_error():
     result = CliRunner().invoke(main, ["-q", "engines", "-v"])
     assert result.exit_code == 2 and "-q and -v" in result.output
+
+
+def test_compact_lines(monkeypatch):
+    import structlog
+
+    from semtile import logs
+
+    monkeypatch.setattr(logs.shutil, "get_terminal_size", lambda fallback: os.terminal_size((40, 24)))
+    line = logs._compact(None, "warning", {"event": "image_failed", "level": "warning", "path": "/a/b/scan 1.tif",
+                                           "error": "header claims\n100000x100000", "timestamp": "t"})
+    assert line == "FAILED scan 1.tif: header claims 100..." and len(line) == 39
+    assert logs._compact(None, "warning", {"event": "deprecated_option", "level": "warning", "option": "--x",
+                                           "logger": "semtile.cli"}) == "warning: deprecated_option option=--x"
+    for dropped in ({"event": "image_error", "level": "error", "exc_info": True},
+                    {"event": "incorrect StripByteCounts", "level": "error", "logger": "tifffile"}):
+        with pytest.raises(structlog.DropEvent):
+            logs._compact(None, "error", dropped)
