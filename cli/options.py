@@ -191,7 +191,6 @@ def cluster_options(func):
 def cluster_spec(kw: dict):
     """The ClusterSpec the cluster options ask for (None: in this process); pops them from ``kw``."""
     from semtile.errors import SemtileError
-    from semtile.execution.distributed import ClusterSpec
 
     cluster, workers = kw.pop("cluster"), kw.pop("workers")
     address, scheduler_file = kw.pop("scheduler_address"), kw.pop("scheduler_file")
@@ -202,6 +201,9 @@ def cluster_spec(kw: dict):
         raise SemtileError(f"{' and '.join(chosen)}: choose one place to run")
     if workers and cluster != "local":
         raise SemtileError("--workers goes with --cluster local")
+    if not chosen:
+        return None
+    from semtile.execution.distributed import ClusterSpec  # dask.distributed: only for a cluster
     if address:
         return ClusterSpec(kind="address", address=address)
     if scheduler_file:
@@ -228,11 +230,26 @@ def train_config(kw: dict):
     return arch, config, Architecture
 
 
+def verbosity() -> int:
+    """The command line's -q (-1), default (0) or -v count (1, 2), as the group read it."""
+    ctx = click.get_current_context(silent=True)
+    return int(ctx.meta.get("semtile.verbosity", 0)) if ctx is not None else 0
+
+
+def live_failures() -> bool:
+    """Whether an image's failure was already shown as its own line while the run went (a terminal's compact
+    log), so the summary need not list it again."""
+    from semtile.logs import compact_terminal
+
+    return compact_terminal()
+
+
 class Progress:
-    """A click progress bar on a terminal only; yields an ``advance(n)`` callable or None."""
+    """A click progress bar on a terminal only (not with -q); yields an ``advance(n)`` callable or None."""
 
     def __init__(self, total: int, label: str):
-        self.bar = click.progressbar(length=total, label=label, file=sys.stderr) if sys.stderr.isatty() else None
+        shown = sys.stderr.isatty() and verbosity() >= 0
+        self.bar = click.progressbar(length=total, label=label, file=sys.stderr) if shown else None
 
     def __enter__(self):
         if self.bar:

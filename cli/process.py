@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from semtile.cli.options import Progress, SectionedCommand, cluster_options, cluster_spec
+from semtile.cli.options import Progress, SectionedCommand, cluster_options, cluster_spec, live_failures
 from semtile.engines import ENGINE_NAMES, engines_for
 from semtile.errors import SemtileError
 
@@ -85,25 +85,24 @@ def process(inputs, out, csv_path, model, classifier, segmenter, engine_name, pr
     others are still written), 2 usage or setup error, 3 interrupted
     (SIGTERM or SIGINT; finished results are kept, the rest left for a rerun).
     """
-    from semtile.engines import EngineSettings
-    from semtile.execution.batch import run_process
-    from semtile.inference.options import ProcessOptions
-    from semtile.inference.segment import segment_pass
     from semtile.io.discover import discover_scans
-    from semtile.models.io import load_bundle
-    from semtile.models.naming import builtin_note
+    from semtile.models.naming import builtin_note, builtin_parts
 
     if force and keep_existing:
         raise click.UsageError("--force redoes every image, --keep-existing skips every image with a result: "
                                "pick one")
-    try:
+    try:  # the inputs first, before anything heavy is imported: a wrong path fails at once
         where = cluster_spec(cluster)
         found = discover_scans(inputs)
         scans = found.scans
         if not scans:
             why = "".join(f"; {path}: {reason}" for path, reason in found.problems)
             raise SemtileError(f"no scans (.tif, .tiff, .png, .jpg, .jpeg) found in {', '.join(map(str, inputs))}{why}")
-        bundle = load_bundle(model, classifier=classifier, segmenter=segmenter)
+        from semtile.engines import EngineSettings
+        from semtile.execution.batch import run_process
+        from semtile.inference.options import ProcessOptions
+        from semtile.inference.segment import segment_pass_of_files
+
         options = ProcessOptions(tile=tile, halo=halo, batch_size=batch_size, threshold=threshold,
                                  page=page, databar_rows=databar_rows, max_pixels=max_pixels,
                                  **({} if region_pixels is None else {"region_pixels": region_pixels}))
@@ -111,7 +110,8 @@ def process(inputs, out, csv_path, model, classifier, segmenter, engine_name, pr
             raise SemtileError(f"--torch-compile applies to the torch-cuda and torch-cpu engines, not {engine_name!r}")
         settings = EngineSettings(tile=tile, halo=options.halo, batch_size=batch_size, precision=precision,
                                   threads=threads, compile=torch_compile)
-        passes = [segment_pass(bundle, engine_name, settings, options)]  # refused here: nothing written yet
+        # from the cards, refused here (nothing written yet); the weights load only when there is work
+        passes = [segment_pass_of_files(model, classifier, segmenter, engine_name, settings, options)]
         if anomaly_model is not None:
             from semtile.defects.anomaly_pass import anomaly_pass
 
@@ -125,7 +125,8 @@ def process(inputs, out, csv_path, model, classifier, segmenter, engine_name, pr
                                   on_image=(lambda _: progress(1)) if progress else None, cluster=where)
     except SemtileError as exc:
         raise click.UsageError(str(exc)) from exc
-    for outcome in summary.failed:
+    builtin = builtin_parts(passes[0].provenance)
+    for outcome in [] if live_failures() else summary.failed:  # on a terminal each was shown as it failed
         click.echo(f"FAILED {outcome.path}: {outcome.error}", err=True)
     if summary.table_error:
         click.echo(f"WARNING {summary.table_error}", err=True)
@@ -135,5 +136,5 @@ def process(inputs, out, csv_path, model, classifier, segmenter, engine_name, pr
     done = len(summary.outcomes) - len(summary.failed)
     click.echo(f"{done} done, {len(summary.skipped)} skipped (already complete), {len(summary.failed)} failed"
                + (f"; interrupted by {summary.interrupted}" if summary.interrupted else "")
-               + (f"; {builtin_note(bundle.builtin)}" if bundle.builtin and done else ""), err=True)
+               + (f"; {builtin_note(builtin)}" if builtin and done else ""), err=True)
     sys.exit(summary.exit_code)

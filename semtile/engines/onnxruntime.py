@@ -9,7 +9,6 @@ import numpy as np
 
 from semtile.engines.base import DefectEngine, Engine, EngineOutput
 from semtile.errors import SemtileError
-from semtile.models.export import ONNX_NAME, export_model, read_export_manifest
 
 __all__ = ["OnnxRuntimeEngine", "OnnxRuntimeDefectEngine", "onnxruntime_available"]
 
@@ -31,6 +30,8 @@ class OnnxRuntimeEngine(Engine):
         if not ok:
             raise SemtileError(why)
         import onnxruntime as ort
+
+        from semtile.models.export import read_export_manifest  # torch: only to build
 
         folder = Path(bundle_dir)
         manifest = read_export_manifest(folder, kind="bundle")
@@ -70,6 +71,8 @@ class OnnxRuntimeDefectEngine(DefectEngine):
         if not ok:
             raise SemtileError(why)
         import onnxruntime as ort
+
+        from semtile.models.export import ONNX_NAME, export_model
 
         super().__init__(model, int(tile or model.tile))
         folder = export_model(model, tile=self.tile)

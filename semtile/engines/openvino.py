@@ -9,7 +9,6 @@ import numpy as np
 
 from semtile.engines.base import DefectEngine, Engine, EngineOutput
 from semtile.errors import SemtileError
-from semtile.models.export import ONNX_NAME, export_model, read_export_manifest
 
 __all__ = ["OpenVINOEngine", "OpenVINODefectEngine", "openvino_available", "openvino_default_precision",
            "openvino_cpu_config"]
@@ -50,6 +49,8 @@ class OpenVINOEngine(Engine):
         if precision not in PRECISIONS:
             raise SemtileError(f"unknown OpenVINO precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
         import openvino as ov
+
+        from semtile.models.export import read_export_manifest  # torch: only to build
 
         folder = Path(bundle_dir)
         manifest = read_export_manifest(folder, kind="bundle")
@@ -98,6 +99,8 @@ class OpenVINODefectEngine(DefectEngine):
         if precision not in ("auto", "f32", "bf16"):
             raise SemtileError(f"the openvino defect engine runs f32 or bf16 (or auto), not {precision!r}")
         import openvino as ov
+
+        from semtile.models.export import ONNX_NAME, export_model
 
         super().__init__(model, int(tile or model.tile))
         self.precision = openvino_default_precision() if precision == "auto" else precision

@@ -87,13 +87,51 @@ class EngineEntry:
 # -- probes and builders (lazy imports) ----------------------------------------------------------
 
 
+def _installed(package: str) -> str | None:
+    """The installed version of ``package`` from its metadata (None: not installed); nothing is imported."""
+    from importlib import metadata
+    from importlib.util import find_spec
+
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "unknown version" if find_spec(package) is not None else None
+
+
+def no_cuda_here() -> str | None:
+    """Why no CUDA engine can run here, told without importing torch (None: one might, so probe it).
+
+    A CUDA engine needs the NVIDIA driver (``/proc/driver/nvidia`` or ``libcuda``) and a torch built
+    with CUDA (a ``+cpu`` wheel is not).
+    """
+    import ctypes.util
+    import os
+
+    torch_version = _installed("torch")
+    if torch_version is None:
+        return "PyTorch is not installed"
+    if torch_version.endswith("+cpu"):
+        return f"this PyTorch ({torch_version}) was built without CUDA support"
+    if not os.path.exists("/proc/driver/nvidia") and ctypes.util.find_library("cuda") is None:
+        return "no NVIDIA driver here (no /proc/driver/nvidia, no libcuda)"
+    return None
+
+
 def _probe_tensorrt():
+    if _installed("tensorrt") is None:
+        return False, "TensorRT is not installed"
+    why = no_cuda_here()
+    if why:
+        return False, f"TensorRT is installed but {why}"
     from semtile.engines.tensorrt import tensorrt_available
 
     return tensorrt_available()
 
 
 def _probe_torch_cuda():
+    why = no_cuda_here()
+    if why:
+        return False, why
     from semtile.engines.torch_cuda import torch_cuda_available
 
     return torch_cuda_available()
@@ -112,9 +150,8 @@ def _probe_onnxruntime():
 
 
 def _probe_torch_cpu():
-    import torch
-
-    return True, f"torch {torch.__version__}"
+    version = _installed("torch")
+    return (False, "PyTorch is not installed") if version is None else (True, f"torch {version}")
 
 
 def _openvino_default() -> str:

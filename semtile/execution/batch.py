@@ -145,6 +145,36 @@ def clean_stale_scratch(root: Path) -> int:
     return removed
 
 
+def _refuse_by_header(todo: list[Path], options: ProcessOptions, run_table: RunTable, seen) -> list[Path]:
+    """The inputs to do less the TIFFs whose header claims more pixels than the budget, each failed as its
+    runner would fail it (the same check, from the header alone): a batch of header bombs builds no engine.
+    Anything else about a file (not a TIFF, a PNG, a broken page) is left to its runner."""
+    import tifffile
+
+    from semtile.execution.outcome import failed_outcome
+    from semtile.io.guards import DEFAULT_MAX_PIXELS, ImageTooLargeError, check_budget, check_file
+
+    budget = int(options.max_pixels or DEFAULT_MAX_PIXELS)
+    kept = []
+    for path in todo:
+        try:
+            check_file(Path(path))
+            with tifffile.TiffFile(path) as tif:
+                page = tif.pages[int(options.page)]
+                if not isinstance(page, tifffile.TiffPage):
+                    page = page.aspage()
+                check_budget(Path(path), int(page.imagelength), int(page.imagewidth), int(page.imagedepth), budget)
+        except ImageTooLargeError as exc:
+            outcome = failed_outcome(path, exc)
+            run_table.add(path=str(path), status="error", error=outcome.error)
+            seen(outcome)
+            continue
+        except Exception:  # noqa: BLE001 - anything else is the runner's to find and report
+            pass
+        kept.append(path)
+    return kept
+
+
 def _run_distributed(todo, store, cluster, passes, options, key, run_id, scratch_root, run_table, seen) -> None:
     """The scans to do as tasks on a Dask cluster; outcomes reach the run table as they arrive."""
     from semtile.execution.distributed import connect, process_scans_distributed
@@ -266,15 +296,16 @@ def run_process(
                 log.warning("image_failed", path=str(path), error=conflict.reason, kind="ResultConflict")
                 run_table.add(path=str(path), status="error", error=conflict.reason)
                 seen(ImageOutcome(path=Path(path), status="error", error=conflict.reason))
-            if plan.todo:
-                ready = [p.prepared(plan.todo) for p in passes]  # e.g. int8 calibration tiles from these scans
+            todo = _refuse_by_header(plan.todo, options, run_table, seen)  # before any engine is built
+            if todo:
+                ready = [p.prepared(todo) for p in passes]  # the weights; e.g. int8 calibration tiles
                 if cluster is not None:
-                    _run_distributed(plan.todo, store, cluster, ready, options, key, summary.run_id, scratch_root,
+                    _run_distributed(todo, store, cluster, ready, options, key, summary.run_id, scratch_root,
                                      run_table, seen)
                 else:
                     from semtile.execution.local import process_scans
 
-                    process_scans(plan.todo, store, passes=ready, options=options, table=run_table,
+                    process_scans(todo, store, passes=ready, options=options, table=run_table,
                                   scratch=scratch_root, on_image=seen, run_id=summary.run_id)
         except Interrupted as stop:
             summary.interrupted = str(stop)

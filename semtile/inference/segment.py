@@ -22,7 +22,7 @@ from semtile.inference.options import MIN_SIDE, ProcessOptions
 from semtile.inference.passes import Pass, PassResult, PassRunner, RegionJudgement, TileOutputs, register_pass
 from semtile.inference.split import GridRule, TileGrid
 
-__all__ = ["SegmentPass", "EngineRunner", "segment_pass", "OUTPUT_PARAMETERS"]
+__all__ = ["SegmentPass", "EngineRunner", "segment_pass", "segment_pass_of_files", "OUTPUT_PARAMETERS"]
 
 #: The ProcessOptions fields that change a result (the completion key's ``parameters``).
 OUTPUT_PARAMETERS = ("tile", "halo", "threshold", "page", "databar_rows")
@@ -80,6 +80,7 @@ class SegmentPass(Pass):
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
         state["bundle"] = state["prebuilt"] = None  # workers load the files (and check their sha256)
+        state.pop("_loaded", None)
         return state
 
     @classmethod
@@ -116,18 +117,10 @@ class SegmentPass(Pass):
 
     def build_runner(self) -> EngineRunner:
         from semtile.engines import create_engine
-        from semtile.models.io import load_bundle
 
         if self.prebuilt is not None:
             return EngineRunner(self.prebuilt)
-        bundle = self.bundle
-        if bundle is None:
-            bundle = replace(load_bundle(None, classifier=self.classifier, segmenter=self.segmenter),
-                             source=self.source)
-            got = (bundle.classifier.sha256, bundle.segmenter.sha256)
-            if got != tuple(self.sha256):
-                raise SemtileError(f"the model files changed since the run started ({self.classifier}, "
-                                   f"{self.segmenter}): sha256 {got} != {tuple(self.sha256)}")
+        bundle = self.bundle if self.bundle is not None else self._load_checked()
         threads = self.settings.threads
         share = os.environ.get("SEMTILE_WORKERS_ON_HOST")
         if threads is None and share:  # a Dask worker: its share of the host's cores
@@ -175,11 +168,28 @@ class SegmentPass(Pass):
                 "engine_reason": self.engine_reason}
 
     def prepared(self, scans: list) -> SegmentPass:
-        if self.precision != "int8" or self.calibration is not None or not scans:
-            return self
+        made = self
+        if self.bundle is None and self.prebuilt is None and scans:  # planned from the cards: load and check now
+            made = replace(self, bundle=self._load_checked(), provenance=self._load_checked().provenance())
+        if made.precision != "int8" or made.calibration is not None or not scans:
+            return made
         from semtile.inference.sampling import calibration_tiles
 
-        return replace(self, calibration=calibration_tiles(list(scans), self.options))
+        return replace(made, calibration=calibration_tiles(list(scans), made.options))
+
+    def _load_checked(self):
+        """The bundle of the pass's files (loaded once), checked against the sha256s the run was planned with."""
+        if self.__dict__.get("_loaded") is None:
+            from semtile.models.io import load_bundle
+
+            bundle = replace(load_bundle(None, classifier=self.classifier, segmenter=self.segmenter),
+                             source=self.source)
+            got = (bundle.classifier.sha256, bundle.segmenter.sha256)
+            if got != tuple(self.sha256):
+                raise SemtileError(f"the model files changed since the run started ({self.classifier}, "
+                                   f"{self.segmenter}): sha256 {got} != {tuple(self.sha256)}")
+            object.__setattr__(self, "_loaded", bundle)
+        return self.__dict__["_loaded"]
 
 
 def segment_pass(bundle, engine: str = "auto", settings: EngineSettings = EngineSettings(),
@@ -201,3 +211,25 @@ def segment_pass(bundle, engine: str = "auto", settings: EngineSettings = Engine
                        settings=replace(settings, tile=options.tile, halo=options.halo,
                                         batch_size=options.batch_size),
                        options=options, bundle=bundle)
+
+
+def segment_pass_of_files(model_dir=None, classifier=None, segmenter=None, engine: str = "auto",
+                          settings: EngineSettings = EngineSettings(),
+                          options: ProcessOptions = ProcessOptions()) -> SegmentPass:
+    """:func:`segment_pass` of the files :func:`~semtile.models.io.load_bundle` would load, planned from their
+    cards and sha256s alone: nothing is loaded and torch is not imported, so a run with nothing to do stays
+    quick. :meth:`SegmentPass.prepared` loads the weights (checked against these sha256s) when there is work.
+    """
+    from semtile.engines import resolve_engine
+    from semtile.models.cards import read_bundle_cards
+
+    cards = read_bundle_cards(model_dir, classifier=classifier, segmenter=segmenter)
+    options.validate(cards.multiple)
+    name, precision, why = resolve_engine(engine, settings.precision)
+    return SegmentPass(classifier=str(cards.classifier.path), segmenter=str(cards.segmenter.path),
+                       sha256=(cards.classifier.sha256, cards.segmenter.sha256), source=cards.source,
+                       labels=cards.labels, provenance=cards.provenance(), multiple=cards.multiple,
+                       engine=name, precision=precision, engine_reason=why,
+                       settings=replace(settings, tile=options.tile, halo=options.halo,
+                                        batch_size=options.batch_size),
+                       options=options)

@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 
 import torch
@@ -33,8 +32,9 @@ from torch import nn
 from semtile.errors import ModelError
 from semtile.io.discover import sha256_file
 from semtile.logs import get_logger
+from semtile.models.cards import builtin_folder, bundle_files
 from semtile.models.kinds import BUNDLE_KINDS, DEFECT_KINDS
-from semtile.models.naming import PARTS, builtin_caveat, bundle_source
+from semtile.models.naming import builtin_caveat
 from semtile.models.networks import Architecture, DefectArchitecture, architecture, build_model
 
 __all__ = ["CARD_FORMAT", "CARD_FORMATS", "LoadedModel", "ModelBundle", "save_model", "load_model", "update_card",
@@ -205,7 +205,7 @@ def load_model(path: str | Path, expect: str | Sequence[str] | None = None) -> L
 
 def builtin_bundle_dir() -> Path:
     """Folder of the built-in model shipped in the package."""
-    return Path(str(resources.files("semtile.models.builtin")))
+    return builtin_folder()
 
 
 def load_bundle(
@@ -221,29 +221,7 @@ def load_bundle(
     ModelError. Every part is recorded by absolute path; a part whose file lies
     in the built-in folder is named built-in, however it was given.
     """
-    builtin_dir = builtin_bundle_dir().resolve()
-    folder = Path(model_dir).absolute() if model_dir else None
-    if folder is not None and not folder.is_dir():
-        raise ModelError(f"{folder}: model folder not found")
-    given = {"classifier": classifier, "segmenter": segmenter}
-    paths: dict[str, Path] = {}
-    filled = []  # parts the folder lacks, taken from the built-in model
-    for part in PARTS:
-        if given[part]:
-            paths[part] = Path(given[part]).absolute()
-        elif folder is not None and (folder / f"{part}.pt").is_file():
-            paths[part] = folder / f"{part}.pt"
-        else:
-            paths[part] = builtin_dir / f"{part}.pt"
-            filled += [part] if folder is not None else []
-    if filled and all(p in filled or given[p] for p in PARTS):  # the folder gave nothing it was asked for
-        raise ModelError(f"{folder}: holds neither classifier.pt nor segmenter.pt; give a folder with either "
-                         f"or both (the other is then the built-in one), or the files with --classifier / --segmenter")
-    clf = load_model(paths["classifier"], "classifier")
-    seg = load_model(paths["segmenter"], "segmenter")
-    builtin = tuple(p for p in PARTS if paths[p].resolve().parent == builtin_dir)
-    for part in filled:
-        log.warning("model_part_builtin", folder=str(folder), part=part, path=str(paths[part]),
-                    note=f"{folder} has no {part}.pt: the built-in {part} is used (give another with --{part})")
-    source = bundle_source(paths, builtin, folder)
-    return ModelBundle(classifier=clf, segmenter=seg, source=source, builtin=builtin)
+    files = bundle_files(model_dir, classifier, segmenter)
+    clf = load_model(files.paths["classifier"], "classifier")
+    seg = load_model(files.paths["segmenter"], "segmenter")
+    return ModelBundle(classifier=clf, segmenter=seg, source=files.source, builtin=files.builtin)
