@@ -279,7 +279,7 @@ def _columns(table: pd.DataFrame, summary: dict, several_sets: bool = False) -> 
                 {"key": "px", "title": "pixel size (nm)", "kind": "num"},
                 {"key": "size", "title": "size (px)", "kind": "num"}]
     if table["seconds"].notna().any():
-        columns.append({"key": "sec", "title": "work s (stages summed)", "kind": "num"})
+        columns.append({"key": "sec", "title": "work s", "kind": "num"})  # per image, its stages summed
     if several_sets:
         columns.append({"key": "params", "title": "parameters", "kind": "text"})
     if summary["maps"]:

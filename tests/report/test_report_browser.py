@@ -129,3 +129,40 @@ def test_the_table_sorts_filters_pages_and_opens_a_larger_view_with_maps(browser
     assert page.eval_on_selector("#viewer", "d => d.open") is False
     assert errors == []
     page.close()
+
+
+def test_the_table_fits_a_1400_pixel_window_with_its_maps_column(browser, tmp_path):
+    """Long file names (as the public lung-cell scans have), two parameter sets, a maps column and times: the
+    images table needs no sideways scroll in a 1400-pixel window."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "results"))
+    from sample_results import add_heat_map, sample_result
+
+    from semtile.store import open_store
+
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    store_path = tmp_path / "r.zarr"
+    store = open_store(store_path)
+    names = []
+    for i in range(3):
+        source = scans / f"NiO_Bottom_of_Insert_DC_02052021_5KV_1200_showing_activity_ETD-HV_5_{i}_long_name.tif"
+        source.write_bytes(b"")
+        result = sample_result(source, i, shape=(120, 160))
+        result.attrs["provenance"]["parameters"] = {"tile": 64, "halo": 8, "threshold": 0.3 + 0.2 * (i % 2)}
+        names.append(store.claim(source))
+        store.write(names[-1], result)
+    for name in names:
+        add_heat_map(store_path, name, shape=(120, 160))
+    index = build_report(store_path, tmp_path / "report").index
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    page.goto(index.as_uri(), wait_until="load")
+    page.wait_for_selector("body[data-ready=true]")
+    keys = page.eval_on_selector_all("#images thead th", "ths => ths.map(t => t.dataset.key || '')")
+    assert {"maps", "sec", "params"} <= set(keys), keys
+    widths = page.evaluate("() => [document.documentElement.scrollWidth, window.innerWidth,"
+                           " document.querySelector('#images').getBoundingClientRect().right]")
+    page_width, window_width, table_right = widths
+    assert page_width <= window_width and table_right <= window_width, widths
+    page.close()
