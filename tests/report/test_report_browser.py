@@ -137,9 +137,9 @@ def test_the_table_fits_a_1400_pixel_window_with_its_maps_column(browser, tmp_pa
     import sys
 
     sys.path.insert(0, str(Path(__file__).parents[1] / "results"))
-    from sample_results import add_heat_map, sample_result
-
     from semtile.store import open_store
+
+    from sample_results import add_heat_map, sample_result
 
     scans = tmp_path / "scans"
     scans.mkdir()
