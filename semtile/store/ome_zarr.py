@@ -4,7 +4,7 @@ The root group's attributes are ``{"semtile": {"store": "ome-zarr", "version": 1
 claims and temporaries live in the hidden folder ``.semtile``
 (:mod:`semtile.store.directory`). Each result ``<name>`` is an NGFF image::
 
-    <name>/zarr.json        ome: version "0.5", multiscales (axes y, x; a scale per level)
+    <name>/zarr.json        ome: version "0.5", multiscales (axes y, x; a scale per level), omero (channel "scan")
                             semtile: source_path, labels, label, adhesive_ratio,
                                      attrs (ImageResult.attrs; provenance a stub), record
     <name>/provenance.json  the full provenance (semtile.store.provenance; old results: inline)
@@ -73,6 +73,7 @@ NGFF_VERSION = "0.5"
 ROOT_ATTRS = {"store": "ome-zarr", "version": 1}
 LABEL = "adhesive"
 LABEL_COLOR = [255, 80, 0, 160]  # RGBA of label 1
+OMERO = {"channels": [{"label": "scan", "color": "FFFFFF", "active": True, "window": {"min": 0, "max": 65535, "start": 0, "end": 65535}}], "rdefs": {"model": "greyscale"}}  # napari-ome-zarr: layer "<file>: scan"
 MIN_LEVEL_SIDE = 256
 CHUNK = 512
 QUANT = 65535.0
@@ -214,7 +215,7 @@ def _create_group(staged: Path, shape: tuple[int, int], pixel_size: Any) -> zarr
     for k, level in enumerate(shapes):
         array(adhesive, str(k), level, np.uint8)
     array(group, "mask", shapes[0], np.float32)
-    group.attrs["ome"] = {"version": NGFF_VERSION,
+    group.attrs["ome"] = {"version": NGFF_VERSION, "omero": OMERO,
                           "multiscales": [{"name": "image", **_multiscale(len(shapes), pixel_size, "mean")}]}
     return group
 

@@ -134,3 +134,14 @@ def test_a_store_with_the_provenance_inline_still_reads(tmp_path):
     (group / "provenance.json").unlink()
     assert open_results(store)["scan_0"].provenance == provenance
     assert read_as_napari(plugin_manager(), group)[1][1]["name"] == "adhesive"
+
+
+def test_napari_ome_zarr_names_the_image_by_its_whole_file_name(tmp_path, capsys):
+    """New results carry NGFF ``omero`` channel metadata: napari-ome-zarr's layer is ``<file>: scan``, uncut."""
+    store = write_results(tmp_path, n=1, failures=False)
+    ome = json.loads((store / "scan_0" / "zarr.json").read_text())["attributes"]["ome"]
+    assert ome["omero"]["channels"][0]["label"] == "scan" and ome["omero"]["rdefs"]["model"] == "greyscale"
+    plugin = pytest.importorskip("napari_ome_zarr._reader")  # where napari and the plugin are installed
+    layers = plugin.napari_get_reader(str(store / "scan_0"))(str(store / "scan_0"))
+    assert layers[0][1]["name"] == "scan_0.tif: scan" and layers[0][2] == "image"
+    assert len(capsys.readouterr().out) < 4096  # the plugin prints the group's attributes
