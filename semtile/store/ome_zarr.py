@@ -4,9 +4,10 @@ The root group's attributes are ``{"semtile": {"store": "ome-zarr", "version": 1
 claims and temporaries live in the hidden folder ``.semtile``
 (:mod:`semtile.store.directory`). Each result ``<name>`` is an NGFF image::
 
-    <name>/zarr.json        ome: version "0.5", multiscales (axes y, x; a scale per level)
+    <name>/zarr.json        ome: version "0.5", multiscales (axes y, x; a scale per level), omero (channel "scan")
                             semtile: source_path, labels, label, adhesive_ratio,
-                                     attrs (ImageResult.attrs, provenance included), record
+                                     attrs (ImageResult.attrs; provenance a stub), record
+    <name>/provenance.json  the full provenance (semtile.store.provenance; old results: inline)
     <name>/0, 1, ...        the normalised image, level k downsampled 2**k times (uint16, below)
     <name>/labels/zarr.json           ome: labels ["adhesive"]
     <name>/labels/adhesive/zarr.json  ome: image-label (label 1 "adhesive", its colour,
@@ -63,6 +64,7 @@ import zarr
 from semtile.errors import SemtileError
 from semtile.store.base import ImageResult, StoredResult, check_map_name, check_result, jsonable, map_dtype, source_key
 from semtile.store.directory import DirectoryStore
+from semtile.store.provenance import read_provenance, write_provenance
 
 __all__ = ["OmeZarrStore", "NGFF_VERSION", "ROOT_ATTRS", "LABEL", "MIN_LEVEL_SIDE", "CHUNK", "is_ome_root", "level_shapes",
            "write_region", "write_map_pyramid"]
@@ -71,6 +73,7 @@ NGFF_VERSION = "0.5"
 ROOT_ATTRS = {"store": "ome-zarr", "version": 1}
 LABEL = "adhesive"
 LABEL_COLOR = [255, 80, 0, 160]  # RGBA of label 1
+OMERO = {"channels": [{"label": "scan", "color": "FFFFFF", "active": True, "window": {"min": 0, "max": 65535, "start": 0, "end": 65535}}], "rdefs": {"model": "greyscale"}}  # napari-ome-zarr: layer "<file>: scan"
 MIN_LEVEL_SIDE = 256
 CHUNK = 512
 QUANT = 65535.0
@@ -212,7 +215,7 @@ def _create_group(staged: Path, shape: tuple[int, int], pixel_size: Any) -> zarr
     for k, level in enumerate(shapes):
         array(adhesive, str(k), level, np.uint8)
     array(group, "mask", shapes[0], np.float32)
-    group.attrs["ome"] = {"version": NGFF_VERSION,
+    group.attrs["ome"] = {"version": NGFF_VERSION, "omero": OMERO,
                           "multiscales": [{"name": "image", **_multiscale(len(shapes), pixel_size, "mean")}]}
     return group
 
@@ -264,7 +267,6 @@ def _reduce_in_bands(source: zarr.Array, target: zarr.Array, reduce: str) -> Non
         t = r // 2
         block = np.asarray(source[r: r + band])
         target[t: t + CHUNK] = _halve_map(block) if reduce == "map" else _next_level(block, reduce)
-
 
 
 class _Converted:
@@ -337,7 +339,7 @@ class OmeZarrStore(DirectoryStore):
                      mask=np.asarray(result.mask), levels=len(level_shapes(shape)) - 1, group=group)
         del image
         maps = self._write_maps(staged, result.maps, result.map_attrs, result.attrs.get("pixel_size_m"))
-        self._finish_group(group, result, maps)
+        self._finish_group(group, result, maps, staged)
 
     # -- extra maps ----------------------------------------------------------------------------------
 
@@ -367,12 +369,12 @@ class OmeZarrStore(DirectoryStore):
     def _pixel_size(self, attrs: dict) -> Any:
         return ((attrs.get("semtile") or {}).get("attrs") or {}).get("pixel_size_m")
 
-    def _finish_group(self, group: zarr.Group, result: ImageResult, maps: dict | None = None) -> None:
+    def _finish_group(self, group: zarr.Group, result: ImageResult, maps: dict | None, staged: Path) -> None:
         group.create_array("class_probs", data=np.asarray(result.class_probs).astype(np.float32, copy=False),
                            dimension_names=("label",))
         semtile = jsonable({"source_path": source_key(result.source), "labels": list(result.labels),
                             "label": result.label, "adhesive_ratio": float(result.adhesive_ratio),
-                            "attrs": dict(result.attrs), "record": result.record})
+                            "attrs": write_provenance(staged, jsonable(dict(result.attrs))), "record": result.record})
         if maps:
             semtile[self._MAPS_KEY] = maps
         ome = dict(group.attrs["ome"])
@@ -451,7 +453,7 @@ class OmeZarrStore(DirectoryStore):
                 level0 = group[f"{m}/0"]
                 maps[m] = jsonable({**dict(result.map_attrs.get(m) or {}), "dtype": str(level0.dtype),
                                     "shape": list(level0.shape), "levels": len(list(group[m].array_keys()))})
-            self._finish_group(group, result, maps)
+            self._finish_group(group, result, maps, staged)
 
         self._complete(Path(staged), name, result, finish)
 
@@ -493,5 +495,6 @@ class OmeZarrStore(DirectoryStore):
 
         return StoredResult(name=name, source=Path(semtile["source_path"]), labels=list(semtile["labels"]),
                             label=semtile["label"], adhesive_ratio=float(semtile["adhesive_ratio"]),
-                            attrs=dict(semtile.get("attrs") or {}), open_array=open_array,
+                            attrs=read_provenance(self.path / name, dict(semtile.get("attrs") or {})),
+                            open_array=open_array,
                             record=self._record_of(attrs), maps=maps, open_map=open_map)

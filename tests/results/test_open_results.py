@@ -153,10 +153,10 @@ def test_the_hypothesis_curve_comes_from_provenance_or_the_card(tmp_path):
     store = write_results(tmp_path / "c", n=1, failures=False)
     weights = tmp_path / "model" / "segmenter.pt"
     weights.parent.mkdir()
-    meta_path = store / "scan_0" / "zarr.json"
-    meta = json.loads(meta_path.read_text())
-    meta["attributes"]["semtile"]["attrs"]["provenance"]["model"]["segmenter"]["path"] = str(weights)
-    meta_path.write_text(json.dumps(meta))
+    prov_path = store / "scan_0" / "provenance.json"  # the full provenance, beside zarr.json
+    prov = json.loads(prov_path.read_text())
+    prov["model"]["segmenter"]["path"] = str(weights)
+    prov_path.write_text(json.dumps(prov))
     card = {"sha256": SEGMENTER_SHA, "training": {"hypothesis": "sqrt", "g": [1.0, 0.5, 0.3, 0.0]}}
     weights.with_suffix(".json").write_text(json.dumps(card))
     curve = open_results(store).hypothesis_curve()

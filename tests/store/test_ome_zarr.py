@@ -59,7 +59,8 @@ def test_new_stores_are_ome_zarr_and_old_ones_open_with_their_backend(tmp_path):
 def test_the_layout_of_one_image(tmp_path):
     store, name, result = written(tmp_path)
     group = tmp_path / "r.zarr" / name
-    assert sorted(p.name for p in group.iterdir()) == ["0", "1", "2", "class_probs", "labels", "mask", "zarr.json"]
+    assert sorted(p.name for p in group.iterdir()) == ["0", "1", "2", "class_probs", "labels", "mask", "provenance.json",
+                                                         "zarr.json"]
     root = zarr.open_group(str(group), mode="r")
     assert [root[str(k)].shape for k in range(3)] == [(1030, 700), (515, 350), (258, 175)] == level_shapes((1030, 700))
     assert {root[str(k)].dtype for k in range(3)} == {np.dtype(np.uint16)}
@@ -74,7 +75,11 @@ def test_the_layout_of_one_image(tmp_path):
     attrs = root.attrs.asdict()
     assert set(attrs) == {"ome", "semtile"}
     assert attrs["semtile"]["source_path"] == str(result.source.resolve())
-    assert attrs["semtile"]["attrs"]["provenance"] == result.attrs["provenance"]
+    # The provenance is a document beside zarr.json (viewers print the attributes); the attributes keep a stub.
+    stub = attrs["semtile"]["attrs"]["provenance"]
+    assert stub["document"] == "provenance.json" and stub["input"] == result.attrs["provenance"]["input"]
+    assert json.loads((group / "provenance.json").read_text()) == result.attrs["provenance"]
+    assert store.read(name).attrs["provenance"] == result.attrs["provenance"]
     assert attrs["semtile"]["record"] == result.record
     assert attrs["ome"]["version"] == "0.5"
     labels = zarr.open_group(str(group / "labels"), mode="r").attrs.asdict()
