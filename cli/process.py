@@ -134,7 +134,10 @@ def process(inputs, out, csv_path, model, classifier, segmenter, engine_name, pr
         if note:
             click.echo(note, err=True)
     done = len(summary.outcomes) - len(summary.failed)
-    click.echo(f"{done} done, {len(summary.skipped)} skipped (already complete), {len(summary.failed)} failed"
+    complete = len(summary.skipped) - len(summary.kept)  # --keep-existing keeps results made otherwise too
+    skipped = f"{complete} skipped (already complete)" + (f", {len(summary.kept)} kept (--keep-existing)"
+                                                           if summary.kept else "")
+    click.echo(f"{done} done, {skipped}, {len(summary.failed)} failed"
                + (f"; interrupted by {summary.interrupted}" if summary.interrupted else "")
                + (f"; {builtin_note(builtin)}" if builtin and done else ""), err=True)
     sys.exit(summary.exit_code)

@@ -99,7 +99,7 @@ def test_keep_existing_skips_every_stored_result_whatever_it_was_made_with(two_s
     kept = run_cli("process", two_scans, extra / "new.tif", "--out", out, "--model", tiny_bundle, *OPTIONS,
                    "--keep-existing", "--threshold", "0.7")
     assert kept.exit_code == 0, kept.stderr
-    assert "1 done, 2 skipped" in kept.stderr
+    assert "1 done, 0 skipped (already complete), 2 kept (--keep-existing), 0 failed" in kept.stderr
     assert "kept 2 results made with threshold 0.3 (this run: 0.7) (--keep-existing)" in kept.stderr
     assert not events(kept.stderr, "results_replaced")
     assert thresholds(out) == {**{p.name: 0.3 for p in two_scans.glob("*.tif")}, "new.tif": 0.7}
