@@ -21,7 +21,7 @@ from semtile.models.naming import PARTS, bundle_source
 
 log = get_logger("semtile.models")
 
-__all__ = ["CardModel", "BundleCards", "BundleFiles", "bundle_files", "read_bundle_cards"]
+__all__ = ["CardModel", "BundleCards", "BundleFiles", "bundle_files", "read_bundle_cards", "read_card"]
 
 #: The defaults of :class:`semtile.models.networks.Architecture`, in its field order.
 _ARCH_DEFAULTS = {"c": 32, "d": 4, "n": 2, "N": 1, "n_labels": 16}
@@ -116,14 +116,24 @@ class BundleCards:
         }
 
 
-def _read(path: Path, kind: str) -> CardModel:
+def read_card(path: str | Path) -> dict:
+    """The JSON card beside the weights ``path`` (``NAME.pt`` -> ``NAME.json``); ModelError naming what is missing."""
+    path = Path(path)
     card_file = path.with_suffix(".json")
     if not path.is_file():
         raise ModelError(f"{path}: model weights not found")
     if not card_file.is_file():
         raise ModelError(f"{path}: no model card {card_file.name} beside the weights")
     try:
-        card = json.loads(card_file.read_text())
+        return json.loads(card_file.read_text())
+    except ValueError as exc:
+        raise ModelError(f"{card_file}: not a valid model card ({exc})") from exc
+
+
+def _read(path: Path, kind: str) -> CardModel:
+    card_file = path.with_suffix(".json")
+    card = read_card(path)
+    try:
         fields = dict(card["architecture"])
         arch = {"kind": fields.pop("kind"), **_ARCH_DEFAULTS, **fields}
         int(arch["d"])

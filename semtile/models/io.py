@@ -32,7 +32,7 @@ from torch import nn
 from semtile.errors import ModelError
 from semtile.io.discover import sha256_file
 from semtile.logs import get_logger
-from semtile.models.cards import builtin_folder, bundle_files
+from semtile.models.cards import builtin_folder, bundle_files, read_card
 from semtile.models.kinds import BUNDLE_KINDS, DEFECT_KINDS
 from semtile.models.naming import builtin_caveat
 from semtile.models.networks import Architecture, DefectArchitecture, architecture, build_model
@@ -165,14 +165,7 @@ def load_model(path: str | Path, expect: str | Sequence[str] | None = None) -> L
     """
     path = Path(path)
     card_file = card_path(path)
-    if not path.is_file():
-        raise ModelError(f"{path}: model weights not found")
-    if not card_file.is_file():
-        raise ModelError(f"{path}: no model card {card_file.name} beside the weights")
-    try:
-        card = json.loads(card_file.read_text())
-    except ValueError as exc:
-        raise ModelError(f"{card_file}: not a valid model card ({exc})") from exc
+    card = read_card(path)
     if not isinstance(card, dict):
         raise ModelError(f"{card_file}: not a valid model card (a JSON {type(card).__name__})")
     found = card.get("format", "semtile-model/1")  # cards of the first version may lack it
