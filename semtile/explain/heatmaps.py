@@ -3,13 +3,9 @@
 For a batch of tiles and one class ``k`` (the image's predicted label, or a
 chosen one: one class for every tile of an image, so the maps of neighbouring
 tiles agree), :class:`TileExplainer` returns per-tile maps the size of the
-tile, which :func:`explain_array` (in memory, through
-:func:`semtile.inference.run.run_array` and the
-:class:`~semtile.inference.merge.BlendMerger`) or :func:`explain_blocks` (out
-of core, through :mod:`semtile.inference.regions`) blend with the same
-raised-cosine window as the mask; :class:`HeatMapPass` makes them a pass
-(:mod:`semtile.inference.passes`), run in memory or out of core by
-:func:`semtile.inference.run.run_pass`. Values are raw, never normalised per tile:
+tile. :class:`HeatMapPass` makes them a pass (:mod:`semtile.inference.passes`):
+:func:`semtile.inference.run.run_pass` blends them with the same raised-cosine
+window as the mask, in memory or out of core. Values are raw, never normalised per tile:
 a tile-wise normalisation would give each tile its own scale and make seams.
 Normalisation by the maximum belongs to the whole map, when it becomes a mask
 (:func:`semtile.explain.masks.heat_to_mask`).
@@ -34,9 +30,8 @@ or a CUDA device, whatever engine produced the results.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -45,12 +40,10 @@ from torch.nn import functional as F
 
 from semtile.errors import SemtileError
 from semtile.inference.passes import Pass, PassRunner, TileOutputs, register_pass
-from semtile.inference.regions import RegionPlan, accumulate_block, save_block
-from semtile.inference.run import run_array
 from semtile.inference.split import GridRule, TileGrid
 from semtile.models.networks import INPUT_MEAN, INPUT_STD, Classifier
 
-__all__ = ["KINDS", "TileExplainer", "HeatMapPass", "explain_array", "explain_blocks", "parse_kinds",
+__all__ = ["KINDS", "TileExplainer", "HeatMapPass", "parse_kinds",
            "border_jumps"]
 
 #: The heat maps semtile computes.
@@ -153,25 +146,6 @@ class HeatMapPass(Pass):
 
     def map_names(self) -> tuple[str, ...]:
         return self.kinds
-
-
-def explain_array(image, grid: TileGrid, explainer: TileExplainer, *, batch_size: int = 8) -> dict[str, np.ndarray]:
-    """Heat maps of a whole image held in memory (or any sliceable 2-D array): ``{kind: (H, W) float32}``."""
-    return run_array(image, grid, explainer, batch_size=batch_size)
-
-
-def explain_blocks(image, plan: RegionPlan, explainer: TileExplainer, folder: str | Path, *, batch_size: int = 8,
-                   progress: Callable[[int, int], None] | None = None) -> None:
-    """Out of core: every tile block's unnormalised blend of the heat maps saved under ``folder``.
-
-    Then :func:`semtile.inference.regions.assemble_region` gives each output
-    region's maps, equal to :func:`explain_array`'s up to float32 rounding.
-    Memory: one block of tiles and canvases at a time, whatever the image size.
-    """
-    for i, block in enumerate(plan.blocks):
-        save_block(folder, accumulate_block(image, plan, block, explainer, batch_size=batch_size))
-        if progress is not None:
-            progress(i + 1, len(plan.blocks))
 
 
 def border_jumps(heat: np.ndarray, grid: TileGrid, origin: tuple[int, int] = (0, 0)) -> dict[str, float]:

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from semtile.errors import SemtileError
-from semtile.explain.heatmaps import TileExplainer, border_jumps, explain_array, explain_blocks, parse_kinds
+from semtile.explain.heatmaps import HeatMapPass, TileExplainer, border_jumps, parse_kinds
 from semtile.explain.propose import read_gray
-from semtile.inference.regions import RegionPlan, assemble_region
-from semtile.inference.split import TileGrid
+from semtile.inference.run import run_pass
+from semtile.inference.split import GridRule, TileGrid
 from semtile.models.io import load_model
 from semtile.models.networks import Architecture, Classifier
 
@@ -56,19 +56,15 @@ def test_the_class_is_chosen_and_checked():
 
 
 def test_whole_scan_maps_have_no_seams_and_out_of_core_equals_in_memory(tiny_dataset, tiny_bundle, tmp_path):
-    """Region path forced (blocks of 2 x 2 tiles, 48-pixel regions) on a real synthetic scan."""
+    """Out of core forced (blocks of 2 x 2 tiles) on a real synthetic scan, through the runner explain uses."""
     path = sorted((tiny_dataset / "images").glob("*.tif"))[3]
     image, _ = read_gray(path)
     loaded = load_model(tiny_bundle / "classifier.pt", "classifier")
     grid = TileGrid(image.shape, 64, 8)  # the halo rule tile // 8; core 48: 3 x 4 tiles
-    explainer = TileExplainer(loaded.network, 1)
-    memory = explain_array(image, grid, explainer, batch_size=4)
-    plan = RegionPlan(grid, block_tiles=2, region=48)
-    explain_blocks(image, plan, explainer, tmp_path / "blocks", batch_size=4)
-    regions = {k: np.zeros(image.shape, np.float32) for k in ("gradcam", "cam")}
-    for i, (y0, y1, x0, x1) in enumerate(plan.regions):
-        for k, v in assemble_region(tmp_path / "blocks", plan, i, names=("gradcam", "cam")).items():
-            regions[k][y0:y1, x0:x1] = v
+    heat = HeatMapPass(GridRule(64, 8), 1, ("gradcam", "cam"), batch_size=4, network=loaded.network)
+    memory, _ = run_pass(image, heat)
+    out_of_core, _ = run_pass(image, heat, region_pixels=0, block_pixels=2 * grid.core, scratch=tmp_path)
+    regions = {k: np.asarray(v[...]) for k, v in out_of_core.items()}
     for kind in ("gradcam", "cam"):
         np.testing.assert_allclose(regions[kind], memory[kind], atol=1e-5 * max(1.0, np.abs(memory[kind]).max()))
         jumps = border_jumps(regions[kind], grid)
