@@ -10,15 +10,23 @@ overlap 0.25), synthetic 960 x 1280 scans (``--scans``, default 96):
   CUDA graph, with and without ``torch.compile`` (Inductor/Triton), and f32;
 * **MONAI** ``sliding_window_inference`` (gaussian blend) on every scan on the
   GPU: eager fp32 and fp16 autocast;
-* **end to end**: ``semtile process`` on the scans (read, tile, infer, stitch,
-  write) with the fastest fp16 engine: in process with stitching on the GPU,
-  in process with stitching on the CPU (Numba), and on a local Dask cluster of
-  ``--workers`` processes sharing the GPU. A profile of the stages (seconds
-  summed over scans) says where the time goes.
-* **parity**: the end-to-end fp16 masks against eager fp32 stitched on the CPU.
+* **the device pass** (first, so it is measured whatever the budget leaves):
+  ``semtile process`` end to end with the fp16 engine (CUDA graph) through the
+  pass that stays on the GPU (the default with torch-cuda: one upload per scan,
+  tiles cut, blended, thresholded and encoded there) against the host path
+  (tiles cut on the host, maps blended on the GPU by the device merger, or on
+  the CPU by Numba), MP/s and the profile of the stages (seconds summed over
+  scans); the device pass alone on the scans in memory, per stage; and its
+  parity with the host path (binary masks, labels and ratios equal, stored
+  probabilities within one count of 1/255);
+* **end to end on a local Dask cluster** of ``--workers`` processes sharing the GPU.
 
-Prints markdown tables; ``--out`` writes JSON. MP/s: megapixels of scan per
-second of wall time (the data bar excluded, as the pipeline excludes it).
+Sections after the first are skipped, and say so, once ``--budget`` seconds
+have gone (default 270: the whole run ends within about five minutes on an
+H200). Prints markdown tables; ``--out`` writes JSON. MP/s: megapixels of scan
+per second of wall time (the data bar excluded, as the pipeline excludes it).
+``--cpu`` runs only the device-pass section, on the CPU with torch-cpu (a check
+of the script on a machine without a GPU; its numbers say nothing of a GPU).
 
     python benchmarks/gpu.py --out gpu.json          # or benchmarks/gpu.sh on a bare GPU machine
 """
@@ -38,10 +46,12 @@ import numpy as np
 import torch
 
 from semtile.engines import EngineSettings
+from semtile.engines.torch_cpu import TorchCPUEngine
 from semtile.engines.torch_cuda import TorchCUDAEngine, bf16_supported, torch_cuda_available
 from semtile.execution.batch import run_process
 from semtile.execution.distributed import ClusterSpec
 from semtile.execution.local import ProcessOptions, process_scans
+from semtile.inference.device_pass import STAGES, encode_probability_uint8, judge_on_device
 from semtile.inference.segment import SegmentPass, segment_pass
 from semtile.inference.split import TileGrid, read_windows
 from semtile.io.tiff import open_scan
@@ -131,24 +141,112 @@ def stage_profile(summary) -> dict:
     return {k: round(v, 3) for k, v in totals.items()}
 
 
+def timed_process(scans, out: Path, engine, bundle, options, device_pass: bool):
+    """``process_scans`` of ``scans`` into ``out`` with the device pass on or off; (seconds, summary)."""
+    os.environ["SEMTILE_DEVICE_PASS"] = "1" if device_pass else "0"
+    try:
+        t0 = time.perf_counter()
+        summary = process_scans(scans, out, passes=[SegmentPass.of_engine(engine, bundle, options)], options=options,
+                                table=out.with_suffix(".csv"))
+        seconds = time.perf_counter() - t0
+    finally:
+        os.environ.pop("SEMTILE_DEVICE_PASS", None)
+    assert not summary.failed, [o.error for o in summary.failed]
+    return seconds, summary
+
+
+def device_pass_section(scans, data, bundle, options, work: Path, mp: float, make_engine, on_gpu: bool,
+                        rows: dict, results: dict):
+    """The device pass against the host path, end to end and in memory, with stage profiles and parity."""
+    variants = [("e2e device pass", True, True)]
+    if on_gpu:
+        variants.append(("e2e host path, stitch on GPU (device merger)", False, True))
+    variants.append(("e2e host path, stitch on CPU (Numba)", False, False))
+    profiles, stores = {}, {}
+    for label, device_pass, keep_on_device in variants:
+        engine = make_engine(keep_on_device)
+        timed_process(scans[:4], work / f"warm-{len(stores)}.zarr", engine, bundle, options, device_pass)
+        best = float("inf")
+        for i in range(2):
+            out = work / f"e2e-{len(stores)}-{i}.zarr"
+            seconds, summary = timed_process(scans, out, engine, bundle, options, device_pass)
+            if seconds < best:
+                best, profiles[label], stores[label] = seconds, stage_profile(summary), out
+        rows[label] = best
+        print(f"{label}: {mp / best:.1f} MP/s; stages (s summed over scans) {profiles[label]}", flush=True)
+        if device_pass:  # the pass alone, on the scans in memory: no decode, no write
+            runner = SegmentPass.of_engine(engine, bundle, options).build_runner()
+            p = SegmentPass.of_engine(engine, bundle, options)
+            judge_on_device(data[0][1], p, runner=runner)
+            stages = dict.fromkeys(STAGES, 0.0)
+            sync()
+            t0 = time.perf_counter()
+            for _, image, _, _ in data:
+                for stage, value in judge_on_device(image, p, runner=runner, mask_dtype="uint8").timings.items():
+                    stages[stage] += value
+            sync()
+            rows["device pass in memory (uint8 out)"] = time.perf_counter() - t0
+            profiles["device pass in memory (uint8 out)"] = {k: round(v, 4) for k, v in stages.items()}
+            print(f"device pass in memory: {mp / rows['device pass in memory (uint8 out)']:.1f} MP/s; stages (s summed "
+                  f"over scans, device time) {profiles['device pass in memory (uint8 out)']}", flush=True)
+        del engine
+        if on_gpu:
+            torch.cuda.empty_cache()
+    results["stage_profiles"] = profiles
+    # Parity: the device pass against the host path with the same engine, blended by Numba on the CPU.
+    device, host = open_results(stores["e2e device pass"]), open_results(stores["e2e host path, stitch on CPU (Numba)"])
+    worst, binary_equal, labels_equal, ratios_equal = 0, True, True, True
+    for path, *_ in data:
+        a, b = device[path.stem], host[path.stem]
+        qa = encode_probability_uint8(np.asarray(a.mask, dtype=np.float32)).astype(np.int16)
+        qb = encode_probability_uint8(np.asarray(b.mask, dtype=np.float32)).astype(np.int16)
+        worst = max(worst, int(np.abs(qa - qb).max()))
+        binary_equal &= bool(np.array_equal(np.asarray(a.binary_mask), np.asarray(b.binary_mask)))
+        labels_equal &= a.label == b.label
+        ratios_equal &= a.adhesive_ratio == b.adhesive_ratio
+    results["device_pass_parity"] = {"max_uint8_diff": worst, "binary_masks_equal": binary_equal,
+                                     "labels_equal": labels_equal, "ratios_equal": ratios_equal}
+    print(f"device pass vs host path (Numba): {results['device_pass_parity']}", flush=True)
+    return stores
+
+
+def sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scans", type=int, default=96)
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--workers", default="4,8", help="local Dask cluster sizes sharing the GPU ('' for none)")
-    parser.add_argument("--compile", default="default,max-autotune-no-cudagraphs",
-                        help="torch.compile modes to measure, comma-separated ('' for none)")
+    parser.add_argument("--workers", default="4", help="local Dask cluster sizes sharing the GPU ('' for none)")
+    parser.add_argument("--compile", default="default",
+                        help="torch.compile modes to measure, comma-separated ('' for none; "
+                             "max-autotune-no-cudagraphs takes minutes to build)")
+    parser.add_argument("--budget", type=float, default=270.0,
+                        help="seconds after which the remaining sections are skipped")
+    parser.add_argument("--cpu", action="store_true", help="only the device-pass section, on the CPU (torch-cpu)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
+    started = time.perf_counter()
     ok, why = torch_cuda_available()
-    if not ok:
-        raise SystemExit(f"no GPU: {why}")
+    if not ok and not args.cpu:
+        raise SystemExit(f"no GPU: {why} (--cpu checks the script on the CPU)")
     bundle = load_bundle(None)
     batch = args.batch_size
-    results: dict = {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__, "cuda": torch.version.cuda,
+    results: dict = {"gpu": torch.cuda.get_device_name(0) if not args.cpu else "none (--cpu)",
+                     "torch": torch.__version__, "cuda": torch.version.cuda,
                      "cpu_cores": len(os.sched_getaffinity(0)), "platform": platform.platform(),
-                     "scans": args.scans, "batch_size": batch}
+                     "scans": args.scans, "batch_size": batch, "skipped": []}
     rows: dict[str, float] = {}
+
+    def within_budget(section: str) -> bool:
+        if time.perf_counter() - started < args.budget:
+            return True
+        results["skipped"].append(section)
+        print(f"{section}: skipped (--budget {args.budget:.0f} s spent)", flush=True)
+        return False
+
     work = Path(tempfile.mkdtemp(prefix="semtile-gpu-"))
     try:
         scans = make_scans(work / "scans", args.scans)
@@ -157,72 +255,67 @@ def main() -> None:
         tiles = np.concatenate([d[3] for d in data])
         results["megapixels"], results["tiles"] = round(mp, 3), len(tiles)
         print(f"{len(scans)} scans, {mp:.1f} MP, {len(tiles)} tiles of {TILE} on {results['gpu']}", flush=True)
+        options = ProcessOptions(tile=TILE, halo=HALO, batch_size=batch)
 
+        if args.cpu:
+            def make_engine(keep_on_device):
+                return TorchCPUEngine(bundle)
+        else:
+            def make_engine(keep_on_device):
+                return TorchCUDAEngine(bundle, precision="fp16", batch_size=batch, tile=TILE,
+                                       keep_on_device=keep_on_device)
+        results["e2e_engine"] = {"name": "torch-cpu" if args.cpu else "torch-cuda", "precision": "f32" if args.cpu
+                                 else "fp16", "compile": None}
+        stores = device_pass_section(scans, data, bundle, options, work, mp, make_engine, not args.cpu, rows, results)
+        if not args.cpu:
+            more_sections(args, bundle, scans, data, tiles, mp, options, stores, rows, results, within_budget, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    report(args, results, rows, mp, len(scans))
+
+
+def more_sections(args, bundle, scans, data, tiles, mp, options, stores, rows, results, within_budget, work) -> None:
+    """Eager fp32, the engine floors, MONAI, parity with eager fp32, Dask clusters: as the budget allows."""
+    batch = args.batch_size
+    ref_probs = None
+    if within_budget("eager fp32"):
         rows["eager fp32"], ref_probs = eager_fp32(bundle, tiles, batch)
         print(f"eager fp32: {mp / rows['eager fp32']:.1f} MP/s", flush=True)
 
-        variants = [("fp16", None), *[("fp16", m) for m in args.compile.split(",") if m], ("f32", None)]
-        if bf16_supported():
-            variants.insert(1, ("bf16", None))
-        floors = {}
-        for precision, mode in variants:
-            label = f"engine {precision} graph" + (f" + compile {mode}" if mode else "")
-            try:
-                t0 = time.perf_counter()
-                engine = TorchCUDAEngine(bundle, precision=precision, batch_size=batch, tile=TILE, compile=mode)
-                build = time.perf_counter() - t0
-                rows[label] = cuda_timed(lambda engine=engine: engine.run(tiles))
-                floors[(precision, mode)] = rows[label]
+    variants = [("fp16", None), *[("fp16", m) for m in args.compile.split(",") if m], ("f32", None)]
+    if bf16_supported():
+        variants.insert(1, ("bf16", None))
+    for precision, mode in variants:
+        label = f"engine {precision} graph" + (f" + compile {mode}" if mode else "")
+        if not within_budget(label):
+            continue
+        try:
+            t0 = time.perf_counter()
+            engine = TorchCUDAEngine(bundle, precision=precision, batch_size=batch, tile=TILE, compile=mode)
+            build = time.perf_counter() - t0
+            rows[label] = cuda_timed(lambda engine=engine: engine.run(tiles))
+            facts = {"build_s": round(build, 1)}
+            if ref_probs is not None:
                 out = engine.run(tiles[:batch * 2])
-                diff = float(np.abs(out.mask_probs - ref_probs[:batch * 2]).max())
-                results.setdefault("engines", {})[label] = {"build_s": round(build, 1), "max_prob_diff_vs_fp32": diff}
-                print(f"{label}: {mp / rows[label]:.1f} MP/s (built in {build:.1f} s, max |dp| {diff:.2e})",
-                      flush=True)
-                del engine
-            except Exception as exc:  # noqa: BLE001 - a variant that fails is reported, the others go on
-                results.setdefault("failed", {})[label] = f"{type(exc).__name__}: {exc}"
-                print(f"{label}: FAILED {type(exc).__name__}: {exc}", flush=True)
-            torch.cuda.empty_cache()
-
-        images = [image for _, image, _, _ in data]
-        rows["MONAI fp32"] = monai(bundle, images, batch, fp16=False)
-        rows["MONAI fp16 autocast"] = monai(bundle, images, batch, fp16=True)
-        print(f"MONAI: fp32 {mp / rows['MONAI fp32']:.1f}, fp16 autocast {mp / rows['MONAI fp16 autocast']:.1f} MP/s",
-              flush=True)
-
-        # End to end with the fastest fp16 variant.
-        fp16 = {k: v for k, v in floors.items() if k[0] == "fp16"}
-        best_mode = min(fp16, key=fp16.get)[1] if fp16 else None
-        results["e2e_engine"] = {"precision": "fp16", "compile": best_mode}
-        options = ProcessOptions(tile=TILE, halo=HALO, batch_size=batch)
-        profiles = {}
-        for on_device in (True, False):
-            engine = TorchCUDAEngine(bundle, precision="fp16", batch_size=batch, tile=TILE, compile=best_mode,
-                                     keep_on_device=on_device)
-            label = "e2e in process, stitch on " + ("GPU" if on_device else "CPU (Numba)")
-            process_scans(scans[:4], work / "warm.zarr", passes=[SegmentPass.of_engine(engine, bundle, options)], options=options,
-                          table=work / "warm.csv")
-            best = float("inf")
-            for i in range(2):
-                out = work / f"e2e-{on_device}-{i}.zarr"
-                t0 = time.perf_counter()
-                summary = process_scans(scans, out, passes=[SegmentPass.of_engine(engine, bundle, options)], options=options,
-                                        table=work / f"e2e-{on_device}-{i}.csv")
-                seconds = time.perf_counter() - t0
-                assert not summary.failed, [o.error for o in summary.failed]
-                if seconds < best:
-                    best, profiles[label], e2e_store = seconds, stage_profile(summary), out
-            rows[label] = best
-            print(f"{label}: {mp / best:.1f} MP/s; stages (s summed over scans) {profiles[label]}", flush=True)
-            if on_device:
-                gpu_store = e2e_store
+                facts["max_prob_diff_vs_fp32"] = float(np.abs(out.mask_probs - ref_probs[:batch * 2]).max())
+            results.setdefault("engines", {})[label] = facts
+            print(f"{label}: {mp / rows[label]:.1f} MP/s ({facts})", flush=True)
             del engine
-            torch.cuda.empty_cache()
-        results["stage_profiles"] = profiles
+        except Exception as exc:  # noqa: BLE001 - a variant that fails is reported, the others go on
+            results.setdefault("failed", {})[label] = f"{type(exc).__name__}: {exc}"
+            print(f"{label}: FAILED {type(exc).__name__}: {exc}", flush=True)
+        torch.cuda.empty_cache()
 
-        # Parity: e2e fp16 (stitched on the GPU) against eager fp32 stitched by the CPU kernel.
+    images = [image for _, image, _, _ in data]
+    for label, fp16 in (("MONAI fp32", False), ("MONAI fp16 autocast", True)):
+        if within_budget(label):
+            rows[label] = monai(bundle, images, batch, fp16=fp16)
+            print(f"{label}: {mp / rows[label]:.1f} MP/s", flush=True)
+
+    if ref_probs is not None:
+        # Parity: the device pass (fp16) against eager fp32 stitched by the CPU kernel.
         window = blend_window(TILE, HALO)
-        stored = open_results(gpu_store)
+        stored = open_results(stores["e2e device pass"])
         agreement, max_diff, ratio_diff, start = [], 0.0, 0.0, 0
         for path, image, grid, t in data:
             want = stitch_tiles(ref_probs[start: start + len(t)], grid.origins, window, image.shape)
@@ -234,7 +327,11 @@ def main() -> None:
         results["parity"] = {"binary_agreement_min": round(min(agreement), 5), "max_prob_diff": round(max_diff, 4),
                              "max_ratio_diff": round(ratio_diff, 5)}
 
-        for workers in [int(w) for w in args.workers.split(",") if w]:
+    for workers in [int(w) for w in args.workers.split(",") if w]:
+        label = f"e2e Dask local cluster, {workers} workers sharing the GPU"
+        if not within_budget(label):
+            continue
+        try:
             spec = ClusterSpec(kind="local", workers=workers)
             settings = EngineSettings(tile=TILE, halo=HALO, batch_size=batch, precision="fp16", threads=1)
             passes = [segment_pass(bundle, "torch-cuda", settings, options)]
@@ -244,31 +341,47 @@ def main() -> None:
             t0 = time.perf_counter()
             summary = run_process(scans, work / f"cluster{workers}.zarr", passes=passes, options=options,
                                   force=True, cluster=spec)
-            label = f"e2e Dask local cluster, {workers} workers sharing the GPU"
             rows[label] = time.perf_counter() - t0
             assert summary.exit_code == 0, [o.error for o in summary.failed]
             print(f"{label}: {mp / rows[label]:.1f} MP/s (includes starting the cluster)", flush=True)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+        except Exception as exc:  # noqa: BLE001 - reported, the report still prints
+            results.setdefault("failed", {})[label] = f"{type(exc).__name__}: {exc}"
+            print(f"{label}: FAILED {type(exc).__name__}: {exc}", flush=True)
 
+
+def report(args, results: dict, rows: dict, mp: float, n_scans: int) -> None:
     results["timings"] = {k: {"seconds": round(v, 3), "mp_per_s": round(mp / v, 2)} for k, v in rows.items()}
-    fp16_floor = min(v for k, v in rows.items() if k.startswith("engine fp16"))
-    e2e = min(v for k, v in rows.items() if k.startswith("e2e"))
-    results["ratios"] = {
-        "fp16 floor / eager fp32": round(rows["eager fp32"] / fp16_floor, 2),
-        "e2e (best) / fp16 floor": round(fp16_floor / e2e, 3),
-        "e2e (best) / MONAI fp16 autocast": round(rows["MONAI fp16 autocast"] / e2e, 2),
-        "e2e (best) / MONAI fp32": round(rows["MONAI fp32"] / e2e, 2),
-        "fp16 floor / MONAI fp16 autocast": round(rows["MONAI fp16 autocast"] / fp16_floor, 2),
-    }
+    ratios = {}
+    floors = [v for k, v in rows.items() if k.startswith("engine fp16")]
+    e2e = {k: v for k, v in rows.items() if k.startswith("e2e")}
+    host = [v for k, v in e2e.items() if "host path" in k]
+    if host:
+        ratios["e2e device pass / best e2e host path"] = round(min(host) / rows["e2e device pass"], 2)
+    if floors:
+        ratios["e2e device pass / fp16 floor"] = round(min(floors) / rows["e2e device pass"], 3)
+        ratios["e2e (best) / fp16 floor"] = round(min(floors) / min(e2e.values()), 3)
+        if "eager fp32" in rows:
+            ratios["fp16 floor / eager fp32"] = round(rows["eager fp32"] / min(floors), 2)
+    for k in ("MONAI fp16 autocast", "MONAI fp32"):
+        if k in rows:
+            ratios[f"e2e (best) / {k}"] = round(rows[k] / min(e2e.values()), 2)
+    results["ratios"] = ratios
     print(f"\n{results['gpu']}, torch {results['torch']} (CUDA {results['cuda']}), {results['cpu_cores']} CPU cores; "
-          f"{len(scans)} scans of 960x1280, batch {batch}\n")
+          f"{n_scans} scans of 960x1280, batch {args.batch_size}\n")
     print("| run | seconds | MP/s |\n|---|---:|---:|")
     for k, v in results["timings"].items():
         print(f"| {k} | {v['seconds']:.2f} | {v['mp_per_s']:.1f} |")
-    print("\n| ratio | value |\n|---|---:|")
-    for k, v in {**results["ratios"], **results["parity"]}.items():
+    print("\n| stages (s summed over scans) | " + " | ".join(results.get("stage_profiles", {})) + " |")
+    profiles = results.get("stage_profiles", {})
+    stages = list(dict.fromkeys(k for prof in profiles.values() for k in prof))
+    print("|---|" + "---:|" * len(profiles))
+    for stage in stages:
+        print(f"| {stage} | " + " | ".join(str(prof.get(stage, "")) for prof in profiles.values()) + " |")
+    print("\n| ratio / check | value |\n|---|---:|")
+    for k, v in {**ratios, **results.get("device_pass_parity", {}), **results.get("parity", {})}.items():
         print(f"| {k} | {v} |")
+    if results["skipped"]:
+        print(f"\nskipped for the budget: {', '.join(results['skipped'])}")
     if args.out:
         args.out.write_text(json.dumps(results, indent=2, default=str) + "\n")
 

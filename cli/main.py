@@ -15,8 +15,10 @@ from semtile.cli.models import engines, export
 from semtile.cli.process import process
 from semtile.cli.report import report
 from semtile.cli.science import evaluate, hypotheses, search
+from semtile.cli.slurm import slurm_script, tables
 from semtile.cli.synth import synth
 from semtile.cli.train import train
+from semtile.cli.verify import verify
 from semtile.logs import configure_logging
 
 #: The group's options a command line may also give after the command (``semtile process ... -v``).
@@ -57,7 +59,8 @@ def main(ctx: click.Context, log_json: bool | None, verbose: int, quiet: bool) -
     configure_logging(json=log_json, verbosity=verbosity)
 
 
-for command in (synth, train, process, explain, clusters, masks, report, hypotheses, search, evaluate, engines, export):
+for command in (synth, train, process, explain, clusters, masks, report, hypotheses, search, evaluate, engines, export,
+                verify, slurm_script, tables):
     main.add_command(command)
 
 

@@ -152,6 +152,7 @@ class SectionedCommand(click.Command):
 #: The headings of the cluster options in ``semtile process --help``.
 CLUSTER_SECTION = "Dask cluster options (default: run in this process)"
 SLURM_SECTION = "SLURM options (with --cluster slurm)"
+SHARD_SECTION = "Job array options (one share of the inputs per task)"
 
 
 def cluster_options(func):
@@ -182,6 +183,21 @@ def cluster_options(func):
         slurm("--account", default=None, help="Account (default: your default account)."),
         slurm("--gpus", type=click.IntRange(0), default=0, show_default=True,
               help="GPUs per job (--gres=gpu:N; the worker gets the GPU resource)."),
+        slurm("--lifetime", default=None,
+              help="Workers retire gracefully after this long (e.g. 3h50m, below --walltime) and new jobs take "
+                   "their place: no task is cut by the walltime (default: live until the walltime)."),
+        slurm("--lifetime-stagger", default=None,
+              help="With --lifetime: each worker's lifetime varies by up to this much (e.g. 5m), so they do not "
+                   "all retire at once (default: none)."),
+        slurm("--interface", default=None,
+              help="Network interface of the scheduler and the worker jobs (e.g. ib0; lo for one machine; "
+                   "default: dask's choice)."),
+        click.option("--shard", cls=SectionOption, section=SHARD_SECTION, default=None,
+                     help="Process only share I of N of the inputs (I/N, I from 0), balanced by pixels and stable "
+                          "when files are added; N tasks with the same inputs and --out fill one store (default: every input)."),
+        click.option("--shard-from-env", cls=SectionOption, section=SHARD_SECTION, is_flag=True,
+                     help="The share of this SLURM array task (SLURM_ARRAY_TASK_ID, SLURM_ARRAY_TASK_MIN, "
+                          "SLURM_ARRAY_TASK_STEP, SLURM_ARRAY_TASK_COUNT): sbatch --array=0-N-1 (default: off)."),
     ]
     for option in reversed(options):
         func = option(func)
@@ -194,13 +210,19 @@ def cluster_spec(kw: dict):
 
     cluster, workers = kw.pop("cluster"), kw.pop("workers")
     address, scheduler_file = kw.pop("scheduler_address"), kw.pop("scheduler_file")
-    slurm = {k: kw.pop(k) for k in ("jobs", "cores", "memory", "walltime", "queue", "account", "gpus")}
+    slurm = {k: kw.pop(k) for k in ("jobs", "cores", "memory", "walltime", "queue", "account", "gpus",
+                                    "lifetime", "lifetime_stagger", "interface")}
     chosen = [name for name, given in (("--cluster", cluster), ("--scheduler-address", address),
                                        ("--scheduler-file", scheduler_file)) if given]
     if len(chosen) > 1:
         raise SemtileError(f"{' and '.join(chosen)}: choose one place to run")
     if workers and cluster != "local":
         raise SemtileError("--workers goes with --cluster local")
+    for name in ("lifetime", "lifetime_stagger", "interface"):
+        if slurm[name] and cluster != "slurm":
+            raise SemtileError(f"--{name.replace('_', '-')} goes with --cluster slurm")
+    if slurm["lifetime_stagger"] and not slurm["lifetime"]:
+        raise SemtileError("--lifetime-stagger goes with --lifetime")
     if not chosen:
         return None
     from semtile.execution.distributed import ClusterSpec  # dask.distributed: only for a cluster
@@ -215,6 +237,17 @@ def cluster_spec(kw: dict):
     if cluster == "slurm":
         return ClusterSpec(kind="slurm", **slurm)
     return None
+
+
+def shard_spec(kw: dict):
+    """The Shard that --shard or --shard-from-env ask for (None: every input); pops them from ``kw``."""
+    from semtile.errors import SemtileError
+    from semtile.execution.shards import parse_shard, shard_from_env
+
+    shard, from_env = kw.pop("shard"), kw.pop("shard_from_env")
+    if shard and from_env:
+        raise SemtileError("--shard and --shard-from-env: choose one")
+    return parse_shard(shard) if shard else shard_from_env() if from_env else None
 
 
 def train_config(kw: dict):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import click
@@ -160,15 +161,20 @@ def evaluate(results: Path, labels_csv: Path, path_column: str | None, label_col
     from semtile.explain.evaluate import evaluate_explanations
     from semtile.science.evaluate import evaluate_store
 
+    damaged: set = set()  # a damaged result is that result's error: scored without it, and exit 1
     try:
         if labels_csv is not None:
-            evaluate_store(results, labels_csv, out, expert_csv=expert_csv, split_from=split_from, part=part,
-                           path_column=path_column, label_column=label_column)
+            damaged |= set(evaluate_store(results, labels_csv, out, expert_csv=expert_csv, split_from=split_from,
+                                          part=part, path_column=path_column,
+                                          label_column=label_column).get("damaged") or ())
         if masks_dir is not None:
-            evaluate_explanations(results, masks_dir, out, tau=tau, val_fraction=val_fraction, seed=seed)
+            damaged |= set(evaluate_explanations(results, masks_dir, out, tau=tau, val_fraction=val_fraction,
+                                                 seed=seed).get("damaged") or ())
     except SemtileError as exc:
         raise click.UsageError(str(exc)) from exc
     if labels_csv is not None:
         click.echo((out / "summary.md").read_text(), nl=False)
     if masks_dir is not None:
         click.echo((out / "explanations.md").read_text(), nl=False)
+    if damaged:
+        sys.exit(1)

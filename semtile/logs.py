@@ -48,12 +48,12 @@ def configure_logging(json: bool | None = None, level: int | None = None, verbos
     if level is None:
         level = VERBOSITY_LEVELS[verbosity]
     if json:
-        processors = [structlog.processors.dict_tracebacks, structlog.processors.JSONRenderer(default=json_default)]
+        processors = [_DICT_TRACEBACKS, structlog.processors.JSONRenderer(default=json_default)]
     elif tty and verbosity <= 0:
         level = max(level, logging.WARNING)
         processors = [_compact, _clear_line]
     else:
-        processors = [structlog.dev.ConsoleRenderer(colors=False)]
+        processors = [structlog.dev.ConsoleRenderer(colors=False, exception_formatter=structlog.dev.plain_traceback)]
         if tty:
             processors.append(_clear_line)
     _STATE["compact"] = not json and tty and verbosity <= 0
@@ -73,6 +73,11 @@ def configure_logging(json: bool | None = None, level: int | None = None, verbos
 
 
 _STATE = {"compact": False}
+
+#: Tracebacks as dicts without the frames' local variables: a failure's log line stays a few kB, and no
+#: image array or secret held in a local ends up in the log.
+_DICT_TRACEBACKS = structlog.processors.ExceptionRenderer(
+    structlog.tracebacks.ExceptionDictTransformer(show_locals=False))
 
 
 def compact_terminal() -> bool:

@@ -32,7 +32,7 @@ from semtile.defects.anomaly import anomaly_map, as_engine, patch_maps
 from semtile.defects.data import DefectData, load_defect_data
 from semtile.defects.scores import map_scores, patch_scores, roc_figure
 from semtile.engines import EngineSettings, create_engine
-from semtile.errors import DatasetError, SemtileError
+from semtile.errors import DamagedResultError, DatasetError, SemtileError
 from semtile.logs import get_logger
 from semtile.models.io import load_model
 from semtile.models.kinds import DEFECT_KINDS
@@ -162,7 +162,7 @@ def evaluate_stored_maps(results: str | Path, masks: str | Path, out: str | Path
 
     opened = open_results(results)
     folder = _masks_folder(Path(masks))
-    maps, truths, rows, missing, without = [], [], [], [], []
+    maps, truths, rows, missing, without, damaged = [], [], [], [], [], {}
     for name in opened.names:
         image = opened[name]
         if map_name not in image.maps:
@@ -172,7 +172,11 @@ def evaluate_stored_maps(results: str | Path, masks: str | Path, out: str | Path
         if not mask_file.is_file():
             missing.append(image.source.name)
             continue
-        values = np.asarray(image.map(map_name).compute(), dtype=np.float32)
+        try:
+            values = np.asarray(image.map(map_name).compute(), dtype=np.float32)
+        except DamagedResultError as exc:  # that result's error: left out, named in metrics.json
+            damaged[name] = str(exc)
+            continue
         if values.ndim != 2:
             raise SemtileError(f"{results}/{name}: map {map_name!r} has shape {values.shape}; expected one 2-D map")
         truth = read_mask(mask_file, values.shape)
@@ -197,7 +201,7 @@ def evaluate_stored_maps(results: str | Path, masks: str | Path, out: str | Path
     first = opened[rows[0]["name"]].attrs.get("anomaly") or {}
     report: dict = {"results": str(results), "masks": str(folder), "map": map_name, "images": len(rows),
                     "scope": f"stored {map_name!r} maps of {results}",
-                    "results_without_map": without, "results_without_mask": missing,
+                    "results_without_map": without, "results_without_mask": missing, "damaged": damaged,
                     "threshold": first.get("threshold"), "model_sha256": (first.get("model") or {}).get("sha256"),
                     "engine": first.get("engine"),
                     "mean_anomaly_fraction": float(np.mean(fractions)) if fractions else None,

@@ -273,6 +273,32 @@ class TorchCUDAEngine(Engine):
         probs = slot.host_probs[:n].numpy().copy() if to_host else slot.dev_probs[:n]
         return EngineOutput(class_logits=logits, mask_probs=probs)
 
+    def run_on_device(self, tiles: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """float32 ``(n, T, T)`` tiles already on the engine's device -> logits ``(n, K)`` and probabilities
+        ``(n, T, T)``, on it, queued on the compute stream (the caller's work on them must run there too).
+
+        The same graph, zero padding and eager fallback as :meth:`submit`, so the same tiles give the same
+        bits. Results from the graph are views of its static outputs: valid until the next call.
+        """
+        n, side = int(tiles.shape[0]), int(tiles.shape[-1])
+        with torch.cuda.device(self.device), torch.inference_mode(), torch.cuda.stream(self.compute_stream):
+            if n == 0:
+                return (torch.zeros((0, self.n_labels), device=self.device),
+                        torch.zeros((0, side, side), device=self.device))
+            if side != self.tile or n > self.batch_size:
+                self.eager_batches += 1
+                parts = [self._forward(tiles[s: s + self.batch_size, None]) for s in range(0, n, self.batch_size)]
+                return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+            self._static_in[:n, 0].copy_(tiles)
+            if n < self.batch_size:
+                self._static_in[n:].zero_()
+            if self.graph is None:
+                logits, probs = self._forward(self._static_in)
+            else:
+                self.graph.replay()
+                logits, probs = self._static_logits, self._static_probs
+            return logits[:n], probs[:n]
+
     def maps_device(self):
         return (self.device, self.compute_stream) if self.keep_on_device else None
 

@@ -23,28 +23,47 @@ In order:
 
 SIGTERM (what schedulers send at walltime) and SIGINT stop the run cleanly:
 results being computed are abandoned without a trace in the store, scratch
-is removed, and the summary says the run was interrupted (exit code 3).
+is removed, and the summary says the run was interrupted (exit code 3). A
+Dask scheduler lost mid-run is the same: one error for the run, exit code 3.
+
+**Fencing.** The run holds a lease in the store (:mod:`semtile.store.lease`)
+while it works: every commit, here or on a worker, checks it. On the way out
+(done, SIGTERM, a lost scheduler) the driver cancels its tasks, releases the
+lease, and only then removes its scratch folder (renamed aside first): a task
+still running on a worker the driver did not start may read that scratch,
+but it can no longer commit what it computed from it. Scratch and temporaries
+of other runs go only when their lease has expired or was released.
+
+**A full disk** (``ENOSPC``) while results are written stops the run from
+starting new work: it says so once, and the rest is left for a rerun.
 """
 
 from __future__ import annotations
 
+import _thread
+import errno
+import json
 import os
 import shutil
 import signal
+import stat
 import tempfile
+import threading
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from semtile.errors import SemtileError
+from semtile.errors import SchedulerLost, SemtileError
 from semtile.execution.outcome import ImageOutcome
 from semtile.execution.resume import Plan, output_key, plan_run
 from semtile.inference.options import ProcessOptions
 from semtile.logs import get_logger
-from semtile.store import RunTable, default_csv_path, host_name, open_store, process_alive
+from semtile.store import RunTable, default_csv_path, open_store
+from semtile.store.lease import TOKEN, RunLease, lease_state
 from semtile.store.table import new_run_id, run_columns, running, runs_folder, write_current_table
 
 if TYPE_CHECKING:  # the runner (dask, numba) is imported only when there is work: a rerun that skips all is quick
@@ -57,8 +76,11 @@ __all__ = ["Interrupted", "BatchSummary", "run_process", "clean_stale_scratch", 
 log = get_logger("semtile.process")
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 3
-#: Scratch of another host (or of an unnamed old run) is left alone until it is this old.
+#: Scratch named by older versions (host and pid), or whose lease cannot be asked, is left alone until it is this old.
 STALE_SECONDS = 24 * 3600
+#: A run's scratch folder under the scratch root: ``semtile-run~<lease token>~<random>``, holding ``lease.json``.
+RUN_SCRATCH = "semtile-run"
+_DISK_FULL = os.strerror(errno.ENOSPC)
 
 
 class Interrupted(BaseException):
@@ -79,6 +101,8 @@ class BatchSummary:
     #: keep_existing: input -> how the result kept differs from what this run would make
     kept: dict = field(default_factory=dict)
     interrupted: str | None = None
+    #: why the run started no new work before the end (a full disk); None when it did all it could
+    stopped: str | None = None
     table_error: str | None = None
     run_table: Path | None = None
     table: Path | None = None
@@ -100,6 +124,8 @@ class BatchSummary:
     def exit_code(self) -> int:
         if self.interrupted:
             return EXIT_INTERRUPTED
+        if self.stopped:
+            return EXIT_FAILED
         return EXIT_FAILED if self.failed or self.table_error else EXIT_OK
 
 
@@ -125,23 +151,72 @@ def _stop_on_signals():
             signal.signal(s, handler)
 
 
+def make_run_scratch(root: Path, lease: RunLease) -> Path:
+    """This run's scratch folder under ``root``, named by its lease, with ``lease.json`` naming the lease file."""
+    folder = Path(root) / f"{RUN_SCRATCH}~{lease.token}~{uuid.uuid4().hex[:8]}"
+    folder.mkdir()
+    (folder / "lease.json").write_text(json.dumps({"token": lease.token, "leases": str(lease.folder.absolute())}))
+    return folder
+
+
+def remove_scratch(folder: Path) -> None:
+    """Rename ``folder`` aside (atomically: a reader that checks it afterwards knows it was whole), then delete
+    it without following links."""
+    folder = Path(folder)
+    doomed = folder.with_name(f"semtile-dead~{uuid.uuid4().hex}")
+    try:
+        if stat.S_ISLNK(os.lstat(folder).st_mode):
+            return
+        os.rename(folder, doomed)
+    except FileNotFoundError:
+        return
+    shutil.rmtree(doomed, ignore_errors=True)
+
+
+def _scratch_lease(folder: Path) -> str:
+    """The state of the lease of the run scratch ``folder`` (``unknown`` when its marker cannot be read)."""
+    try:
+        fd = os.open(folder / "lease.json", os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        with os.fdopen(fd, "rb") as handle:
+            marker = json.loads(handle.read(65536))
+        token, leases = marker["token"], Path(marker["leases"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return "unknown"
+    if not folder.name.startswith(f"{RUN_SCRATCH}~{token}~"):
+        return "unknown"
+    return lease_state(leases, token)
+
+
 def clean_stale_scratch(root: Path) -> int:
-    """Remove scratch folders of dead semtile runs under ``root``; return how many."""
-    removed, host = 0, host_name()
-    for folder in Path(root).glob("semtile-scratch-*"):
-        parts = folder.name[len("semtile-scratch-"):].rsplit("-", 2)
-        owner_host, pid = (parts[0], parts[1]) if len(parts) == 3 and parts[1].isdigit() else (None, None)
+    """Remove what semtile left under the scratch root for runs whose lease expired or was released; how many.
+
+    Only folders semtile named (``semtile-run~<token>~...``, or ``semtile-scratch-...`` and
+    ``semtile-dead~...`` of older versions and interrupted clean-ups), never a link, never anything outside
+    ``root``. A run folder whose lease cannot be asked (its store is not mounted here) waits a day, as do
+    the older names."""
+    removed, root = 0, Path(root)
+    try:
+        entries = list(os.scandir(root))
+    except OSError:
+        return 0
+    for entry in entries:
+        name = entry.name
+        run = name.startswith(f"{RUN_SCRATCH}~")
+        if not (run or name.startswith(("semtile-scratch-", "semtile-dead~"))):
+            continue
         try:
-            age = time.time() - folder.stat().st_mtime
+            st = entry.stat(follow_symlinks=False)
         except OSError:
             continue
-        if owner_host == host and int(pid) != os.getpid() and process_alive(int(pid)) is False:
-            stale = True
-        else:
-            stale = owner_host != host and age > STALE_SECONDS
-        if stale:
-            shutil.rmtree(folder, ignore_errors=True)
-            removed += not folder.exists()
+        if not stat.S_ISDIR(st.st_mode):
+            continue  # a link or a file: never semtile's
+        folder = Path(entry.path)
+        state = _scratch_lease(folder) if run and TOKEN.fullmatch(name.split("~")[1]) else "unknown"
+        if state == "held":
+            continue
+        if state in ("expired", "released") or time.time() - st.st_mtime > STALE_SECONDS:
+            remove_scratch(folder)
+            removed += 1
     return removed
 
 
@@ -175,21 +250,37 @@ def _refuse_by_header(todo: list[Path], options: ProcessOptions, run_table: RunT
     return kept
 
 
-def _run_distributed(todo, store, cluster, passes, options, key, run_id, scratch_root, run_table, seen) -> None:
+def _run_distributed(todo, store, cluster, passes, options, key, run_id, scratch, lease, run_table, seen) -> None:
     """The scans to do as tasks on a Dask cluster; outcomes reach the run table as they arrive."""
     from semtile.execution.distributed import connect, process_scans_distributed
-    from semtile.execution.local import add_table_row, scratch_prefix
+    from semtile.execution.local import add_table_row
 
     def arrived(outcome: ImageOutcome) -> None:
         add_table_row(run_table, outcome)
         seen(outcome)
 
-    # Workers write their scratch here: on a cluster it must be a folder every node sees (--scratch).
-    with tempfile.TemporaryDirectory(prefix=scratch_prefix(), dir=scratch_root) as tmp, \
-            connect(cluster) as (client, workers_on_host):
+    # Workers write their scratch in the run's folder: on a cluster it must be one every node sees (--scratch).
+    with connect(cluster) as (client, workers_on_host):
         process_scans_distributed(todo, store, client=client, passes=passes, options=options, key=key,
-                                  run_id=run_id, scratch=Path(tmp), workers_on_host=workers_on_host,
-                                  on_outcome=arrived)
+                                  run_id=run_id, scratch=scratch, workers_on_host=workers_on_host,
+                                  on_outcome=arrived, fence=lease.fence)
+
+
+def _heard_of(summary: BatchSummary, todo: list[Path], store) -> None:
+    """The results this run committed whose outcome never reached the driver (its scheduler was lost)."""
+    known = {Path(o.path) for o in summary.outcomes}
+    for path in todo:
+        if Path(path) in known:
+            continue
+        try:
+            name = store.find(path)
+            record = store.record(name) if name else None
+            if record and record.get("run_id") == summary.run_id:
+                stored = store.read(name)
+                summary.outcomes.append(ImageOutcome(path=Path(path), status="ok", group=name, label=stored.label,
+                                                     adhesive_ratio=stored.adhesive_ratio))
+        except Exception:  # noqa: BLE001 - a result that cannot be read now is left for the rerun
+            continue
 
 
 def _warn_replacing(plan: Plan) -> None:
@@ -256,15 +347,33 @@ def run_process(
     table = Path(csv_path) if csv_path else default_csv_path(out)
     summary.table, summary.run_table = table, runs_folder(table) / f"{summary.run_id}.csv"
     scratch_root = Path(scratch) if scratch else Path(tempfile.gettempdir())
+    lease = run_scratch = None
     try:
-        run_table = RunTable(summary.run_table, run_id=summary.run_id, columns=run_columns(passes))
-        scratch_root.mkdir(parents=True, exist_ok=True)
-        tempfile.TemporaryDirectory(prefix="semtile-probe-", dir=scratch_root).cleanup()
-        probe = table.with_name(f".{table.name}.probe-{os.getpid()}")
-        probe.write_text("")
-        probe.unlink()
-    except OSError as exc:
-        raise SemtileError(f"{exc.filename or table}: cannot write here ({exc.strerror or exc})") from None
+        try:
+            lease = store.lease(summary.run_id)
+            run_table = RunTable(summary.run_table, run_id=summary.run_id, columns=run_columns(passes))
+            scratch_root.mkdir(parents=True, exist_ok=True)
+            run_scratch = make_run_scratch(scratch_root, lease)
+            probe = table.with_name(f".{table.name}.probe-{os.getpid()}")
+            probe.write_text("")
+            probe.unlink()
+        except OSError as exc:
+            raise SemtileError(f"{exc.filename or table}: cannot write here ({exc.strerror or exc})") from None
+        store.fence(lease.fence)
+        return _run(summary, scans, out, store, table, run_table, passes, options, lease, run_scratch, scratch_root,
+                    force, keep_existing, problems, on_image, cluster, started)
+    finally:
+        # Nothing of this run commits once its lease is gone; only then may its scratch go.
+        if lease is not None:
+            lease.release()
+            store.fence(None)
+        if run_scratch is not None:
+            remove_scratch(run_scratch)
+
+
+def _run(summary, scans, out, store, table, run_table, passes, options, lease, run_scratch, scratch_root, force,
+         keep_existing, problems, on_image, cluster, started) -> BatchSummary:
+    """:func:`run_process` once its lease is held and its scratch folder made."""
     stale = store.clean_stale(), clean_stale_scratch(scratch_root)
     key = output_key(passes)
     plan = plan_run(scans, store, key, force=force, keep_existing=keep_existing, run_id=summary.run_id)
@@ -282,6 +391,13 @@ def run_process(
         _note_replaced(summary, plan, outcome)
         if on_image:
             on_image(outcome)
+        if outcome.status != "ok" and _DISK_FULL in (outcome.error or "") and summary.stopped is None:
+            summary.stopped = f"{outcome.error}; the run starts no new work (free space and rerun)"
+            log.error("disk_full", run_id=summary.run_id, store=str(out), error=outcome.error,
+                      message="no space left on the device: the run starts no new work; a rerun does the rest")
+            if threading.current_thread() is threading.main_thread():
+                raise Interrupted(signal.SIGTERM)
+            _thread.interrupt_main(signal.SIGTERM)  # the main thread stops streaming new scans
 
     # While results are written, other runs (of this process too) see this one as live (resume.live_conflict).
     with run_table, running(summary.run_id), _stop_on_signals():
@@ -300,17 +416,25 @@ def run_process(
             if todo:
                 ready = [p.prepared(todo) for p in passes]  # the weights; e.g. int8 calibration tiles
                 if cluster is not None:
-                    _run_distributed(todo, store, cluster, ready, options, key, summary.run_id, scratch_root,
-                                     run_table, seen)
+                    _run_distributed(todo, store, cluster, ready, options, key, summary.run_id, run_scratch,
+                                     lease, run_table, seen)
                 else:
                     from semtile.execution.local import process_scans
 
                     process_scans(todo, store, passes=ready, options=options, table=run_table,
-                                  scratch=scratch_root, on_image=seen, run_id=summary.run_id)
+                                  scratch=run_scratch, on_image=seen, run_id=summary.run_id)
         except Interrupted as stop:
-            summary.interrupted = str(stop)
-            log.warning("run_interrupted", run_id=summary.run_id, signal=str(stop))
-    if cluster is not None:  # what workers killed mid-write left behind
+            if summary.stopped is None:
+                summary.interrupted = str(stop)
+                log.warning("run_interrupted", run_id=summary.run_id, signal=str(stop))
+        except SchedulerLost as lost:
+            summary.interrupted = str(lost)
+            log.error("scheduler_lost", run_id=summary.run_id, error=str(lost),
+                      message="the Dask scheduler was lost: no input is failed for it; a rerun does the rest")
+            _heard_of(summary, plan.todo, store)
+    if cluster is not None:  # what workers killed mid-write left behind (their run's lease is this one)
+        lease.release()
+        store.fence(None)
         store.clean_stale()
     try:
         write_current_table(table, store)

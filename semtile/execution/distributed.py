@@ -17,6 +17,13 @@ time (``--nthreads 1``; engines are not thread-safe) and give the engine the
 cores of their share of the host. Tasks of a pass that runs on a GPU ask for
 the ``GPU`` resource, so they run only on workers started with ``--resources GPU=1``.
 
+Every task carries the run's lease (:class:`~semtile.store.lease.Fence`):
+a task that starts after the driver has gone does nothing, and one that
+finishes after it commits nothing (the store refuses the publish), so no
+worker the driver did not start can commit a result read from scratch that
+the driver removed. A lost scheduler ends the run with one error
+(:class:`~semtile.errors.SchedulerLost`), not one failure per pending input.
+
 A worker that dies (kill -9, a node lost) loses its tasks; the scheduler
 runs them again elsewhere. Every task is idempotent: a result written twice
 is the same bytes, replaced atomically; what the dead worker left half
@@ -33,7 +40,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from semtile.errors import SemtileError
+from semtile.errors import SchedulerLost, SemtileError
 from semtile.execution.outcome import ImageOutcome
 from semtile.inference.options import ProcessOptions
 from semtile.inference.passes import Pass
@@ -65,6 +72,9 @@ class ClusterSpec:
     queue: str | None = None
     account: str | None = None
     gpus: int = 0  # per job: --gres=gpu:N and the GPU resource for its worker
+    lifetime: str | None = None  # workers retire gracefully after this long; new jobs replace them
+    lifetime_stagger: str | None = None
+    interface: str | None = None  # network interface of the scheduler and workers (lo: this machine only)
 
 
 try:
@@ -114,15 +124,20 @@ def _cuda_devices() -> int:
 
 
 def process_group(passes: Sequence[Pass], paths: list[str], store_path: str, options: ProcessOptions, run_id: str,
-                  scratch: str) -> list[ImageOutcome]:
-    """A few small scans through this worker's runners (batched across them) into the store."""
+                  scratch: str, fence=None) -> list[ImageOutcome]:
+    """A few small scans through this worker's runners (batched across them) into the store, under ``fence``."""
     from semtile.execution.local import scan_results, scratch_prefix, store_one
     from semtile.store import open_store
 
     store = open_store(store_path)
+    if fence is not None:
+        fence.check(f"the results of {len(paths)} scans")  # the driver has gone: nothing to start
+        store.fence(fence)
     outcomes = []
     with tempfile.TemporaryDirectory(prefix=scratch_prefix(), dir=scratch) as tmp:
         for job, result, row in scan_results([Path(p) for p in paths], passes, options, Path(tmp), run_id):
+            if result is not None:  # how the store keeps the mask (--mask-dtype)
+                result.mask_dtype = options.mask_dtype
             try:
                 outcomes.append(store_one(job, result, row, store))
             finally:
@@ -159,12 +174,15 @@ def slurm_cluster(spec: ClusterSpec, *, engine_threads: int | None = None):
     except ImportError:
         raise SemtileError("--cluster slurm needs dask-jobqueue: pip install 'semtile[cluster]'") from None
     extra = ["--resources", f"GPU={spec.gpus}"] if spec.gpus else []
+    if spec.lifetime:  # retire before the walltime: the scheduler moves the work, the adaptive cluster resubmits
+        extra += ["--lifetime", spec.lifetime, "--lifetime-stagger", spec.lifetime_stagger or "0s"]
     directives = [f"--gres=gpu:{spec.gpus}"] if spec.gpus else []
+    where = {"interface": spec.interface} if spec.interface else {}
     return SLURMCluster(cores=1, processes=1, job_cpu=spec.cores, memory=spec.memory, walltime=spec.walltime,
                         queue=spec.queue, account=spec.account, worker_extra_args=extra,
                         job_extra_directives=directives,
                         job_script_prologue=["export SEMTILE_WORKERS_ON_HOST=1"],
-                        name="semtile")
+                        scheduler_options={"dashboard_address": ":0", **where}, name="semtile", **where)
 
 
 @contextmanager
@@ -177,7 +195,7 @@ def connect(spec: ClusterSpec) -> Iterator[tuple[object, dict[str, int]]]:
             from None
     # Never the default client: a user's (or a test's) later local dask computes must not ship to it,
     # and a Client that failed to connect would otherwise stay registered as the default.
-    cluster = None
+    cluster = restore = None
     try:
         if spec.kind == "local":
             cores = len(os.sched_getaffinity(0))
@@ -192,9 +210,14 @@ def connect(spec: ClusterSpec) -> Iterator[tuple[object, dict[str, int]]]:
         elif spec.kind == "file":
             client = Client(scheduler_file=spec.scheduler_file, timeout="30s", set_as_default=False)
         elif spec.kind == "slurm":
+            # Adaptive at a fixed size: a job that ends (cancelled, its walltime, --lifetime) is replaced, once
+            # its worker has been gone this long (dask's default, 15 s, leaves the run without it meanwhile).
+            import dask
+
             cluster = slurm_cluster(spec)
-            cluster.scale(jobs=spec.jobs)
+            cluster.adapt(minimum_jobs=spec.jobs, maximum_jobs=spec.jobs)
             client = Client(cluster, set_as_default=False)
+            restore = dask.config.set({"distributed.deploy.lost-worker-timeout": "3s"})  # read when a worker goes
         else:
             raise SemtileError(f"unknown cluster kind {spec.kind!r}")
     except SemtileError:
@@ -213,6 +236,8 @@ def connect(spec: ClusterSpec) -> Iterator[tuple[object, dict[str, int]]]:
         client.close()
         if cluster is not None:
             cluster.close()
+        if restore is not None:
+            restore.__exit__(None, None, None)
 
 
 def _groups(paths: list[Path], pixels: dict[Path, int], workers: int) -> list[list[Path]]:
@@ -230,10 +255,22 @@ def _groups(paths: list[Path], pixels: dict[Path, int], workers: int) -> list[li
     return groups
 
 
+def _lost(client, exc: BaseException) -> bool:
+    """Whether ``exc`` says the scheduler is gone (not that this task failed)."""
+    from concurrent.futures import CancelledError
+
+    if "scheduler-connection-lost" in str(exc):
+        return True
+    return isinstance(exc, (CancelledError, OSError)) and getattr(client, "status", "running") != "running"
+
+
 def process_scans_distributed(scans: list[Path], store, *, client, passes: Sequence[Pass], options: ProcessOptions,
                               key: dict, run_id: str, scratch: Path, workers_on_host: dict[str, int],
-                              on_outcome: Callable[[ImageOutcome], None]) -> list[ImageOutcome]:
-    """Every scan as tasks on ``client``'s cluster; ``on_outcome`` sees each outcome as it arrives."""
+                              on_outcome: Callable[[ImageOutcome], None], fence=None) -> list[ImageOutcome]:
+    """Every scan as tasks on ``client``'s cluster; ``on_outcome`` sees each outcome as it arrives.
+
+    ``fence``: the run's lease, checked by every task before it starts and by the store before it commits.
+    SchedulerLost when the scheduler goes away; the tasks not yet reported are cancelled on the way out."""
     from distributed import as_completed
 
     from semtile.execution.local import large_scans
@@ -259,12 +296,12 @@ def process_scans_distributed(scans: list[Path], store, *, client, passes: Seque
     futures = {}  # future -> (kind, what)
     for i, group in enumerate(_groups(small, pixels, n_workers)):
         future = client.submit(process_group, passes, [str(p) for p in group], str(store.path), options, run_id,
-                               str(scratch), key=f"semtile-group-{run_id}-{i}", resources=resources(any_gpu))
+                               str(scratch), fence, key=f"semtile-group-{run_id}-{i}", resources=resources(any_gpu))
         futures[future] = ("group", group)
     staged = {}
     for index, path in enumerate(large):
         try:
-            rs = start_region_scan(index, path, passes, options, store, scratch)
+            rs = start_region_scan(index, path, passes, options, store, scratch, fence=fence)
         except Exception as exc:  # noqa: BLE001 - a bad header: this scan fails, the run goes on
             outcome = failed_outcome(path, exc)
             outcomes.append(outcome)
@@ -289,6 +326,8 @@ def process_scans_distributed(scans: list[Path], store, *, client, passes: Seque
                 try:
                     done = future.result()
                 except Exception as exc:  # noqa: BLE001 - e.g. the engine failed to load on every worker
+                    if _lost(client, exc):
+                        raise SchedulerLost(_lost_message(client)) from None
                     reason = f"{type(exc).__name__}: {exc}"
                     log.error("task_failed", scans=[str(p) for p in what], error=reason)
                     done = [ImageOutcome(path=Path(p), status="error", error=reason) for p in what]
@@ -296,14 +335,26 @@ def process_scans_distributed(scans: list[Path], store, *, client, passes: Seque
                 try:
                     done = [log_outcome(future.result())]
                 except Exception as exc:  # noqa: BLE001 - one bad scan never stops the others
+                    if _lost(client, exc):
+                        raise SchedulerLost(_lost_message(client)) from None
                     done = [failed_outcome(what, exc)]
                 discard_region_scan(staged.pop(what))
             for outcome in done:
                 outcomes.append(outcome)
                 on_outcome(outcome)
     finally:
-        for future in futures:
-            future.cancel()
-        for rs in staged.values():
-            discard_region_scan(rs)
+        try:
+            client.cancel(list(futures), reason="the semtile driver ended")  # tasks not started never start
+        except Exception:  # noqa: BLE001 - a lost scheduler cannot be told; the lease fences its tasks
+            pass
+        # The scans still staged may have tasks running on workers: their scratch and staged results go
+        # once the run's lease is released (batch.run_process), never while a task may still commit.
     return outcomes
+
+
+def _lost_message(client) -> str:
+    try:
+        where = client.scheduler.address
+    except Exception:  # noqa: BLE001 - the address is only for the message
+        where = "?"
+    return f"lost the Dask scheduler ({where}) mid-run"

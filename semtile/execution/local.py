@@ -3,8 +3,9 @@
 The runner (:mod:`semtile.inference.run`) streams the tiles of every scan
 through every pass into the scan's mergers. Here each finished scan is judged
 (:mod:`semtile.inference.judge`), given its completion record and written to
-the result store and the run table by one writer thread, so that compression
-and disk overlap the inference of the next scans. Scans too large to blend in
+the result store and the run table by a pool of writer threads sized to the
+host (``ProcessOptions.threads``; the table keeps input order), so that
+compression and disk overlap the inference of the next scans. Scans too large to blend in
 memory go region by region (:mod:`semtile.execution.regions`).
 
 One bad image is reported and skipped; the rest go on.
@@ -12,8 +13,10 @@ One bad image is reported and skipped; the rest go on.
 
 from __future__ import annotations
 
+import inspect
 import os
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -22,13 +25,13 @@ from pathlib import Path
 
 from semtile.errors import ImageError, SemtileError
 from semtile.execution.outcome import ImageOutcome, failed_outcome, log_outcome
-from semtile.execution.resume import completion_record, live_conflict, output_key, replaced_difference
+from semtile.execution.resume import live_conflict, output_key, replaced_difference
 from semtile.inference.judge import finish_result, judge_region
 from semtile.inference.options import ProcessOptions
 from semtile.inference.passes import Pass
-from semtile.inference.run import ScanJob, stream_scans
+from semtile.inference.run import ScanJob
 from semtile.inference.strategy import REGIONS, merge_strategy
-from semtile.io.discover import image_sha256
+from semtile.io.source import check_unchanged
 from semtile.io.tiff import scan_pixels
 from semtile.logs import get_logger
 from semtile.store import ImageResult, ResultStore, RunTable, host_name, open_store
@@ -52,15 +55,23 @@ class RunSummary:
 
 
 def _judge(job: ScanJob, passes: Sequence[Pass], key: dict, run_id: str) -> tuple[ImageResult, dict]:
-    """A finished scan's blended maps and vectors -> its result, record and run-table columns."""
+    """A finished scan's blended maps and vectors -> its result, record and run-table columns.
+
+    The input's sha256 and identity are those of the bytes the scan was read from (``job.identity``), not of
+    the file as it is now.
+    """
     t0 = time.perf_counter()
-    arrays, counts = judge_region(passes, job.maps, None)
-    job.timings["stitch"] += time.perf_counter() - t0
-    sha256 = image_sha256(job.path)
-    facts = {p.name: p.runner().describe() for p in passes}
+    if getattr(job, "judged", None) is not None:  # judged on the engine's device (inference.device_pass)
+        arrays, counts = job.judged
+    else:
+        arrays, counts = judge_region(passes, job.maps, None)
+    job.timings.setdefault("judge", 0.0)
+    identity = job.identity
+    facts = getattr(job, "facts", None) or {p.name: p.runner().describe() for p in passes}
     result, row = finish_result(passes, counts, job.vectors, job.grids, facts, path=job.path, info=job.info,
-                                sha256=sha256, timings=job.timings, arrays=arrays, image=job.image)
-    result.record = {**completion_record(job.path, key, sha256), "run_id": run_id}
+                                sha256=identity.sha256, timings=job.timings, arrays=arrays, image=job.image)
+    result.record = {**key, "input": identity.record(), "run_id": run_id}
+    job.timings["judge"] += time.perf_counter() - t0
     return result, row
 
 
@@ -68,7 +79,9 @@ def scan_results(paths: list[Path], passes: Sequence[Pass], options: ProcessOpti
                  run_id: str = ""):
     """Each scan's job (in input order) with its result and run-table columns, or (job, None, {}) when it failed."""
     key = output_key(passes)
-    for job in stream_scans(paths, passes, options, scratch):
+    from semtile.inference.device_pass import scan_jobs  # the host path, or the pass that stays on the GPU
+
+    for job in scan_jobs(paths, passes, options, scratch):
         result, row = None, {}
         if job.error is None:
             try:
@@ -113,10 +126,14 @@ def process_scans(
     store = out if isinstance(out, ResultStore) else open_store(out)
     own_table = not isinstance(table, RunTable)
     run_table = RunTable(table, columns=run_columns(passes)) if own_table else table
-    writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="semtile-write")
+    # Judging and writing (compression, disk) overlap inference of the next scans, on a pool sized to the host.
+    threads = options.threads
+    writer = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="semtile-write")
+    room = threading.BoundedSemaphore(2 * threads + 2)  # scans judged or written at once: bounded memory
     pending = []
     scans = [Path(p) for p in scans]
     large = set(large_scans(scans, options, store))
+    key = output_key(passes)
     try:
         with tempfile.TemporaryDirectory(prefix=scratch_prefix(), dir=scratch) as tmp:
             def finished(outcome: ImageOutcome) -> ImageOutcome:
@@ -125,23 +142,37 @@ def process_scans(
                     on_image(outcome)
                 return outcome
 
-            def write(job: ScanJob, result: ImageResult | None, row: dict) -> ImageOutcome:
+            in_order = _InOrder(finished)  # the table and on_image see the scans in input order
+
+            def write(index: int, job: ScanJob) -> ImageOutcome:
                 try:
+                    result, row = None, {}
+                    if job.error is None:
+                        try:
+                            result, row = _judge(job, passes, key, run_id)
+                            result.mask_dtype = options.mask_dtype  # how the store keeps the mask
+                        except Exception as exc:  # noqa: BLE001 - one scan's failure must not stop the others
+                            job.fail(exc)
                     outcome = store_one(job, result, row, store)
+                except Exception as exc:  # noqa: BLE001 - one scan's failure must not stop the others
+                    outcome = failed_outcome(job.path, exc)
                 finally:
                     job.release()
-                return finished(outcome)
+                    room.release()
+                in_order.done(index, outcome)
+                return outcome
 
-            # Writing (compression, disk) overlaps inference of the next scans; one writer keeps input order.
             small = [p for p in scans if p not in large]
-            for job, result, row in scan_results(small, passes, options, Path(tmp), run_id):
-                pending.append(writer.submit(write, job, result, row))
+            from semtile.inference.device_pass import scan_jobs  # the host path, or the pass that stays on the GPU
+
+            for index, job in enumerate(scan_jobs(small, passes, options, Path(tmp))):
+                room.acquire()
+                pending.append(writer.submit(write, index, job))
             outcomes = [f.result() for f in pending]
             writer.shutdown()
             if large:
                 from semtile.execution.regions import process_region_scan
 
-                key = output_key(passes)
                 for index, path in enumerate(scans):
                     if path in large:
                         try:
@@ -158,6 +189,20 @@ def process_scans(
         if own_table:
             run_table.close()
     return RunSummary(outcomes=outcomes, store=store.path, table=run_table.path)
+
+
+class _InOrder:
+    """Calls ``fn`` with outcomes in input order, as they complete out of order on the writer pool."""
+
+    def __init__(self, fn: Callable[[ImageOutcome], object]):
+        self.fn, self.next, self.ready, self.lock = fn, 0, {}, threading.Lock()
+
+    def done(self, index: int, outcome: ImageOutcome) -> None:
+        with self.lock:
+            self.ready[index] = outcome
+            while self.next in self.ready:
+                self.fn(self.ready.pop(self.next))
+                self.next += 1
 
 
 def large_scans(scans: list[Path], options: ProcessOptions, store: ResultStore) -> list[Path]:
@@ -188,6 +233,13 @@ def scratch_prefix() -> str:
     return f"semtile-scratch-{host_name()}-{os.getpid()}-"
 
 
+def _takes_timings(store: ResultStore) -> bool:
+    try:
+        return "timings" in inspect.signature(store.write).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 def store_one(job: ScanJob, result: ImageResult | None, row: dict, store: ResultStore) -> ImageOutcome:
     """Write one scan's result (or report its failure); its outcome."""
     if result is not None:
@@ -199,8 +251,13 @@ def store_one(job: ScanJob, result: ImageResult | None, row: dict, store: Result
             if conflict is not None:  # another live run wrote it meanwhile, with another key: it stays
                 raise conflict
             replaced = replaced_difference(stored, result.record)  # e.g. written meanwhile by a run now finished
-            store.write(name, result)
-            job.timings["write"] = time.perf_counter() - t0
+            # The file must still be the one read: a result made from other bytes is never committed.
+            check_unchanged(job.path, job.identity, rehash=job.rehash)
+            if _takes_timings(store):  # the store says its own stages (pyramid, encode, write)
+                store.write(name, result, timings=job.timings)
+            else:
+                store.write(name, result)
+                job.timings["write"] = job.timings.get("write", 0.0) + time.perf_counter() - t0
         except Exception as exc:  # noqa: BLE001 - a failed write is this image's failure
             job.fail(exc)
     if job.error is not None:

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from semtile.errors import ImageError
 from semtile.io.discover import image_sha256
+from semtile.logs import get_logger
 from semtile.store import ResultStore
 from semtile.store.table import run_alive
 
@@ -32,6 +33,7 @@ __all__ = ["RECORD_FORMAT", "output_key", "input_identity", "completion_record",
            "replaced_difference"]
 
 RECORD_FORMAT = "semtile-completion/1"
+log = get_logger("semtile.resume")
 
 
 def output_key(passes) -> dict:
@@ -175,13 +177,21 @@ def plan_run(scans: list[Path], store: ResultStore, key: dict, *, force: bool = 
     """Split ``scans`` into those to process and those whose stored result already matches ``key``.
 
     ``keep_existing``: skip every input that has a result, whatever it was made
-    with. A result of another run still running (not ``run_id``) made with
+    with. A result whose files do not match the manifest written with it
+    (:meth:`ResultStore.verify`, quick) is redone whatever the key. A result of another run still running (not ``run_id``) made with
     another key goes to ``conflicts``, not ``todo``.
     """
     plan = Plan()
     for path in scans:
         name = None if force else store.find(path)
         record = store.record(name) if name else None
+        damage = store.verify(name) if record is not None else []  # quick: sizes against the result's manifest
+        if damage:
+            plan.todo.append(path)
+            plan.reasons[path] = f"stored result damaged: {damage[0]}"
+            log.warning("result_damaged", path=str(path), name=name, damage=damage[0], problems=len(damage),
+                        action="redone by this run")
+            continue
         if keep_existing and record is not None:
             plan.skipped.append((path, name))
             if {k: record.get(k) for k in key} != key:

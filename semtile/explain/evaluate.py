@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import shutil
+import uuid
 from pathlib import Path
 
 import numpy as np
 
-from semtile.errors import DatasetError, SemtileError
+from semtile.errors import DamagedResultError, DatasetError, SemtileError
 from semtile.results import open_results
 
 __all__ = ["EXPLANATION_KINDS", "evaluate_explanations"]
@@ -67,7 +70,6 @@ def evaluate_explanations(store: str | Path, masks: str | Path, out: str | Path,
         TAUS,
         binary_scores,
         choose_tau,
-        format_table,
         summarise,
         validation_split,
     )
@@ -88,6 +90,7 @@ def evaluate_explanations(store: str | Path, masks: str | Path, out: str | Path,
         raise DatasetError(f"{masks}: {len(paired)} of the {len(results.names)} results of {store} have a true mask "
                            "(same file name); scoring needs at least 2 (validation and test)")
     val, test = validation_split(list(paired), val_fraction, seed)
+    damaged: dict[str, str] = {}  # a damaged result is that result's error: left out, named in the outputs
 
     def load(name: str):
         result = results[name]
@@ -105,7 +108,11 @@ def evaluate_explanations(store: str | Path, masks: str | Path, out: str | Path,
     # Validation: per kind, per tau, the Dice of each image.
     val_dice: dict[str, dict[float, list[float]]] = {}
     for name in val:
-        result, truth, heats = load(name)
+        try:
+            result, truth, heats = load(name)
+        except DamagedResultError as exc:
+            damaged[name] = str(exc)
+            continue
         for kind, heat in heats.items():
             per_tau = val_dice.setdefault(kind, {t: [] for t in taus})
             for t in taus:
@@ -123,13 +130,20 @@ def evaluate_explanations(store: str | Path, masks: str | Path, out: str | Path,
     ordered = sorted(test)
     shown = {ordered[int(round(i))] for i in np.linspace(0, len(ordered) - 1, min(figure_images, len(ordered)))}
     for name in ordered:
-        result, truth, heats = load(name)
-        binary = None
+        try:
+            result, truth, heats = load(name)
+            binary = np.asarray(result.binary_mask.compute(), dtype=bool)
+            image = None
+            if name in shown and result.ome:
+                step = max(1, max(truth.shape) // 400)
+                image = np.asarray(result.image[::step, ::step].compute(), dtype=np.float32)
+        except DamagedResultError as exc:
+            damaged[name] = str(exc)
+            continue
         for kind, heat in heats.items():
             rules = [("fixed", tau)] + ([("val", chosen[kind][0])] if kind in chosen else []) + [("otsu", None)]
             for rule, t in rules:
                 if kind == "segmenter" and rule == "fixed":
-                    binary = np.asarray(result.binary_mask.compute(), dtype=bool)
                     m = binary
                     t = float((result.provenance.get("parameters") or {}).get("threshold", 0.5))
                 else:
@@ -139,7 +153,6 @@ def evaluate_explanations(store: str | Path, masks: str | Path, out: str | Path,
                 per_rule.setdefault((kind, rule), []).append(s)
         if name in shown:  # spread over the test images (sorted names: over the labels, for synthetic sets)
             step = max(1, max(truth.shape) // 400)
-            image = np.asarray(result.image[::step, ::step].compute(), dtype=np.float32) if result.ome else None
             picture.append((name, image, truth[::step, ::step],
                             {k: h[::step, ::step] for k, h in heats.items()},
                             {k: (chosen[k][0] if k in chosen else tau) for k in heats}))
@@ -155,7 +168,36 @@ def evaluate_explanations(store: str | Path, masks: str | Path, out: str | Path,
                 row["tau"] = float(t)
             row.update({m: summarise(s[m] for s in scores) for m in METRICS})
             table_rows.append(row)
-    out.mkdir(parents=True, exist_ok=True)
+    # Written whole beside ``out`` and moved in at the end: a failure leaves ``out`` as it was.
+    out.parent.mkdir(parents=True, exist_ok=True)
+    final, out = out, out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+    out.mkdir(parents=True)
+    try:
+        report = _write_outputs(out, store, masks, results, paired, val, test, tau, taus, val_fraction, seed,
+                                chosen, val_dice, rows, table_rows, picture, damaged)
+        _move_into(out, final)
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+    return report
+
+
+def _move_into(staged: Path, out: Path) -> None:
+    """The files of ``staged`` into ``out``: the folder renamed when ``out`` is new, else file by file (atomic each)."""
+    if not out.exists():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.rename(staged, out)
+            return
+        except OSError:
+            out.mkdir(parents=True, exist_ok=True)
+    for entry in os.scandir(staged):
+        os.replace(entry.path, out / entry.name)
+
+
+def _write_outputs(out, store, masks, results, paired, val, test, tau, taus, val_fraction, seed, chosen, val_dice,
+                   rows, table_rows, picture, damaged) -> dict:
+    from semtile.explain.scores import METRICS, format_table
+
     with (out / "explanations.csv").open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=["name", "kind", "rule", "tau", *METRICS])
         writer.writeheader()
@@ -166,7 +208,8 @@ def evaluate_explanations(store: str | Path, masks: str | Path, out: str | Path,
               "fixed_tau": tau, "taus_tried": list(taus),
               "validation_tau": {k: {"tau": v[0], "mean_dice": v[1]} for k, v in chosen.items()},
               "kinds": sorted(val_dice, key=EXPLANATION_KINDS.index),
-              "table": [{k: (v.to_dict() if hasattr(v, "to_dict") else v) for k, v in r.items()} for r in table_rows]}
+              "table": [{k: (v.to_dict() if hasattr(v, "to_dict") else v) for k, v in r.items()} for r in table_rows],
+              "damaged": damaged}
     (out / "explanations.json").write_text(json.dumps(report, indent=2) + "\n")
     missing = [k for k in EXPLANATION_KINDS[1:] if k not in report["kinds"]]
     text = [f"# Explanations against true masks ({len(test)} test images; τ chosen on {len(val)} validation images)",
@@ -180,6 +223,10 @@ def evaluate_explanations(store: str | Path, masks: str | Path, out: str | Path,
             "IoU 0.156 ± 0.118 on their SEM defect images."]
     if missing:
         text += ["", f"No {', '.join(missing)} maps in the store: run `semtile explain {store}` to add them."]
+    if damaged:
+        text += ["", f"{len(damaged)} damaged result{'s' if len(damaged) != 1 else ''} left out (`semtile verify` "
+                 "lists them; `--repair` sets them aside for a rerun):"]
+        text += [f"- {message}" for message in damaged.values()]
     (out / "explanations.md").write_text("\n".join(text) + "\n")
     if picture:
         _plot_explanations(picture, out / "explanations.png")

@@ -185,6 +185,12 @@ class Pass(ABC):
         """What the run's start line logs about this pass."""
         return {}
 
+    def tile_source(self, image, info):
+        """What this pass's tiles are read from, given a scan's normalised array and its
+        :class:`~semtile.io.scan.ScanInfo`; default: the array itself. A pass whose network wants the
+        scan transformed as a whole (statistics over the whole scan, say) returns a sliceable view."""
+        return image
+
     def prepared(self, scans: list) -> Pass:
         """This pass, ready for ``scans`` (e.g. int8 calibration drawn from them); default: itself."""
         return self

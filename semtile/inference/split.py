@@ -23,7 +23,7 @@ import numpy as np
 
 from semtile.kernels.window import default_halo  # the one halo rule, beside the window it shapes
 
-__all__ = ["GridRule", "TileGrid", "default_halo", "read_windows"]
+__all__ = ["GridRule", "TileGrid", "default_halo", "read_windows", "reflect_index"]
 
 def _check_int(name: str, value: object) -> int:
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
@@ -173,7 +173,7 @@ class GridRule:
         return TileGrid(tuple(int(s) for s in shape), self.tile, self.halo)
 
 
-def _reflect_index(idx: np.ndarray, n: int) -> np.ndarray:
+def reflect_index(idx: np.ndarray, n: int) -> np.ndarray:
     """Map integer coordinates onto ``[0, n)`` like ``np.pad(mode='reflect')``."""
     if n == 1:
         return np.zeros_like(idx)
@@ -237,9 +237,9 @@ def read_windows(source: Any, origins: np.ndarray, tile: int) -> np.ndarray:
     # a chunked store then decodes each chunk once per row of windows, not per window.
     for oy in np.unique(origins[:, 0]):
         members = np.flatnonzero(origins[:, 0] == oy)
-        iy = _reflect_index(int(oy) + offsets, h)
+        iy = reflect_index(int(oy) + offsets, h)
         y0, y1 = int(iy.min()), int(iy.max()) + 1
-        ixs = [_reflect_index(int(origins[k, 1]) + offsets, w) for k in members]
+        ixs = [reflect_index(int(origins[k, 1]) + offsets, w) for k in members]
         x0 = min(int(ix.min()) for ix in ixs)
         x1 = max(int(ix.max()) for ix in ixs) + 1
         band = np.asarray(source[y0:y1, x0:x1])

@@ -112,11 +112,10 @@ def detect_databar_blocks(
         start = end - k
         if start < 0:
             raise ValueError(f"the blocks hold more than n_rows={n_rows} rows")
-        level = np.median(band, axis=1)
-        uniform = np.mean(np.abs(band - level[:, None]) <= tolerance, axis=1) >= uniform_fraction
         q = np.rint(band * 255).astype(np.intp)
         q += np.arange(k, dtype=np.intp)[:, None] * 256
         hist = np.bincount(q.ravel(), minlength=k * 256).reshape(k, 256)
+        level, uniform = _uniform_rows(band, hist, tolerance, uniform_fraction)
         # suffix[i]: histogram of the band's rows start + i .. n_rows - 1
         suffix = np.cumsum(hist[::-1], axis=0)[::-1] + below
 
@@ -147,6 +146,24 @@ def detect_databar_blocks(
         below = suffix[0]
         end = start
     return found
+
+
+def _uniform_rows(band: np.ndarray, hist: np.ndarray, tolerance: float, uniform_fraction: float):
+    """Each row's median and whether it is uniform (``uniform_fraction`` of its values within ``tolerance`` of the
+    median). The median is taken only of rows whose histogram could hold a uniform row (enough values within a
+    few bins of each other): a superset, so the answer is exact, and ordinary image rows cost no sort."""
+    k, cols = band.shape
+    width = int(np.ceil(2 * tolerance * 255)) + 2  # bins [m - tol, m + tol] can reach, rounding included
+    sums = np.cumsum(hist, axis=1)
+    window = sums[:, width - 1:] - np.concatenate([np.zeros((k, 1), sums.dtype), sums[:, :-width]], axis=1)
+    candidate = window.max(axis=1) / cols >= uniform_fraction
+    level = np.full(k, np.nan, dtype=band.dtype)
+    uniform = np.zeros(k, dtype=bool)
+    if candidate.any():
+        rows = band[candidate]
+        level[candidate] = np.median(rows, axis=1)
+        uniform[candidate] = np.mean(np.abs(rows - level[candidate][:, None]) <= tolerance, axis=1) >= uniform_fraction
+    return level, uniform
 
 
 def _pieces(blocks: Iterable[np.ndarray]):

@@ -49,8 +49,10 @@ def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def check_file(path: Path) -> int:
-    """Cheap checks before parsing; returns the file size."""
+def check_file(path: Path, data: bytes | None = None) -> int:
+    """Cheap checks before parsing; returns the file size. ``data``: the file's bytes, already read."""
+    if data is not None:
+        return _check_head(path, data[:4], len(data))
     try:
         st = path.stat()
     except FileNotFoundError:
@@ -66,13 +68,19 @@ def check_file(path: Path) -> int:
             head = fh.read(4)
     except OSError as exc:
         raise UnreadableImageError(path, f"cannot read file: {exc.strerror or exc}") from exc
+    return _check_head(path, head, st.st_size)
+
+
+def _check_head(path: Path, head: bytes, size: int) -> int:
+    if size == 0:
+        raise UnreadableImageError(path, "empty file (0 bytes)")
     if len(head) < 4 and any(magic.startswith(head) for magic in _TIFF_MAGIC):
         raise UnreadableImageError(path, f"truncated: the file has {len(head)} bytes, fewer than a TIFF header")
     if head not in _TIFF_MAGIC:
         raise UnreadableImageError(
             path, f"not a TIFF file: it starts with {head!r}, not a TIFF header (b'II*\\x00' or b'MM\\x00*')"
         )
-    return st.st_size
+    return size
 
 
 def check_budget(path: Path, rows: int, cols: int, depth: int, max_pixels: int) -> None:

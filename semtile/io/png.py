@@ -18,6 +18,7 @@ replaced by semtile's). Every problem raises an
 from __future__ import annotations
 
 import dataclasses
+import io
 import threading
 import warnings
 from pathlib import Path
@@ -41,13 +42,17 @@ IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg")
 _PIL_LIMIT = threading.Lock()  # Pillow's bomb limit is a module global: changed under a lock
 
 
-def sniff_format(path: str | Path) -> str | None:
-    """``"png"`` or ``"jpeg"`` from the file's first bytes; None otherwise (or when it cannot be read)."""
-    try:
-        with open(path, "rb") as handle:
-            head = handle.read(8)
-    except OSError:
-        return None
+def sniff_format(path: str | Path, data: bytes | None = None) -> str | None:
+    """``"png"`` or ``"jpeg"`` from the file's first bytes (``data``: the file already read); None otherwise (or
+    when it cannot be read)."""
+    if data is not None:
+        head = data[:8]
+    else:
+        try:
+            with open(path, "rb") as handle:
+                head = handle.read(8)
+        except OSError:
+            return None
     if head.startswith(PNG_MAGIC):
         return "png"
     if head.startswith(JPEG_MAGIC):
@@ -55,7 +60,7 @@ def sniff_format(path: str | Path) -> str | None:
     return None
 
 
-def _open_pil(path: Path):
+def _open_pil(path: Path, data: bytes | None = None):
     """Pillow's lazy image (header only), Pillow's own size limit off: semtile's budget applies instead."""
     from PIL import Image
 
@@ -65,15 +70,15 @@ def _open_pil(path: Path):
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                return Image.open(path)
+                return Image.open(path if data is None else io.BytesIO(data))
         finally:
             Image.MAX_IMAGE_PIXELS = limit
 
 
-def _decode(path: Path, max_pixels: int) -> tuple[np.ndarray, str, str]:
+def _decode(path: Path, max_pixels: int, data: bytes | None = None) -> tuple[np.ndarray, str, str]:
     """The stored samples (rows, cols) or (rows, cols, S), Pillow's mode and the format; errors name the file."""
     try:
-        img = _open_pil(path)
+        img = _open_pil(path, data)
     except FileNotFoundError:
         raise UnreadableImageError(path, "file not found") from None
     except IsADirectoryError:
@@ -140,18 +145,18 @@ def read_mask(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndar
 
 
 def open_png_scan(path: str | Path, *, page: int = 0, databar_rows: int | None = None,
-                  max_pixels: int | None = DEFAULT_MAX_PIXELS):
+                  max_pixels: int | None = DEFAULT_MAX_PIXELS, data: bytes | None = None):
     """Open a PNG or JPEG as a :class:`~semtile.io.scan.Scan` (what :func:`semtile.io.tiff.open_scan` returns).
 
     ``page`` must be 0 (the first frame of an animated PNG). ``databar_rows``:
     as for TIFFs (None: detected in the pixels; 0: no bar). The pixels are
-    decoded at open and kept in memory until :meth:`Scan.close`.
+    decoded at open and kept in memory until :meth:`Scan.close`; ``data``: the file's bytes, already read.
     """
     path = Path(path)
     max_pixels = DEFAULT_MAX_PIXELS if max_pixels is None else int(max_pixels)
     if page != 0:
         raise UnsupportedImageError(path, f"page {page} requested but a PNG/JPEG has one page (0)")
-    data, mode, fmt = _decode(path, max_pixels)
+    data, mode, fmt = _decode(path, max_pixels, data)
     data, convert = _conversion(path, data, mode)
     rows, cols = int(data.shape[0]), int(data.shape[1])
     row_bytes = max(1, cols * (data.shape[2] if data.ndim == 3 else 1) * max(4, data.dtype.itemsize))
@@ -162,6 +167,7 @@ def open_png_scan(path: str | Path, *, page: int = 0, databar_rows: int | None =
                     page=0, n_pages=1, pixel_size_m=None, pixel_size_source=None, vendor=None,
                     databar_rows=0, databar_source="none")
     scan = ArrayScan(raw, info, convert, fmt)
+    scan.decoded = data
     if databar_rows is not None:
         if databar_rows >= rows:
             raise ImageTooSmallError(path, f"databar_rows={databar_rows} leaves no image rows: the frame has {rows} rows")

@@ -107,6 +107,8 @@ class Scan:
         self._convert = convert
         self._float_range: tuple[float, float] | None = None
         self.info = info
+        #: The page's samples decoded whole (samples last), when the scan was read into memory; else None.
+        self.decoded: np.ndarray | None = None
 
     # -- lifecycle
     def close(self) -> None:
@@ -168,6 +170,25 @@ class Scan:
         """The image above the data bar: ``gray()[: rows - databar_rows]``."""
         return self.gray()[: self.info.valid_shape[0]]
 
+    def valid_into(self, out: np.ndarray) -> np.ndarray:
+        """The valid area's gray values written into ``out`` (float32, ``info.valid_shape``); returns ``out``.
+
+        A scan decoded into memory is converted in place, without dask; the
+        values are exactly those of :meth:`valid`.
+        """
+        rows = self.info.valid_shape[0]
+        conv = self._convert
+        if self.decoded is not None and self.decoded.ndim == 2 and conv["mode"] == "int" and not conv["invert"] \
+                and conv["offset"] == 0.0 and self.decoded.dtype.kind == "u":
+            # gray_block's arithmetic (x * scale in float32; unsigned: no offset), with no temporaries
+            np.multiply(self.decoded[:rows], np.float32(conv["scale"]), out=out, dtype=np.float32)
+            np.clip(out, 0.0, 1.0, out=out)
+        elif self.decoded is not None and conv["mode"] != "float":
+            out[...] = gray_block(self.decoded[:rows], **conv)
+        else:
+            out[...] = self.valid().compute(scheduler="synchronous")
+        return out
+
     def _get_float_range(self) -> tuple[float, float]:
         if self._float_range is None:
             x = self._raw.astype(np.float64)
@@ -190,6 +211,9 @@ def detect_scan_databar(scan: Scan, path: Path, rows: int) -> int:
     """Search the bottom band for a data bar, one decoded block at a time, bottom block first."""
     band_rows = min(rows, max(8, math.ceil(rows * DATABAR_SEARCH_FRACTION)))
     try:
+        if scan.decoded is not None and scan._convert["mode"] != "float":  # in memory: one block, no dask
+            blocks = iter([gray_block(scan.decoded[rows - band_rows: rows], **scan._convert)])
+            return detect_databar_blocks(blocks, band_rows)
         band = scan.gray()[rows - band_rows :]
         blocks = (band.blocks[i].compute(scheduler="synchronous") for i in reversed(range(band.numblocks[0])))
         return detect_databar_blocks(blocks, band_rows)

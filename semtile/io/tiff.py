@@ -23,8 +23,11 @@ from the header alone, before anything is decoded.
 from __future__ import annotations
 
 import dataclasses
+import io
+import uuid
 from pathlib import Path
 
+import dask.array as da
 import numpy as np
 import tifffile
 import zarr
@@ -67,7 +70,8 @@ def _log_page_choice(path: Path, page: int, n_pages: int) -> None:
 
 
 def open_scan(
-    path: str | Path, *, page: int = 0, databar_rows: int | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS
+    path: str | Path, *, page: int = 0, databar_rows: int | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    data: bytes | None = None, decode_limit: int | None = None,
 ) -> Scan:
     """Open one page of a TIFF scan lazily (a PNG or JPEG: see :func:`semtile.io.png.open_png_scan`).
 
@@ -83,6 +87,14 @@ def open_scan(
     max_pixels
         Most pixels (rows x columns) the page header may claim; a larger page
         is refused from its header alone. None means :data:`DEFAULT_MAX_PIXELS`.
+    data
+        The file's bytes, already read (:func:`semtile.io.source.read_source`):
+        the scan is parsed and its page decoded whole from them, once, and
+        ``path`` only names it. None: read lazily from ``path``.
+    decode_limit
+        With ``data``: the page is decoded whole (``Scan.decoded``) only when
+        its frame has at most this many pixels, else it is read lazily from
+        ``path`` (None: no limit).
 
     Returns
     -------
@@ -114,22 +126,31 @@ def open_scan(
         isinstance(databar_rows, bool) or not isinstance(databar_rows, (int, np.integer)) or databar_rows < 0
     ):
         raise SemtileError(f"databar_rows must be a non-negative integer, got {databar_rows!r}")
-    if sniff_format(path) is not None:  # a PNG or JPEG, whatever its name: the same Scan, read with Pillow
-        return open_png_scan(path, page=page, databar_rows=databar_rows, max_pixels=int(max_pixels))
-    size = check_file(path)
+    if sniff_format(path, data) is not None:  # a PNG or JPEG, whatever its name: the same Scan, read with Pillow
+        return open_png_scan(path, page=page, databar_rows=databar_rows, max_pixels=int(max_pixels), data=data)
+    size = check_file(path, data)
     try:
-        tif = tifffile.TiffFile(path)
+        tif = tifffile.TiffFile(path if data is None else io.BytesIO(data), name=path.name)
     except Exception as exc:  # tifffile raises many kinds
         raise UnreadableImageError(path, truncation(path, size) or f"cannot parse TIFF: {describe(exc)}") from exc
     try:
-        return _open(tif, path, size, page, databar_rows, int(max_pixels))
+        return _open(tif, path, size, page, databar_rows, int(max_pixels), in_memory=data is not None,
+                     decode_limit=decode_limit)
+    except _NotInMemory:  # too many pixels to decode whole: read lazily from the file instead
+        tif.close()
+        return open_scan(path, page=page, databar_rows=databar_rows, max_pixels=max_pixels)
     except BaseException:
         tif.close()
         raise
 
 
+class _NotInMemory(Exception):
+    """The page has more pixels than ``decode_limit``: it is read lazily from its file."""
+
+
 def _open(
-    tif: tifffile.TiffFile, path: Path, size: int, page_index: int, databar_rows: int | None, max_pixels: int
+    tif: tifffile.TiffFile, path: Path, size: int, page_index: int, databar_rows: int | None, max_pixels: int,
+    in_memory: bool = False, decode_limit: int | None = None,
 ) -> Scan:
     try:
         n_pages = len(tif.pages)
@@ -178,18 +199,25 @@ def _open(
 
     convert, raw_axes = choose_conversion(path, page, axes, shape, photometric, dtype)
 
-    # lazy pixels
-    try:
-        store = tif.aszarr(key=int(page_index))
-        z = DecodedPage(zarr.open(store, mode="r"), path)
-        if min(z.chunks, default=0) < 1 or z.ndim != len(raw_axes):
-            raise ValueError(f"stored chunks {z.chunks} of an array of shape {z.shape}")
-        raw = to_dask(z, raw_axes)
-    except Exception as exc:
-        raise UnreadableImageError(path, f"cannot open image data: {describe(exc)}") from exc
+    decoded = None
+    frame_pixels = int(np.prod([shape[i] for i, a in enumerate(axes) if a in "YX"]))
+    if in_memory and decode_limit is not None and frame_pixels > decode_limit:
+        raise _NotInMemory
+    if in_memory:  # the bytes are in memory: decode the page whole, once
+        decoded = _decode_page(page, path, size, raw_axes)
+        raw = da.from_array(decoded, chunks=decoded.shape, name=f"semtile-page-{uuid.uuid4().hex}",
+                            meta=np.empty((0,) * decoded.ndim, dtype=decoded.dtype))
+    else:  # lazy pixels
+        try:
+            store = tif.aszarr(key=int(page_index))
+            z = DecodedPage(zarr.open(store, mode="r"), path)
+            if min(z.chunks, default=0) < 1 or z.ndim != len(raw_axes):
+                raise ValueError(f"stored chunks {z.chunks} of an array of shape {z.shape}")
+            raw = to_dask(z, raw_axes)
+        except Exception as exc:
+            raise UnreadableImageError(path, f"cannot open image data: {describe(exc)}") from exc
+        check_last_rows(z, raw_axes)
     rows, cols = int(raw.shape[0]), int(raw.shape[1])
-
-    check_last_rows(z, raw_axes)
 
     vendor, pixel_size, pixel_source = read_pixel_size(tif, page)
     scan = Scan(
@@ -210,6 +238,7 @@ def _open(
         ),
         convert,
     )
+    scan.decoded = decoded
 
     # data bar
     if databar_rows is not None:
@@ -226,6 +255,18 @@ def _open(
             bar, source = detect_scan_databar(scan, path, rows), "detected"
     scan.info = dataclasses.replace(scan.info, databar_rows=bar, databar_source=source)
     return scan
+
+
+def _decode_page(page: tifffile.TiffPage, path: Path, size: int, axes: str) -> np.ndarray:
+    """The page's samples decoded whole from memory, samples last; decoding errors name the file."""
+    try:
+        decoded = np.asarray(page.asarray())
+        if decoded.ndim != len(axes):
+            raise ValueError(f"decoded shape {decoded.shape} does not match axes {axes!r}")
+    except Exception as exc:  # tifffile and the codecs raise many kinds
+        raise UnreadableImageError(path, truncation(path, size) or f"cannot decode image data: {describe(exc)}"
+                                   ) from exc
+    return decoded.transpose(1, 2, 0) if axes == "SYX" else decoded
 
 
 def scan_pixels(path: str | Path, page: int = 0) -> int:

@@ -106,7 +106,7 @@ def _label_list(results: Results, table: pd.DataFrame) -> list:
 
 
 def _score_labels(table: pd.DataFrame, labels: list, column: str, answered: str = "label") -> LabelScores | None:
-    judged = table[table[column].notna()]
+    judged = table[table[column].notna() & (table["status"] != "damaged")]  # a damaged result: its row's error
     if judged.empty:
         return None
     return label_scores(list(judged[column]), list(judged[answered]), labels)
@@ -199,11 +199,11 @@ def build_report(store: str | Path, out: str | Path, labels_csv: str | Path | No
         # g(t) is the first result's segmenter's: drawn only when every result has that segmenter
         curve = results.hypothesis_curve() if len({x["segmenter_sha256"] for x in sets}) <= 1 else None
         x_column = "true_label" if "true_label" in table else "label"
-        with_x = table[table[x_column].notna()]
+        with_x = table[table[x_column].notna() & (table["status"] != "damaged")]
         unknown = section is not None and section["unknown"] is not None
         if unknown:
             curve = None  # g(t) is on the model's scale, which none of the true labels is on
-        figures = {"ratio_distribution": ratio_distribution(table["adhesive_ratio"].to_numpy()),
+        figures = {"ratio_distribution": ratio_distribution(table.loc[table["status"] != "damaged", "adhesive_ratio"].to_numpy()),
                    "ratio_against_label": ratio_against_label(
                        labels, list(with_x[x_column]), with_x["adhesive_ratio"].to_numpy(), curve,
                        "true label" if unknown else "true label t" if x_column == "true_label"
@@ -309,6 +309,8 @@ def _rows(table: pd.DataFrame, pictures: dict, made: dict) -> list[dict]:
                         "layers": pic.maps})
         elif pic is not None:
             row["error"] = pic.error
+        if record.get("status") == "damaged" and "error" not in row:
+            row["error"] = "damaged result (semtile verify lists what; --repair sets it aside for a rerun)"
         rows.append(row)
     return rows
 

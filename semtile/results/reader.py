@@ -13,7 +13,6 @@ the standard ones (heat maps, anomaly maps, cluster maps: any other 2-D or
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Iterator
@@ -28,17 +27,19 @@ import zarr
 
 from semtile.errors import SemtileError
 from semtile.models.naming import builtin_parts
+from semtile.results.curves import card_curve, recorded_curve
+from semtile.results.guard import ResultGuard, guard_opener
 from semtile.results.maps import MapInfo, find_maps
 from semtile.results.runs import RunTables, read_run_tables
 from semtile.store import (
     LABEL,
-    QUANT,
     OmeZarrStore,
     ResultStore,
     StoredResult,
     default_csv_path,
     level_shapes,
     open_store,
+    stored_scale,
 )
 
 __all__ = ["Results", "ResultImage", "MapInfo", "Preview", "open_results", "TABLE_COLUMNS"]
@@ -85,8 +86,9 @@ def _number(value: Any) -> float | None:
 class ResultImage:
     """One stored result: its facts, and its arrays as lazy dask arrays."""
 
-    def __init__(self, stored: StoredResult, group: Path, ome: bool):
+    def __init__(self, stored: StoredResult, group: Path, ome: bool, guard: ResultGuard | None = None):
         self.stored, self.group_path, self.ome = stored, group, ome
+        self.guard = guard  # reads of a damaged result raise DamagedResultError (semtile.results.guard)
 
     # -- facts --------------------------------------------------------------------------------------
     name = property(lambda self: self.stored.name)
@@ -136,14 +138,32 @@ class ResultImage:
 
     def _zarr(self, path: str):
         try:
-            return self._group[path]
+            array = self._group[path]
         except KeyError:
             raise SemtileError(f"{self.group_path}: array {path!r} is missing") from None
+        return self.guard.wrap(array, path) if self.guard is not None else array
+
+    @property
+    def damage(self) -> list[str]:
+        """What the quick check against the result's manifest finds wrong (empty: nothing; see ``semtile verify``)."""
+        return [str(d) for d in self.guard.damage()] if self.guard is not None else []
 
     @property
     def mask(self):
-        """Adhesive probability, float32 (rows, cols)."""
+        """Adhesive probability in [0, 1], float32 (rows, cols), whatever the stored dtype."""
         return _lazy(self.stored.mask)
+
+    @property
+    def mask_stored(self):
+        """The mask's stored values (uint8 ``round(p * 255)`` by default; see ``storage``)."""
+        return _lazy(self.stored.stored("mask"))
+
+    @property
+    def storage(self) -> dict:
+        """How this result's arrays are stored (dtype, scale, codec...); {} for results written before it was kept."""
+        group_attrs = self._group.attrs.get("semtile") if self.ome else None
+        storage = (group_attrs or {}).get("storage") if isinstance(group_attrs, dict) else None
+        return dict(storage) if isinstance(storage, dict) else {}
 
     @property
     def binary_mask(self):
@@ -175,7 +195,8 @@ class ResultImage:
         """Level ``k`` of the scan's pyramid as float32 in [0, 1] (a 2**k times coarser dask array)."""
         if not 0 <= k < len(self.levels):
             raise SemtileError(f"{self.group_path}: no image level {k} (it has {len(self.levels)})")
-        return _lazy(self._zarr(self.levels[k])).astype(np.float32) / np.float32(QUANT)
+        stored = self._zarr(self.levels[k])
+        return _lazy(stored).astype(np.float32) / np.float32(stored_scale(stored.dtype))
 
     def mask_level(self, k: int):
         """Level ``k`` of the binary mask's pyramid, bool (a coarse pixel is adhesive if any under it is)."""
@@ -221,7 +242,8 @@ class ResultImage:
             gray = np.asarray(mask[::step, ::step], dtype=np.float32)
             return Preview(gray=gray, binary=gray >= 0.5, level=0)
         k = self._preview_level(max_side)
-        gray = np.asarray(self._zarr(self.levels[k])[...]).astype(np.float32) / np.float32(QUANT)
+        stored = self._zarr(self.levels[k])
+        gray = np.asarray(stored[...]).astype(np.float32) / np.float32(stored_scale(stored.dtype))
         binary = np.asarray(self._zarr(f"labels/{LABEL}/{self.levels[k]}")[...]) != 0
         return Preview(gray=gray, binary=binary, level=k)
 
@@ -267,7 +289,11 @@ class Results:
             if not isinstance(name, str):
                 raise SemtileError(f"{self.path}: result names are strings, not {type(name).__name__}")
             stored = self.store.read(name)  # SemtileError naming the store and the name when absent
-            self._read[name] = ResultImage(stored, self.path / name, isinstance(self.store, OmeZarrStore))
+            guard = ResultGuard(self.path, name, self.path / name)
+            stored.open_array = guard_opener(stored.open_array, guard, lambda key: key)
+            if stored.open_map is not None:
+                stored.open_map = guard_opener(stored.open_map, guard, lambda key, level=0: f"{key}/{level}")
+            self._read[name] = ResultImage(stored, self.path / name, isinstance(self.store, OmeZarrStore), guard)
         return self._read[name]
 
     def get(self, name: str) -> ResultImage:
@@ -300,7 +326,8 @@ class Results:
         engine = prov.get("engine") if isinstance(prov.get("engine"), dict) else {}
         model = prov.get("model") if isinstance(prov.get("model"), dict) else {}
         shape = result.shape
-        row = {"name": result.name, "source": str(result.source), "file": result.source.name, "status": "ok",
+        row = {"name": result.name, "source": str(result.source), "file": result.source.name,
+               "status": "damaged" if result.damage else "ok",
                "label": result.label, "adhesive_ratio": result.adhesive_ratio,
                "adhesive_ratio_soft": _number(attrs.get("adhesive_ratio_soft")),
                "pixel_size_m": _number(attrs.get("pixel_size_m")),
@@ -431,34 +458,13 @@ class Results:
             return None
         result = self[self.names[0]]
         segmenter = (result.provenance.get("model") or {}).get("segmenter") or {}
-        curve = _curve(segmenter.get("training"), result.labels, "provenance")
+        curve = recorded_curve(segmenter.get("training"), result.labels, "provenance")
         if curve is None and segmenter.get("path"):
-            curve = _card_curve(Path(segmenter["path"]), segmenter.get("sha256"), result.labels)
+            curve = card_curve(Path(segmenter["path"]), segmenter.get("sha256"), result.labels)
         return curve
 
     def __repr__(self) -> str:
         return f"Results({str(self.path)!r}, {len(self.names)} results)"
-
-
-def _curve(training: Any, labels: list, source: str) -> dict | None:
-    if not isinstance(training, dict):
-        return None
-    g = training.get("g")
-    if not isinstance(g, list) or len(g) != len(labels) or not all(_number(v) is not None for v in g):
-        return None
-    return {"labels": list(labels), "g": [float(v) for v in g], "hypothesis": training.get("hypothesis"),
-            "source": source}
-
-
-def _card_curve(weights: Path, sha256: str | None, labels: list) -> dict | None:
-    card = weights.with_suffix(".json")
-    try:
-        data = json.loads(card.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    if not isinstance(data, dict) or (sha256 and data.get("sha256") != sha256):
-        return None  # another model now sits at that path
-    return _curve(data.get("training"), labels, str(card))
 
 
 def open_results(path: str | Path, csv: str | Path | None = None) -> Results:

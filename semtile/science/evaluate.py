@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from semtile.errors import DatasetError, SemtileError
+from semtile.errors import DamagedResultError, DatasetError, SemtileError
 from semtile.io.dataset import read_labels
 from semtile.results import LabelScores, label_scores, open_results, read_answers
 
@@ -109,7 +109,7 @@ def evaluate_store(store: str | Path, labels_csv: str | Path, out: str | Path,
     if (base / "truth.csv").is_file():
         with (base / "truth.csv").open(newline="") as handle:
             truth_ratio = {(base / r["path"]).resolve(): float(r["adhesive_ratio"]) for r in csv.DictReader(handle)}
-    rows, labels = [], None
+    rows, labels, damaged = [], None, {}
     for name in results.names:
         stored = results[name]
         source = stored.source
@@ -124,7 +124,11 @@ def evaluate_store(store: str | Path, labels_csv: str | Path, out: str | Path,
         if mask_path.is_file():
             import tifffile
 
-            predicted = stored.binary_mask.compute()
+            try:
+                predicted = stored.binary_mask.compute()
+            except DamagedResultError as exc:  # that result's error: left out, named in metrics.json
+                damaged[name] = str(exc)
+                continue
             truth = tifffile.imread(mask_path)[: predicted.shape[0], : predicted.shape[1]] > 0
             row.update(mask_scores(predicted, truth))
         rows.append(row)
@@ -133,7 +137,8 @@ def evaluate_store(store: str | Path, labels_csv: str | Path, out: str | Path,
     out.mkdir(parents=True, exist_ok=True)
     model = label_scores([r["true_label"] for r in rows], [r["predicted_label"] for r in rows], labels)
     report = {"images": len(rows), "missing": len(samples) - len(rows), "model": model.to_dict(),
-              "split": {"from": str(split_from), "part": part} if split_from is not None else None}
+              "split": {"from": str(split_from), "part": part} if split_from is not None else None,
+              "damaged": damaged}
     _write_confusion(model, out / "confusion.csv")
     _plot_confusion(model, "model", out / "confusion.png")
     if any("true_adhesive_ratio" in r for r in rows):
@@ -206,4 +211,7 @@ def _summary(report: dict) -> str:
         lines += ["", f"Pooled over all pixels: Dice {_fmt(pooled['dice'], 4)}, IoU {_fmt(pooled['iou'], 4)}. "
                   f"IoU and Dice skip images whose true mask is empty ({pooled['empty_truth_images']}; "
                   f"{pooled['empty_truth_false_positive_pixels']} pixels marked adhesive on them)."]
+    if report.get("damaged"):
+        lines += ["", f"{len(report['damaged'])} damaged result(s) left out (`semtile verify --repair` sets them "
+                  "aside for a rerun):", *(f"- {message}" for message in report["damaged"].values())]
     return "\n".join(lines) + "\n"

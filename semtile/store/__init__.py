@@ -6,6 +6,16 @@ from pathlib import Path
 from semtile.errors import SemtileError
 from semtile.store.base import ImageResult, ResultStore, StoredResult
 
+# How arrays are stored and decoded (the uint8 probability convention, shared with the GPU path).
+from semtile.store.encoding import (
+    DEFAULT_MASK_DTYPE,
+    MASK_DTYPES,
+    PROBABILITY_SCALE,
+    decode_probability,
+    encode_probability_u8,
+    stored_scale,
+)
+
 # What readers above the store need of the OME-Zarr layout: the adhesive label image's name, the scale of the
 # stored uint16 image and the pyramid's level shapes. Only semtile/store/ imports the backends themselves.
 from semtile.store.ome_zarr import LABEL, QUANT, OmeZarrStore, level_shapes
@@ -16,7 +26,8 @@ from semtile.store.zarr_dir import ZarrDirectoryStore
 
 __all__ = ["ImageResult", "ResultStore", "StoredResult", "OmeZarrStore", "ZarrDirectoryStore", "RunTable",
            "RUN_COLUMNS", "default_csv_path", "open_store", "LABEL", "QUANT", "level_shapes", "host_name",
-           "process_alive"]
+           "process_alive", "MASK_DTYPES", "DEFAULT_MASK_DTYPE", "PROBABILITY_SCALE", "encode_probability_u8",
+           "decode_probability", "stored_scale"]
 
 
 def open_store(path: str | Path, mode: str = "a") -> ResultStore:

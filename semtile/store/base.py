@@ -70,7 +70,7 @@ class ImageResult:
     """Everything semtile writes about one image."""
 
     source: Path
-    mask: np.ndarray  # (rows, cols) float32 adhesive probability over the valid area
+    mask: np.ndarray  # (rows, cols) adhesive probability over the valid area: float, or uint8 round(p * 255)
     binary_mask: np.ndarray  # (rows, cols) bool
     class_probs: np.ndarray  # (n_labels,) float32
     labels: list
@@ -87,6 +87,8 @@ class ImageResult:
     maps: dict = field(default_factory=dict)
     # Provenance of each extra map (name -> JSON-able dict), kept with it in the result's attributes.
     map_attrs: dict = field(default_factory=dict)
+    # How the mask is stored: "uint8" (round(p * 255), None: the default), "float16" or "float32".
+    mask_dtype: str | None = None
 
 
 @dataclass
@@ -95,8 +97,9 @@ class StoredResult:
 
     ``mask``, ``binary_mask`` and ``class_probs`` are opened on first use and
     read lazily: array-likes with ``shape``, ``dtype``, ``[...]`` slicing to
-    numpy and ``np.asarray``. ``attrs`` is ``ImageResult.attrs`` as written
-    (JSON round trip: tuples come back as lists).
+    numpy and ``np.asarray``. ``mask`` is the probability in [0, 1] as float32
+    whatever the stored dtype (``stored("mask")`` gives the stored values).
+    ``attrs`` is ``ImageResult.attrs`` as written (JSON round trip: tuples come back as lists).
     """
 
     name: str
@@ -120,6 +123,10 @@ class StoredResult:
     @property
     def mask(self):
         return self.open_array("mask")
+
+    def stored(self, key: str):
+        """The array ``key`` ("mask", "image", "binary_mask", "class_probs") as stored, undecoded (uint8 mask...)."""
+        return self.open_array(f"stored:{key}")
 
     @property
     def binary_mask(self):
@@ -167,11 +174,15 @@ class ResultStore(abc.ABC):
         """Remove the temporaries of writers that died; return how many. A live writer's stay."""
 
     @abc.abstractmethod
-    def write(self, name: str, result: ImageResult) -> None:
-        """Store ``result`` under ``name`` atomically, replacing only that name (SemtileError if read-only)."""
+    def write(self, name: str, result: ImageResult, timings: dict | None = None) -> None:
+        """Store ``result`` under ``name`` atomically, replacing only that name (SemtileError if read-only).
+
+        ``timings`` (a dict): seconds are added under "encode", "pyramid" and "write" where the store has them.
+        """
 
     @abc.abstractmethod
-    def add_maps(self, name: str, maps: Mapping[str, Any], attrs: dict | None = None) -> None:
+    def add_maps(self, name: str, maps: Mapping[str, Any], attrs: dict | None = None,
+                 timings: dict | None = None) -> None:
         """Add the extra ``maps`` (name -> array of the result's mask shape) to the committed result ``name``.
 
         Atomic: readers see the result without the new maps or with all of
@@ -186,7 +197,8 @@ class ResultStore(abc.ABC):
     # -- results written region by region (large scans, maybe from many processes) --------------------
     # Stores with ``supports_regions`` implement these; the others refuse.
 
-    def stage(self, shape: tuple[int, int], pixel_size_m: Any = None, maps: Any = ()) -> Path:
+    def stage(self, shape: tuple[int, int], pixel_size_m: Any = None, maps: Any = (), *,
+              mask_dtype: str | None = None, input_dtype: Any = None, photometric: Any = None) -> Path:
         """A new temporary result of ``shape`` with empty arrays (and the extra ``maps``), for region writes."""
         raise SemtileError(f"{self.path}: this store cannot write results region by region")
 
@@ -195,7 +207,7 @@ class ResultStore(abc.ABC):
         raise SemtileError(f"{self.path}: this store cannot write results region by region")
 
     def write_region(self, staged: str | Path, y0: int, x0: int, *, image: Any, binary_mask: Any, mask: Any,
-                     levels: int, maps: Mapping[str, Any] | None = None) -> None:
+                     levels: int, maps: Mapping[str, Any] | None = None, timings: dict | None = None) -> None:
         """Write one region of a staged result at ``(y0, x0)``; regions must be aligned so no chunk has two writers."""
         raise SemtileError(f"{self.path}: this store cannot write results region by region")
 
@@ -203,9 +215,18 @@ class ResultStore(abc.ABC):
         """The staged result's ``image``, ``mask`` and ``binary_mask`` arrays (to build its ImageResult)."""
         raise SemtileError(f"{self.path}: this store cannot write results region by region")
 
-    def commit(self, name: str, staged: str | Path, result: ImageResult, *, built_levels: int) -> None:
+    def commit(self, name: str, staged: str | Path, result: ImageResult, *, built_levels: int,
+               timings: dict | None = None) -> None:
         """Finish a staged result whose regions are all written and publish it under ``name``, atomically."""
         raise SemtileError(f"{self.path}: this store cannot write results region by region")
+
+    # -- fencing (a run's lease; directory stores check it before every commit) --------------------------
+
+    current_fence = None
+
+    def fence(self, fence) -> None:
+        """Commit only while ``fence`` (a :class:`~semtile.store.lease.Fence`) is held; None: no run's lease."""
+        self.current_fence = fence
 
     @abc.abstractmethod
     def names(self) -> list[str]:
@@ -214,6 +235,20 @@ class ResultStore(abc.ABC):
     @abc.abstractmethod
     def read(self, name: str) -> StoredResult:
         """The result stored under ``name``; SemtileError naming it when there is none."""
+
+    def verify(self, name: str, full: bool = False) -> list[str]:
+        """What is wrong with the stored result ``name`` (empty: nothing found); see :mod:`semtile.store.verify`.
+
+        Quick (``full=False``): its files against the manifest written at commit,
+        by size (and CRC where a modification time changed). Full: every file's
+        CRC, every chunk decoded, the record checked.
+        """
+        from semtile.store.verify import check_result as _check_stored
+
+        folder = Path(self.path) / name
+        if not valid_name(name) or folder.is_symlink() or not folder.is_dir():
+            return []
+        return [str(d) for d in _check_stored(folder, full=full)]
 
     def __contains__(self, name: object) -> bool:
         return name in self.names()

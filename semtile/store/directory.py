@@ -10,12 +10,14 @@ over with a ``ZarrUserWarning``), and the store lists its results itself.
     case, so two names that differ in case only can never both be claimed.
 ``.semtile/sources/<sha256 of the source key>``
     ``{"name", "source"}``: the name of that input file.
-``.semtile/tmp/<kind>~<host>~<pid>~<start>~<token>``
+``.semtile/leases/<token>.json``
+    The leases of the runs (and processes) writing now (:mod:`semtile.store.lease`).
+``.semtile/tmp/<kind>~<token>~<random>``
     A writer's temporaries: ``partial`` (a result being written), ``retired``
     (a result being replaced), ``claim`` (a claim file being written), ``dead``
-    (being deleted by ``clean_stale``). ``start`` is the writer's process start
-    time (Linux, from ``/proc``; 0 elsewhere), so a pid used again later does
-    not keep a dead writer's temporary alive.
+    (being deleted by ``clean_stale``), named by the writer's lease token and
+    removed only once that lease is gone (:mod:`semtile.store.cleanup`). Every
+    publish checks the lease (:meth:`DirectoryStore.fence`); ENOSPC is DiskFull.
 
 A claim or source file is written beside and hard-linked into place; the link
 fails when the name exists (atomic on local disks and on NFS; where a file
@@ -46,7 +48,6 @@ import errno
 import hashlib
 import json
 import os
-import re
 import shutil
 import time
 import uuid
@@ -56,7 +57,7 @@ from typing import Any
 
 import zarr
 
-from semtile.errors import SemtileError
+from semtile.errors import DiskFull, SemtileError
 from semtile.store.base import (
     RESERVED_NAMES,
     ImageResult,
@@ -68,15 +69,15 @@ from semtile.store.base import (
     source_key,
     valid_name,
 )
+from semtile.store.cleanup import STALE_AFTER_S, clean_temporaries, discard, zarr_without_hard_links
+from semtile.store.lease import Fence, RunLease, process_lease, real_folder
 from semtile.store.ownership import host_name, process_alive, process_start, temporary_name
+from semtile.store.verify import seal
 
 __all__ = ["DirectoryStore", "HIDDEN", "STALE_AFTER_S", "temporary_name", "process_start", "host_name",
            "process_alive"]
 
 HIDDEN = ".semtile"
-STALE_AFTER_S = 24 * 3600  # another host's temporaries (or any whose writer cannot be checked) after this
-_TEMP = re.compile(r"(?P<kind>[a-z]+)~(?P<host>[A-Za-z0-9._-]+)~(?P<pid>\d+)~(?P<start>\d+)~[0-9a-f]+")
-_LEGACY_TEMP = (".partial-", ".retired-")  # what the Zarr directory store left in the root before claims
 
 
 def _digest(key: str) -> str:
@@ -89,6 +90,9 @@ def _link_or_copy(source: str, target: str) -> None:
         os.link(source, target)
     except OSError:
         shutil.copy2(source, target)
+
+
+zarr_without_hard_links()
 
 
 def _read_claim(path: Path) -> dict | None:
@@ -126,8 +130,13 @@ class DirectoryStore(ResultStore):
         if not self.read_only and self.path.is_dir() and not (self.path / "zarr.json").is_file() \
                 and any(self.path.iterdir()):
             raise SemtileError(f"{self.path}: a folder that is not a Zarr store; refusing to write results into it")
+        self._fence: Fence | None = None  # the run's lease; without one, this process's own (process_lease)
         if not self.read_only and not (self.path / "zarr.json").is_file():
-            self._create_root()
+            try:
+                self._create_root()
+            except OSError as exc:  # a full disk, a read-only file system, no permission: a setup error
+                raise SemtileError(f"{self.path}: cannot create the result store "
+                                   f"({exc.strerror or exc})") from None
         try:
             self.root = zarr.open_group(str(self.path), mode=mode, zarr_format=3)
         except Exception as exc:  # noqa: BLE001 - whatever zarr says, this is no store of ours
@@ -181,8 +190,8 @@ class DirectoryStore(ResultStore):
         """SemtileError if this format cannot store ``result``; called before anything is written."""
 
     @abc.abstractmethod
-    def _write_group(self, staged: Path, result: ImageResult) -> None:
-        """Write ``result`` as a complete Zarr v3 group in the new folder ``staged``."""
+    def _write_group(self, staged: Path, result: ImageResult, timings: dict | None = None) -> None:
+        """Write ``result`` as a complete Zarr v3 group in the new folder ``staged`` (seconds into ``timings``)."""
 
     @abc.abstractmethod
     def _open_result(self, name: str, attrs: dict) -> StoredResult:
@@ -193,7 +202,8 @@ class DirectoryStore(ResultStore):
         """The extra maps recorded in a result group's attributes: name -> their attributes."""
 
     @abc.abstractmethod
-    def _write_maps(self, staged: Path, maps: dict, map_attrs: dict, pixel_size: Any) -> dict:
+    def _write_maps(self, staged: Path, maps: dict, map_attrs: dict, pixel_size: Any,
+                    timings: dict | None = None) -> dict:
         """Write ``maps`` into the result group ``staged``; return name -> attributes to record."""
 
     @abc.abstractmethod
@@ -247,14 +257,15 @@ class DirectoryStore(ResultStore):
             return None
         return self._record_of(attrs)
 
-    def write(self, name: str, result: ImageResult) -> None:
+    def write(self, name: str, result: ImageResult, timings: dict | None = None) -> None:
         if self.read_only:
             raise SemtileError(f"{self.path}: opened read-only, cannot write {name!r}")
         check_result(name, result)
         self._check(result)
-        self._complete(self._temp("partial"), name, result, self._write_group)
+        self._complete(self._temp("partial"), name, result,
+                       lambda staged, result: self._write_group(staged, result, timings))
 
-    def add_maps(self, name: str, maps, attrs: dict | None = None) -> None:
+    def add_maps(self, name: str, maps, attrs: dict | None = None, timings: dict | None = None) -> None:
         if self.read_only:
             raise SemtileError(f"{self.path}: opened read-only, cannot add maps to {name!r}")
         where = f"{self.path}/{name}"
@@ -291,8 +302,9 @@ class DirectoryStore(ResultStore):
                 recorded = {k: v for k, v in self._maps_of(current).items()
                             if k.casefold() not in {m.casefold() for m in maps}}
                 written = self._write_maps(staged, maps, {key: dict(attrs or {}) for key in maps},
-                                           self._pixel_size(current))
+                                           self._pixel_size(current), timings)
                 self._set_maps(staged, {**recorded, **written})
+                seal(staged)
                 self._publish(staged, final)
             except BaseException:
                 shutil.rmtree(staged, ignore_errors=True)
@@ -319,20 +331,48 @@ class DirectoryStore(ResultStore):
         """``fill(staged, result)``, then publish ``staged`` as ``name``; on any failure ``staged`` is removed."""
         try:
             fill(staged, result)
+            seal(staged)  # the manifest: what a rerun and `semtile verify` check the result against
             self._publish(staged, self.path / name)
+        except OSError as exc:
+            shutil.rmtree(staged, ignore_errors=True)
+            if exc.errno == errno.ENOSPC:
+                raise DiskFull(f"{self.path}: no space left on the device (writing {name!r})") from None
+            raise
         except BaseException:
             shutil.rmtree(staged, ignore_errors=True)
             raise
         if self._owners is not None:
             self._owners[name] = source_key(result.source)
 
+    # -- fencing --------------------------------------------------------------------------------------
+
+    def fence(self, fence: Fence | None) -> None:
+        """Write under ``fence`` (a run's lease): temporaries carry its token, and nothing is published once
+        that lease has expired or was released (LeaseLost). None: this process's own lease."""
+        self._fence = fence
+
+    def lease(self, run_id: str) -> RunLease:
+        return RunLease(self._hidden, run_id)  # held until its release()
+
+    current_fence = property(lambda self: self._fence, doc="The lease this store writes under (None: the process's).")
+
+    def _token(self) -> str:
+        return self._fence.token if self._fence is not None else process_lease(self._hidden).token
+
+    def check_fence(self, what: str = "") -> None:
+        if self._fence is not None:  # LeaseLost unless the run's lease is held (its driver is alive)
+            self._fence.check(what)
+
     def _temp(self, kind: str) -> Path:
-        folder = self._hidden / "tmp"
-        folder.mkdir(parents=True, exist_ok=True)
-        return folder / temporary_name(kind)
+        folder = real_folder(real_folder(self._hidden) / "tmp")
+        return folder / f"{kind}~{self._token()}~{uuid.uuid4().hex[:12]}"
 
     def _publish(self, staged: Path, final: Path) -> None:
-        """Rename ``staged`` to ``final``; an old ``final`` is moved aside first, and back if that fails."""
+        """Rename ``staged`` to ``final``; an old ``final`` is moved aside first, and back if that fails.
+
+        Refused (LeaseLost) when the writer's lease is gone: its run's driver ended, and what it read may be
+        scratch that was removed."""
+        self.check_fence(f"{final.name!r}")
         for _ in range(16):
             try:
                 os.replace(staged, final)
@@ -448,35 +488,13 @@ class DirectoryStore(ResultStore):
     # -- clean-up -------------------------------------------------------------------------------------
 
     def clean_stale(self) -> int:
+        """Remove the temporaries whose writer's lease has expired or was released, and expired leases
+        (:func:`semtile.store.cleanup.clean_temporaries`); how many temporaries went."""
         if self.read_only:
             raise SemtileError(f"{self.path}: opened read-only, cannot clean it")
-        removed, now, host = 0, time.time(), host_name()
-        folder = self._hidden / "tmp"
-        entries = list(os.scandir(folder)) if folder.is_dir() else []
-        legacy = [e for e in os.scandir(self.path) if e.name.startswith(_LEGACY_TEMP)] if self.path.is_dir() else []
-        for entry in entries + legacy:
-            try:
-                age = now - entry.stat(follow_symlinks=False).st_mtime
-            except FileNotFoundError:
-                continue
-            match = _TEMP.fullmatch(entry.name)
-            alive = None
-            if match and match["host"] == host:
-                alive = process_alive(int(match["pid"]), int(match["start"]))
-            if alive or (alive is None and age <= STALE_AFTER_S):
-                continue
-            removed += self._discard(Path(entry.path))
-        return removed
+        return clean_temporaries(self.path, self._hidden, self._discard)
 
     def _discard(self, path: Path) -> int:
-        """Delete ``path``: renamed first, so that two cleaners never both count it; 1 if this call took it."""
-        doomed = self._temp("dead")
-        try:
-            os.replace(path, doomed)
-        except FileNotFoundError:
-            return 0
-        if doomed.is_dir() and not doomed.is_symlink():
-            shutil.rmtree(doomed, ignore_errors=True)
-        else:
-            doomed.unlink(missing_ok=True)
-        return 1
+        """Delete ``path`` (a child of the store's own folders): renamed first, so that two cleaners never
+        both count it, then removed without following any link; 1 if this call took it."""
+        return discard(path, self._temp("dead"))

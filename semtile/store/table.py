@@ -5,7 +5,10 @@ as images finish, so concurrent runs never share a file. At the end of a run
 the current table (``results.csv``) is regenerated from the store: one row per
 completed result, plus, for inputs with no result, the latest failure any run
 recorded. It is written to a temporary file and renamed into place, so a
-reader never sees half a table.
+reader never sees half a table; writers take turns (a lock file beside it),
+so of runs ending together (the tasks of a job array) the last to write read
+the store after every other's results were in: the last to finish leaves the
+complete table.
 """
 
 from __future__ import annotations
@@ -134,9 +137,35 @@ class RunTable:
         self.close()
 
 
+@contextmanager
+def _table_lock(csv_path: Path):
+    """One writer of ``csv_path`` at a time, across processes and hosts (POSIX locks work on NFS; a no-op
+    where the folder cannot hold a lock file or locks are not supported)."""
+    try:
+        import fcntl
+
+        handle = open(csv_path.with_name(f".{csv_path.name}.lock"), "a")
+    except (ImportError, OSError):
+        yield
+        return
+    try:
+        try:
+            fcntl.lockf(handle, fcntl.LOCK_EX)
+        except OSError:
+            pass
+        yield
+    finally:
+        handle.close()  # releases the lock
+
+
 def write_current_table(csv_path: Path, store) -> int:
     """Regenerate ``csv_path`` from ``store`` and the per-run tables beside it; return its row count."""
     csv_path = Path(csv_path)
+    with _table_lock(csv_path):
+        return _write_current_table(csv_path, store)
+
+
+def _write_current_table(csv_path: Path, store) -> int:
     rows: dict[str, dict] = {}
     columns = list(RUN_COLUMNS)
     for name in store.names():

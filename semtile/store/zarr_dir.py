@@ -27,6 +27,7 @@ import zarr
 from semtile.errors import SemtileError
 from semtile.store.base import ARRAYS, RESULT_KEYS, ImageResult, StoredResult, jsonable, map_dtype, source_key
 from semtile.store.directory import DirectoryStore
+from semtile.store.encoding import encode_mask
 
 __all__ = ["ZarrDirectoryStore", "ROOT_KEY"]
 
@@ -64,11 +65,12 @@ class ZarrDirectoryStore(DirectoryStore):
             if key in result.attrs:
                 raise SemtileError(f"{result.source}: attrs ['{key}'] would shadow the result's own fields")
 
-    def _write_group(self, staged: Path, result: ImageResult) -> None:
+    def _write_group(self, staged: Path, result: ImageResult, timings: dict | None = None) -> None:
         group = zarr.open_group(str(staged), mode="w-", zarr_format=3)
         rows, cols = result.mask.shape
         chunks = (min(rows, CHUNK), min(cols, CHUNK))
-        group.create_array("mask", data=np.asarray(result.mask).astype(np.float32, copy=False), chunks=chunks)
+        # The earlier format, byte for byte (float32 mask, zarr's default codecs, no checksums).
+        group.create_array("mask", data=encode_mask(result.mask, "float32"), chunks=chunks)
         group.create_array("binary_mask", data=np.asarray(result.binary_mask).astype(bool, copy=False),
                            chunks=chunks)
         group.create_array("class_probs", data=np.asarray(result.class_probs).astype(np.float32, copy=False))
@@ -87,7 +89,7 @@ class ZarrDirectoryStore(DirectoryStore):
         maps = attrs.get(MAPS_KEY)
         return dict(maps) if isinstance(maps, dict) else {}
 
-    def _write_maps(self, staged: Path, maps: dict, map_attrs: dict, pixel_size) -> dict:
+    def _write_maps(self, staged: Path, maps: dict, map_attrs: dict, pixel_size, timings: dict | None = None) -> dict:
         """Each map as a plain array at the top of the result group ``staged``; returns name -> its attributes."""
         if not maps:
             return {}
@@ -120,6 +122,7 @@ class ZarrDirectoryStore(DirectoryStore):
         opened: list[zarr.Group] = []
 
         def open_array(key: str):
+            key = key.removeprefix("stored:")  # stored as read: float32 probability, bool, float32
             if key not in ARRAYS:
                 raise SemtileError(f"{self.path}/{name}: no array {key!r} (this store format keeps no {key})")
             if not opened:

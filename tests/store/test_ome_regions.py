@@ -58,6 +58,8 @@ def test_regions_equal_a_whole_write(tmp_path, levels):
     assert sorted(whole) == sorted(parts) and len(level_shapes(shape)) >= 3
     for key in whole:
         np.testing.assert_array_equal(parts[key], whole[key], err_msg=key)
+    for attrs in (parts_attrs, whole_attrs):  # the one difference: results written whole are sharded
+        assert attrs["semtile"]["storage"].pop("shard") in (None, 4096)
     assert parts_attrs == whole_attrs
     assert other.read(name).adhesive_ratio == result.adhesive_ratio
 
@@ -76,7 +78,8 @@ def test_a_staged_result_is_invisible_until_committed_and_removed_when_its_write
     assert store.names() == []
     assert store.clean_stale() == 0  # this process is alive: its staged result stays
     assert staged.exists()
-    dead = staged.with_name(staged.name.replace(f"~{__import__('os').getpid()}~", "~999999999~"))
+    kind, token, rest = staged.name.split("~")
+    dead = staged.with_name(f"{kind}~{'0' * 32}~{rest}")  # a writer whose lease is gone
     staged.rename(dead)
     assert store.clean_stale() == 1 and not dead.exists()
     with pytest.raises(SemtileError, match="read-only"):

@@ -57,29 +57,43 @@ def test_new_stores_are_ome_zarr_and_old_ones_open_with_their_backend(tmp_path):
 
 
 def test_the_layout_of_one_image(tmp_path):
-    store, name, result = written(tmp_path)
+    store = open_store(tmp_path / "r.zarr")
+    result = make_result(tmp_path / "in" / "scan one.tif", shape=(1030, 700))
+    result.attrs["provenance"]["input"]["dtype"] = "uint8"  # an 8-bit scan
+    name = store.claim(result.source)
+    store.write(name, result)
     group = tmp_path / "r.zarr" / name
-    assert sorted(p.name for p in group.iterdir()) == ["0", "1", "2", "class_probs", "labels", "mask", "provenance.json",
+    assert sorted(p.name for p in group.iterdir()) == [".manifest.json", "0", "1", "class_probs", "labels", "mask", "provenance.json",
                                                          "zarr.json"]
     root = zarr.open_group(str(group), mode="r")
-    assert [root[str(k)].shape for k in range(3)] == [(1030, 700), (515, 350), (258, 175)] == level_shapes((1030, 700))
-    assert {root[str(k)].dtype for k in range(3)} == {np.dtype(np.uint16)}
-    assert [root[f"labels/adhesive/{k}"].shape for k in range(3)] == [(1030, 700), (515, 350), (258, 175)]
-    assert {root[f"labels/adhesive/{k}"].dtype for k in range(3)} == {np.dtype(np.uint8)}
-    assert root["mask"].dtype == np.float32 and root["mask"].shape == (1030, 700) and root["mask"].chunks == (512, 512)
+    assert [root[str(k)].shape for k in range(2)] == [(1030, 700), (515, 350)] == level_shapes((1030, 700))
+    assert {root[str(k)].dtype for k in range(2)} == {np.dtype(np.uint8)}  # no wider than the input
+    assert [root[f"labels/adhesive/{k}"].shape for k in range(2)] == [(1030, 700), (515, 350)]
+    assert {root[f"labels/adhesive/{k}"].dtype for k in range(2)} == {np.dtype(np.uint8)}
+    assert root["mask"].dtype == np.uint8 and root["mask"].shape == (1030, 700) and root["mask"].chunks == (512, 512)
+    assert root["mask"].shards == (1536, 1024)  # one shard: one file per array
+    assert all(len([p for p in (group / key).rglob("*") if p.is_file() and p.name != "zarr.json"]) == 1
+               for key in ("0", "1", "mask", "labels/adhesive/0", "class_probs"))
+    np.testing.assert_array_equal(root["mask"][...], np.rint(np.clip(result.mask, 0, 1) * 255).astype(np.uint8))
     assert root["class_probs"].dtype == np.float32
     assert root["0"].metadata.dimension_names == ("y", "x")
-    # 8-bit gray x/255 is stored as x*257: lossless, and read back as float32 in [0, 1]
-    np.testing.assert_array_equal(root["0"][...], np.rint(result.image * 255).astype(np.uint16) * 257)
+    # 8-bit gray x/255 is stored as x: lossless, and read back as float32 in [0, 1]
+    np.testing.assert_array_equal(root["0"][...], np.rint(result.image * 255).astype(np.uint8))
+    storage = root.attrs["semtile"]["storage"]
+    assert storage["image"] == {"dtype": "uint8", "scale": 255, "decode": "value / 255"}
+    assert storage["mask"]["dtype"] == "uint8" and storage["mask"]["scale"] == 255
+    assert storage["codec"] == {"name": "zstd", "level": 3, "checksum": "crc32c"} and storage["shard"] == 4096
     np.testing.assert_array_equal(root["labels/adhesive/0"][...], result.binary_mask.astype(np.uint8))
     attrs = root.attrs.asdict()
     assert set(attrs) == {"ome", "semtile"}
     assert attrs["semtile"]["source_path"] == str(result.source.resolve())
     # The provenance is a document beside zarr.json (viewers print the attributes); the attributes keep a stub.
     stub = attrs["semtile"]["attrs"]["provenance"]
-    assert stub["document"] == "provenance.json" and stub["input"] == result.attrs["provenance"]["input"]
-    assert json.loads((group / "provenance.json").read_text()) == result.attrs["provenance"]
-    assert store.read(name).attrs["provenance"] == result.attrs["provenance"]
+    given = result.attrs["provenance"]["input"]
+    assert stub["document"] == "provenance.json" and stub["input"] == {k: given[k] for k in ("path", "sha256")}
+    recorded = {**result.attrs["provenance"], "storage": storage}  # what was written, in the provenance too
+    assert json.loads((group / "provenance.json").read_text()) == recorded
+    assert store.read(name).attrs["provenance"] == recorded
     assert attrs["semtile"]["record"] == result.record
     assert attrs["ome"]["version"] == "0.5"
     labels = zarr.open_group(str(group / "labels"), mode="r").attrs.asdict()
@@ -90,10 +104,11 @@ def test_the_layout_of_one_image(tmp_path):
     assert not any((tmp_path / "r.zarr" / ".semtile" / "tmp").iterdir())  # no temporary left
 
 
-def test_levels_stop_at_256_and_thin_adhesive_survives_every_level(tmp_path):
+def test_levels_stop_at_512_and_thin_adhesive_survives_every_level(tmp_path):
     assert level_shapes((37, 53)) == [(37, 53)]
-    assert level_shapes((600, 257)) == [(600, 257), (300, 129)]
-    assert level_shapes((256, 4000)) == [(256, 4000)]
+    assert level_shapes((1100, 513)) == [(1100, 513), (550, 257)]
+    assert level_shapes((512, 4000)) == [(512, 4000)]
+    assert len(level_shapes((1100, 1300))) == 3
     store = open_store(tmp_path / "r.zarr")
     result = make_result(tmp_path / "thin.tif", shape=(1100, 1300))
     result.binary_mask[:] = False
@@ -138,7 +153,7 @@ def test_the_validator_catches_a_broken_group(tmp_path):
 
 @pytest.mark.parametrize("pixel_size_m", [1.5e-9, None])
 def test_an_ome_zarr_reader_opens_image_and_labels(tmp_path, pixel_size_m):
-    store, name, result = written(tmp_path, pixel_size_m=pixel_size_m)
+    store, name, result = written(tmp_path, pixel_size_m=pixel_size_m, shape=(2060, 1400))
     location = parse_url(str(tmp_path / "r.zarr" / name))
     assert location is not None and location.version == "0.5"
     nodes = list(Reader(location)())
@@ -147,7 +162,7 @@ def test_an_ome_zarr_reader_opens_image_and_labels(tmp_path, pixel_size_m):
     assert len(images) == 1 and len(labels) == 1
     step = pixel_size_m * 1e6 if pixel_size_m else 1.0
     for node in (images[0], labels[0]):
-        assert [tuple(level.shape) for level in node.data] == level_shapes((1030, 700))
+        assert [tuple(level.shape) for level in node.data] == level_shapes((2060, 1400))
         transforms = node.metadata["coordinateTransformations"]
         np.testing.assert_allclose([t[0]["scale"] for t in transforms], [[step * 2**k] * 2 for k in range(3)])
         np.testing.assert_allclose([t[1]["translation"] for t in transforms[1:]], [[step / 2] * 2, [step * 1.5] * 2])

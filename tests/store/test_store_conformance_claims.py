@@ -100,16 +100,18 @@ def _dead_pid() -> int:
 def test_clean_stale_removes_dead_writers_temporaries_and_keeps_live_ones(backend, tmp_path):
     store = backend.open(tmp_path / "results", "a")
     name, result = put(store, tmp_path / "a.tif")
-    dead = backend.temporary(store, _dead_pid(), None, 0)
-    live = backend.temporary(store, os.getpid(), None, 0)  # this process is writing it
-    elsewhere_old = backend.temporary(store, 1, "another-host", 25 * 3600)
-    elsewhere_new = backend.temporary(store, 1, "another-host", 3600)  # may still be written there
+    released = backend.temporary(store, "released", 0)  # its run ended
+    expired = backend.temporary(store, "expired", 0)  # its run stopped beating
+    live = backend.temporary(store, "held", 25 * 3600)  # a live lease: kept however old
+    legacy_old = backend.temporary(store, "legacy", 25 * 3600)
+    legacy_new = backend.temporary(store, "legacy", 3600)  # an older version may still write it
     reader = backend.open(store.path, "r")
     assert reader.names() == [name]
     with pytest.raises(SemtileError, match="read-only"):
         reader.clean_stale()
-    assert store.clean_stale() == 2
-    assert not dead.exists() and not elsewhere_old.exists() and live.exists() and elsewhere_new.exists()
+    assert store.clean_stale() == 3
+    assert not released.exists() and not expired.exists() and not legacy_old.exists()
+    assert live.exists() and legacy_new.exists()
     assert store.clean_stale() == 0
     assert store.names() == [name]
     assert_same(store.read(name), result)
@@ -126,6 +128,7 @@ def _write_and_hang(backend_id: str, path: str, source: str, started) -> None:
         return array
 
     zarr.Group.create_array = create_array
+    os.environ["SEMTILE_LEASE_SECONDS"] = "3"  # its lease expires 3 s after it is killed
     store = BY_ID[backend_id].open(Path(path), "a")
     store.write(store.claim(source), make_result(Path(source)))
 
@@ -148,6 +151,8 @@ def test_a_killed_writer_leaves_nothing_after_clean_stale(backend, tmp_path):
     finally:
         writer.kill()  # SIGKILL: no clean-up of its own
         writer.join(60)
+    assert store.clean_stale() == 0  # its lease has not expired yet
+    time.sleep(3.5)
     assert store.clean_stale() >= 1
     assert snapshot(store.path) == before
     assert store.names() == [name] and store.find(tmp_path / "b.tif") is None
