@@ -65,7 +65,7 @@ def configure_logging(json: bool | None = None, level: int | None = None, verbos
             *processors,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(file=_CURRENT_STDERR),
         cache_logger_on_first_use=False,
     )
     _route_stdlib_logging(level)
@@ -73,6 +73,20 @@ def configure_logging(json: bool | None = None, level: int | None = None, verbos
 
 
 _STATE = {"compact": False}
+
+
+class _CurrentStderr:
+    """Whatever ``sys.stderr`` is when a line is written: a caller that swaps stderr (and closes the old one,
+    as click's test runner does) still gets every line, and nothing writes to a closed file."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
+_CURRENT_STDERR = _CurrentStderr()
 
 #: Tracebacks as dicts without the frames' local variables: a failure's log line stays a few kB, and no
 #: image array or secret held in a local ends up in the log.
