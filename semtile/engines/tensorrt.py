@@ -42,7 +42,7 @@ from semtile.engines.base import Engine, EngineOutput, Submitted
 from semtile.engines.tensorrt_build import NETWORKS, TensorRTBuilds, trt_logger
 from semtile.errors import ModelError, SemtileError
 
-__all__ = ["TensorRTEngine", "tensorrt_available", "PRECISIONS", "default_cache_dir"]
+__all__ = ["TensorRTEngine", "tensorrt_available", "import_tensorrt", "PRECISIONS", "default_cache_dir"]
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,8 @@ def default_cache_dir() -> Path:
     return cache_root() / "tensorrt"
 
 
-def _import_tensorrt():
+def import_tensorrt():
+    """The ``tensorrt`` module, or a :class:`SemtileError` saying how to install it."""
     try:
         import tensorrt as trt
     except ImportError as exc:  # also covers a wheel whose native libraries are missing
@@ -132,7 +133,7 @@ class TensorRTEngine(TensorRTBuilds, Engine):
         if not 1 <= int(opt_batch) <= int(max_batch):
             raise SemtileError(f"the tensorrt engine needs 1 <= batch size <= max_batch, got batch size {opt_batch}, "
                                f"max_batch {max_batch}")
-        trt = _import_tensorrt()
+        trt = import_tensorrt()
         import torch
 
         if not torch.cuda.is_available():

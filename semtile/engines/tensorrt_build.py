@@ -21,7 +21,7 @@ from semtile.errors import ModelError, SemtileError
 from semtile.io.discover import sha256_file
 from semtile.models.fp16 import FP16_CONVERTER_VERSION
 
-__all__ = ["NETWORKS", "TensorRTBuilds", "trt_logger"]
+__all__ = ["NETWORKS", "TensorRTBuilds", "atomic_write", "trt_logger"]
 
 log = logging.getLogger("semtile.engines.tensorrt")
 
@@ -36,7 +36,7 @@ def trt_logger(trt):
     return _LOGGER
 
 
-def _atomic_write(path: Path, data) -> None:
+def atomic_write(path: Path, data) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
     try:
@@ -106,7 +106,7 @@ class TensorRTBuilds:
         engine = self._deserialize(plan)
         if engine is None:
             raise SemtileError(f"TensorRT built the {net} engine but cannot deserialise it")
-        _atomic_write(path, plan)
+        atomic_write(path, plan)
         self.build_seconds[net] = time.perf_counter() - start
         self.loaded_from_cache[net] = False
         log.info("tensorrt: built the %s engine in %.1f s, cached as %s", net, self.build_seconds[net], path)
@@ -195,6 +195,6 @@ class TensorRTBuilds:
 
     def _save_timing_cache(self, cache) -> None:
         try:
-            _atomic_write(self.timing_cache_path, memoryview(cache.serialize()))
+            atomic_write(self.timing_cache_path, memoryview(cache.serialize()))
         except OSError as exc:
             log.warning("tensorrt: cannot save the timing cache %s: %s", self.timing_cache_path, exc)

@@ -143,3 +143,53 @@ def test_dask_workers_run_the_package_unchanged(foreign, tmp_path):
     for name in raws:
         assert np.abs(np.asarray(a[name].stored.mask[...]) - np.asarray(b[name].stored.mask[...])).max() <= 1e-6
         assert b[name].provenance["model"]["bioimageio"]["version"] == "1.2.3"
+
+
+def _gpu_engine_or_skip(name: str) -> None:
+    from semtile.engines.registry import available_engines
+
+    ok, why = available_engines().get(name, (False, "unknown engine"))
+    if not ok:
+        pytest.skip(f"{name}: {why}")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("engine", ["tensorrt", "torch-cuda"])
+def test_gpu_engines_run_the_package_like_the_cpu(foreign, tmp_path, engine):
+    """TensorRT builds the package's ONNX (then loads it from its cache), torch-cuda its TorchScript: both give
+    the CPU's masks at f32, in memory and region by region."""
+    from semtile import open_results
+
+    _gpu_engine_or_skip(engine)
+    root, package, scans, raws = foreign
+    _process(scans, tmp_path / "cpu.zarr", package, "--engine", "onnxruntime")
+    _process(scans, tmp_path / "gpu.zarr", package, "--engine", engine)
+    _process(scans, tmp_path / "again.zarr", package, "--engine", engine, "--region-pixels", "0")
+    base = open_results(tmp_path / "cpu.zarr")
+    for other in ("gpu.zarr", "again.zarr"):
+        got = open_results(tmp_path / other)
+        for name in raws:
+            a = np.asarray(base[name].stored.mask[...], np.float32)
+            b = np.asarray(got[name].stored.mask[...], np.float32)
+            assert np.abs(a - b).max() <= 1e-4, (engine, other)
+            assert (np.asarray(base[name].stored.labels[...]) != np.asarray(got[name].stored.labels[...])).mean() \
+                <= 1e-3
+    facts = open_results(tmp_path / "again.zarr")[next(iter(raws))].provenance["engine"]
+    assert facts["name"] == engine and facts["device"].startswith("cuda")
+    if engine == "tensorrt":
+        assert facts["engine_cache"]["loaded_from_cache"] is True  # built once by the first run
+
+
+def test_an_engine_that_cannot_run_here_is_refused_with_why(foreign, tmp_path):
+    from semtile.engines.registry import available_engines
+
+    root, package, scans, raws = foreign
+    for engine in ("tensorrt", "torch-cuda"):
+        ok, why = available_engines()[engine]
+        if ok:
+            continue
+        result = CliRunner().invoke(main, ["process", str(scans), "--out", str(tmp_path / f"{engine}.zarr"),
+                                           "--model", str(package), "--tile", "96", "--engine", engine])
+        assert result.exit_code == 2, result.output
+        assert f"--engine {engine}: {why}" in result.output
+        assert not (tmp_path / f"{engine}.zarr" / "results.csv").exists()

@@ -184,7 +184,7 @@ class BioimageioPass(Pass):
         if threads is None and share:  # a Dask worker: its share of the host's cores
             threads = max(1, len(os.sched_getaffinity(0)) // max(1, int(share)))
         graph = build_graph(self.engine, self.package.weights, tuple(shape), threads,
-                            int(os.environ.get("SEMTILE_CUDA_DEVICE", self.device)))
+                            int(os.environ.get("SEMTILE_CUDA_DEVICE", self.device)), max_batch=self.batch_size)
         return _Runner(self, graph)
 
     def tile_source(self, image, info):

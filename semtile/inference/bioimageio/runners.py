@@ -1,4 +1,5 @@
-"""A package's weights on semtile's engines: OpenVINO, ONNX Runtime or PyTorch on the CPU, PyTorch CUDA on a GPU.
+"""A package's weights on semtile's engines: OpenVINO, ONNX Runtime or PyTorch on the CPU; PyTorch CUDA or
+TensorRT on a GPU.
 
 :func:`build_graph` compiles one weights entry for tiles of one side and
 returns a :class:`Graph`: preprocessed tiles ``(n, T, T)`` in, the package's
@@ -6,10 +7,12 @@ outputs (in its axis order) out. Tiles are laid out in the input's own axis
 order (``bcyx``, ``byxc``, size-1 axes beside; a gray tile repeated over the
 channels of a model trained on several). ONNX weights run on OpenVINO (its
 compiled blob cached under ``$SEMTILE_CACHE/bioimageio/compiled/SHA256``) or
-ONNX Runtime; a state dict (its architecture imported from the package's
-library or file) or TorchScript on PyTorch. ``auto`` picks torch-cuda where a
-GPU is present and the package has torch weights, else OpenVINO, ONNX
-Runtime, then torch-cpu, and says why.
+ONNX Runtime on the CPU, or TensorRT on a GPU (its serialised engine cached
+beside, keyed by the ONNX sha256, TensorRT version, GPU and shape profile); a
+state dict (its architecture imported from the package's library or file) or
+TorchScript on PyTorch. ``auto`` picks torch-cuda where a GPU is present and
+the package has torch weights, TensorRT for ONNX-only packages on a GPU, else
+OpenVINO, ONNX Runtime, then torch-cpu, and says why.
 """
 
 from __future__ import annotations
@@ -25,9 +28,9 @@ from semtile.errors import SemtileError
 
 __all__ = ["GRAPH_ENGINES", "Graph", "pick_graph_engine", "build_graph", "to_input", "from_output"]
 
-GRAPH_ENGINES = ("torch-cuda", "openvino", "onnxruntime", "torch-cpu")
-_FORMATS = {"openvino": ("onnx",), "onnxruntime": ("onnx",), "torch-cpu": ("pytorch_state_dict", "torchscript"),
-            "torch-cuda": ("pytorch_state_dict", "torchscript")}
+GRAPH_ENGINES = ("torch-cuda", "tensorrt", "openvino", "onnxruntime", "torch-cpu")
+_FORMATS = {"openvino": ("onnx",), "onnxruntime": ("onnx",), "tensorrt": ("onnx",),
+            "torch-cpu": ("pytorch_state_dict", "torchscript"), "torch-cuda": ("pytorch_state_dict", "torchscript")}
 
 
 def _available(name: str) -> tuple[bool, str]:
@@ -162,6 +165,98 @@ def _onnx(engine: str, entry: dict, shape: tuple, threads: int | None) -> Graph:
                        "weights": "onnx"})
 
 
+def _tensorrt(entry: dict, shape: tuple, max_batch: int, device_index: int) -> Graph:
+    """The ONNX weights as a TensorRT engine (float32, TF32 off: it must agree with the CPU engines), built
+    for ``shape`` with its batch axis (-1) from 1 to ``max_batch``; the serialised engine is cached."""
+    import hashlib
+    import json
+
+    import torch
+
+    from semtile.engines.tensorrt import import_tensorrt
+    from semtile.engines.tensorrt_build import atomic_write, trt_logger
+
+    trt = import_tensorrt()
+    if not torch.cuda.is_available():
+        raise SemtileError("the tensorrt engine needs a CUDA GPU: "
+                           + ("this PyTorch was built without CUDA" if torch.version.cuda is None
+                              else "no CUDA device is visible"))
+    device = torch.device("cuda", device_index)
+    props = torch.cuda.get_device_properties(device)
+    batch_axis = list(shape).index(-1) if -1 in shape else None
+    size = lambda n: tuple(n if d == -1 else int(d) for d in shape)  # noqa: E731 - the shape at batch n
+    profile = {"min": size(1), "opt": size(max_batch), "max": size(max_batch)}
+    key = hashlib.sha256(json.dumps({"onnx_sha256": entry["sha256"], "tensorrt": trt.__version__, "gpu": props.name,
+                                     "compute_capability": f"{props.major}.{props.minor}", "profile": profile,
+                                     "precision": "f32"}, sort_keys=True).encode()).hexdigest()
+    path = _compiled_cache(entry["sha256"]) / f"tensorrt-{key[:32]}.engine"
+    logger = trt_logger(trt)
+    with torch.cuda.device(device):
+        runtime = trt.Runtime(logger)
+        engine = runtime.deserialize_cuda_engine(path.read_bytes()) if path.is_file() else None
+        cached = engine is not None
+        if engine is None:
+            builder = trt.Builder(logger)
+            network = builder.create_network(0)
+            parser = trt.OnnxParser(network, logger)
+            if not parser.parse_from_file(str(entry["path"])):
+                errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+                raise SemtileError(f"{entry['path']}: TensorRT cannot parse it: {errors}")
+            config = builder.create_builder_config()
+            if hasattr(trt.BuilderFlag, "TF32"):
+                config.clear_flag(trt.BuilderFlag.TF32)
+            optimisation = builder.create_optimization_profile()
+            optimisation.set_shape(network.get_input(0).name, profile["min"], profile["opt"], profile["max"])
+            config.add_optimization_profile(optimisation)
+            plan = builder.build_serialized_network(network, config)
+            if plan is None:
+                raise SemtileError(f"TensorRT failed to build an engine from {entry['path']} (see its log above)")
+            plan = bytes(memoryview(plan))
+            engine = runtime.deserialize_cuda_engine(plan)
+            if engine is None:
+                raise SemtileError(f"TensorRT built an engine from {entry['path']} but cannot deserialise it")
+            atomic_write(path, plan)
+        context = engine.create_execution_context()
+        if context is None:
+            raise SemtileError("TensorRT could not create an execution context for the package's engine")
+    names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+    inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+    outputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+    if len(inputs) != 1:
+        raise SemtileError(f"{entry['path']}: semtile runs models of one input; this one has {inputs}")
+    for name in names:
+        if engine.get_tensor_dtype(name) != trt.DataType.FLOAT:
+            raise SemtileError(f"{entry['path']}: tensor {name!r} is {engine.get_tensor_dtype(name)}; semtile runs "
+                               "float32 inputs and outputs")
+
+    def run_once(x: np.ndarray) -> list[np.ndarray]:
+        with torch.cuda.device(device):
+            stream = torch.cuda.current_stream(device)
+            given = torch.from_numpy(np.ascontiguousarray(x, np.float32)).to(device, non_blocking=True)
+            if not context.set_input_shape(inputs[0], tuple(x.shape)):
+                raise SemtileError(f"TensorRT rejected the input shape {tuple(x.shape)} (built for {profile})")
+            context.set_tensor_address(inputs[0], given.data_ptr())
+            results = []
+            for name in outputs:
+                result = torch.empty(tuple(context.get_tensor_shape(name)), dtype=torch.float32, device=device)
+                context.set_tensor_address(name, result.data_ptr())
+                results.append(result)
+            if not context.execute_async_v3(stream.cuda_stream):
+                raise SemtileError("TensorRT failed to run the package's engine")
+            return [r.cpu().numpy() for r in results]  # .cpu() waits for the stream
+
+    def run(x: np.ndarray) -> list[np.ndarray]:
+        if batch_axis is None or x.shape[batch_axis] <= max_batch:
+            return run_once(x)
+        parts = [run_once(np.take(x, range(i, min(i + max_batch, x.shape[batch_axis])), axis=batch_axis))
+                 for i in range(0, x.shape[batch_axis], max_batch)]
+        return [np.concatenate(p, axis=batch_axis) for p in zip(*parts)]
+
+    return Graph(run, {"name": "tensorrt", "precision": "f32", "device": str(device), "device_name": props.name,
+                       "tensorrt": trt.__version__, "weights": "onnx",
+                       "engine_cache": {"path": str(path), "loaded_from_cache": cached}})
+
+
 def _architecture(entry: dict):
     if "import_from" in entry:
         module = importlib.import_module(entry["import_from"])
@@ -198,10 +293,13 @@ def _torch(engine: str, weights: dict, threads: int | None, device_index: int) -
 
 
 def build_graph(engine: str, weights: dict, input_shape: tuple, threads: int | None = None,
-                device: int = 0) -> Graph:
-    """Compile the package's weights on ``engine`` for inputs of ``input_shape`` (batch first where it has one)."""
+                device: int = 0, max_batch: int = 32) -> Graph:
+    """Compile the package's weights on ``engine`` for inputs of ``input_shape`` (-1 on its batch axis where it
+    has one; TensorRT builds for batches of 1 to ``max_batch``)."""
     try:
-        if engine in ("openvino", "onnxruntime"):
+        if engine == "tensorrt":
+            graph = _tensorrt(weights["onnx"], input_shape, max(1, int(max_batch)), device)
+        elif engine in ("openvino", "onnxruntime"):
             graph = _onnx(engine, weights["onnx"], input_shape, threads)
         else:
             graph = _torch(engine, weights, threads, device)
