@@ -98,8 +98,10 @@ def round_trip(root: Path, scans: Path, engine: str) -> tuple[dict, Path]:
     package = root / "builtin.zip"
     _cli("export", "--bioimageio", package)
     status = test_model(package).status
-    _cli("process", scans, "--out", root / "native.zarr", "--engine", engine, "--precision", "f32")  # as packages
-    _cli("process", scans, "--out", root / "package.zarr", "--model", package, "--engine", engine)
+    _cli("process", scans, "--out", root / "native.zarr", "--engine", engine, "--precision", "f32",
+         "--mask-dtype", "float32")  # as packages
+    _cli("process", scans, "--out", root / "package.zarr", "--model", package, "--engine", engine,
+         "--mask-dtype", "float32")
     a, b = _masks(root / "native.zarr"), _masks(root / "package.zarr")
     return {"bioimageio_core_test": status, "images": len(a),
             "max_abs_mask_difference": float(max(np.abs(a[k][0] - b[k][0]).max() for k in a)),
@@ -133,9 +135,11 @@ def seams(root: Path, scans: Path, engine: str) -> tuple[dict, Path]:
 
     first = sorted(scans.glob("*.tif"))[0]
     package = build_foreign_package(root / "foreign", _valid_raw(first).astype(np.uint8))
-    _cli("process", scans, "--out", root / "foreign.zarr", "--model", package, "--engine", engine)
+    _cli("process", scans, "--out", root / "foreign.zarr", "--model", package, "--engine", engine,
+         "--mask-dtype", "float32")
     # The same blend with an overlap wider than the network's reach (--halo 16 > radius 13).
-    _cli("process", scans, "--out", root / "foreign-h16.zarr", "--model", package, "--engine", engine, "--halo", 16)
+    _cli("process", scans, "--out", root / "foreign-h16.zarr", "--model", package, "--engine", engine, "--halo", 16,
+         "--mask-dtype", "float32")
     ours, wide = _masks(root / "foreign.zarr"), _masks(root / "foreign-h16.zarr")
     step_wide = err_wide = 0.0
     tile, core = 256, 256 - 2 * HALO

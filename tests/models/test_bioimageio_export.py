@@ -74,10 +74,10 @@ def test_package_gives_the_native_masks_labels_and_ratios(exported, tmp_path):
     tifffile.imwrite(scans / "s16.tif", deep)  # 16-bit: the package still sees semtile's gray, as 0..255
     runner = CliRunner()
     native = runner.invoke(main, ["process", str(scans), "--out", str(tmp_path / "native.zarr"), "--tile", str(TILE),
-                                  "--engine", "torch-cpu"])
+                                  "--engine", "torch-cpu", "--mask-dtype", "float32"])
     assert native.exit_code == 0, native.output
     imported = runner.invoke(main, ["process", str(scans), "--out", str(tmp_path / "package.zarr"),
-                                    "--model", str(package), "--engine", "onnxruntime"])
+                                    "--model", str(package), "--engine", "onnxruntime", "--mask-dtype", "float32"])
     assert imported.exit_code == 0, imported.output
     a, b = open_results(tmp_path / "native.zarr"), open_results(tmp_path / "package.zarr")
     assert a.names == b.names and len(a.names) == 3

@@ -2,8 +2,8 @@
 
 Channels-last input with an extra size-1 axis, percentile normalisation,
 TorchScript and ONNX weights, a binarize threshold and a second, 2-channel
-output (tests/models/bioimageio_foreign.py). Its masks must equal
-bioimageio.core's prediction of the whole image away from tile seams (the
+output (tests/models/bioimageio_foreign.py). Its masks (stored as float32
+here) must equal bioimageio.core's prediction of the whole image away from tile seams (the
 statistics are the whole scan's, not a tile's), on every engine, in memory
 and region by region.
 """
@@ -45,7 +45,7 @@ def foreign(tmp_path_factory):
 
 def _process(scans: Path, out: Path, model, *extra) -> None:
     result = CliRunner().invoke(main, ["process", str(scans), "--out", str(out), "--model", str(model),
-                                       "--tile", "96", *map(str, extra)])
+                                       "--tile", "96", "--mask-dtype", "float32", *map(str, extra)])
     assert result.exit_code == 0, result.output
 
 
