@@ -42,6 +42,14 @@ def _why_not() -> str | None:
     return None
 
 
+_STARTED: list[str] = []  # what the session's cluster start took, for the summary at the end
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    for line in _STARTED:
+        terminalreporter.write_line(line)
+
+
 @pytest.fixture(scope="session")
 def slurm(tmp_path_factory) -> Slurm:
     """The cluster, started by ``.ci/slurm-cluster start`` and stopped (every job and daemon gone) at the end."""
@@ -58,7 +66,7 @@ def slurm(tmp_path_factory) -> Slurm:
         pytest.skip(f"the SLURM cluster did not start: {started.stderr.strip() or started.stdout.strip()}")
     cluster = Slurm(folder, time.perf_counter() - began)
     cluster.env["PATH"] += os.pathsep + "/usr/sbin"
-    print(f"\nSLURM cluster started in {cluster.started_s:.2f} s ({started.stdout.strip()})")
+    _STARTED.append(f"the SLURM cluster started in {cluster.started_s:.2f} s ({started.stdout.strip()})")
     try:
         yield cluster
     finally:
