@@ -88,7 +88,7 @@ def main() -> None:
         worst, same_labels, same_ratios = 0.0, True, True
         for name in names:
             ga, gb = zarr.open_group(str(a / name), mode="r"), zarr.open_group(str(b / name), mode="r")
-            worst = max(worst, float(np.abs(ga["mask"][...] - gb["mask"][...]).max()))
+            worst = max(worst, float(np.abs(ga["mask"][...].astype(np.float64) - gb["mask"][...]).max()))
             same_labels &= ga.attrs["semtile"]["label"] == gb.attrs["semtile"]["label"]
             same_ratios &= ga.attrs["semtile"]["adhesive_ratio"] == gb.attrs["semtile"]["adhesive_ratio"]
         leftovers = list((a / ".semtile" / "tmp").iterdir())

@@ -28,6 +28,8 @@ from pathlib import Path
 import numpy as np
 import zarr
 
+from semtile.store.encoding import decode_probability, mask_scale
+
 from scale import make_base, write_scan
 
 CHILD = """
@@ -73,7 +75,9 @@ def main() -> None:
         regions = run(scan, tmp / "regions.zarr", 0)
         a = zarr.open_group(str(tmp / "regions.zarr" / "large"), mode="r")
         b = zarr.open_group(str(tmp / "memory.zarr" / "large"), mode="r")
-        mask_a, mask_b = a["mask"][...], b["mask"][...]
+        # Decoded to the probability (uint8 masks are p x 255): uint8 differences would wrap around.
+        mask_a = decode_probability(a["mask"][...], mask_scale(a["mask"].dtype))
+        mask_b = decode_probability(b["mask"][...], mask_scale(b["mask"].dtype))
         diff = np.abs(mask_a - mask_b)
         levels_equal = all(np.array_equal(a[str(k)][...], b[str(k)][...]) for k in range(len(a["labels/adhesive"])))
         labels_equal = all(np.array_equal(a[f"labels/adhesive/{k}"][...], b[f"labels/adhesive/{k}"][...])

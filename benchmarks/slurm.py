@@ -8,7 +8,10 @@ model:
 * **worker jobs**: ``--cluster slurm --jobs J --cores 1`` (semtile submits the worker jobs);
 * **inside one allocation**: the script of ``semtile slurm-script --way allocation`` through ``sbatch``
   (one job: a scheduler, J workers, the driver);
-* **an array of 4**: the script of ``semtile slurm-script --way array --tasks 4`` through ``sbatch``.
+* **an array of 4**: the script of ``semtile slurm-script --way array --tasks 4`` through ``sbatch``;
+* **SLURMRunner** (``--ways runner``): the other way to run inside one allocation, dask-jobqueue's
+  ``SLURMRunner``: one ``srun`` of J + 2 tasks (scheduler, client, J workers; ``--overcommit``, as the
+  scheduler and the client are mostly idle), the client task running ``semtile process --scheduler-file``.
 
 Each store is compared with the reference (masks max |Δ|, labels, ratios; names) and each wall time
 printed, from the command (or ``sbatch``) to the store complete and the queue empty. Everything binds to
@@ -76,6 +79,25 @@ def wait_queue_empty(env: dict, timeout: float = 1800) -> None:
         time.sleep(0.2)
 
 
+def runner_script(inputs: list[str], out: Path, scheduler_file: Path, workers: int, common: list[str]) -> str:
+    """An sbatch script running ``semtile process`` inside one allocation through dask-jobqueue's SLURMRunner."""
+    body = f"""import subprocess, sys
+from dask_jobqueue.slurm import SLURMRunner
+options = {{"interface": "lo"}}
+with SLURMRunner(scheduler_file={str(scheduler_file)!r}, scheduler_options={{**options, "dashboard_address": ":0"}},
+                 worker_options={{**options, "nthreads": 1, "memory_limit": 0}}) as runner:
+    # Only the client task (rank 1) gets here; the scheduler and the workers serve until it leaves.
+    command = [sys.executable, "-m", "semtile.cli.main", "--log-json", "process", *{inputs!r}, "--out", {str(out)!r},
+               *{common!r}, "--scheduler-file", str(runner.scheduler_file)]
+    code = subprocess.run(command).returncode
+sys.exit(code)
+"""
+    (out.parent / "runner.py").write_text(body)
+    return (f"#!/bin/bash\n#SBATCH --job-name=semtile-runner\n#SBATCH --ntasks={workers + 2}\n#SBATCH --overcommit\n"
+            f"#SBATCH --cpus-per-task=1\n#SBATCH --time=01:00:00\n#SBATCH --output=runner-%j.out\n"
+            f"srun --overcommit {sys.executable} {out.parent / 'runner.py'}\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scans", type=int, default=32)
@@ -84,8 +106,9 @@ def main() -> None:
                         help="worker jobs, and workers inside the allocation")
     parser.add_argument("--tasks", type=int, default=4, help="array tasks")
     parser.add_argument("--ways", default="jobs,allocation,array",
-                        help="which ways, of jobs, allocation, array, lifetime (worker jobs with a 1-minute walltime "
-                             "and --lifetime 30s: workers retire mid-run and new jobs replace them)")
+                        help="which ways, of jobs, allocation, array, runner (dask-jobqueue's SLURMRunner), lifetime "
+                             "(worker jobs with a 1-minute walltime and --lifetime 30s: workers retire mid-run and "
+                             "new jobs replace them)")
     args = parser.parse_args()
     rows, cols = (int(v) for v in args.size.split("x"))
     with tempfile.TemporaryDirectory(prefix="semtile-slurm-bench-") as tmp:
@@ -142,6 +165,15 @@ def main() -> None:
                 label = (f"inside one allocation ({args.jobs} workers)" if way == "allocation"
                          else f"array of {args.tasks}")
                 timings[label] = (time.perf_counter() - t0, compare(tmp / out, tmp / "local.zarr"))
+            if "runner" in ways:
+                script = tmp / "runner.sbatch"
+                script.write_text(runner_script(inputs, tmp / "runner.zarr", tmp / "runner-scheduler.json",
+                                                args.jobs, common))
+                t0 = time.perf_counter()
+                run(env, "sbatch", "--parsable", str(script), cwd=tmp)
+                wait_queue_empty(env)
+                timings[f"SLURMRunner ({args.jobs} workers)"] = (time.perf_counter() - t0,
+                                                                 compare(tmp / "runner.zarr", tmp / "local.zarr"))
         finally:
             subprocess.run([str(SCRIPT), "stop"], env=env, capture_output=True, timeout=120)
         base = timings["in process"][0]

@@ -39,6 +39,7 @@ from semtile.io.tiff import open_scan
 from semtile.kernels.stitch import stitch_tiles
 from semtile.kernels.window import blend_window
 from semtile.models.io import load_bundle
+from semtile.store.encoding import decode_probability, mask_scale
 from semtile.synth import SynthConfig, synth_surface, write_dataset
 
 
@@ -137,6 +138,7 @@ def main() -> None:
         ref_mask = stitch_tiles(ref_probs[start: start + len(tiles)], grid.origins, window, image.shape)
         start += len(tiles)
         got = root[path.stem]["mask"][:]
+        got = decode_probability(got, mask_scale(got.dtype))  # stored as uint8 (p x 255) by default
         agreements.append(float(np.mean((got >= 0.5) == (ref_mask >= 0.5))))
         ratio_diffs.append(abs(float(np.mean(got >= 0.5)) - float(np.mean(ref_mask >= 0.5))))
         prob_diffs.append(float(np.abs(got - ref_mask).max()))
