@@ -320,3 +320,11 @@ def test_checker_reports_synthetic_breaks():
         "semtile/science/helper.py:3 semtile.science.helper -> semtile.science.curve (_SECRET)"]
     assert [str(i) for i in store_backend_imports(imports)] == ["cli/x.py:1 semtile.cli.x -> semtile.store.ome_zarr"]
     assert [str(i) for i in kernel_imports(imports)] == ["kernels/k.py:1 semtile.kernels.k -> torch"]
+
+
+def test_kernels_and_cli_are_imported_by_their_installed_names():
+    """``kernels/`` and ``cli/`` ship as ``semtile.kernels`` and ``semtile.cli``: a bare ``import kernels`` works
+    only from the repository's root, and fails once semtile is installed and run from anywhere else."""
+    bare = [imp for imp in collect_imports(load_tree())
+            if imp.imported.split(".")[0] in ("kernels", "cli")]
+    assert not bare, "\n".join(f"{i.path}:{i.line} imports {i.imported}; use semtile.{i.imported}" for i in bare)

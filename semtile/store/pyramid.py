@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from kernels.pyramid import halve_max, halve_mean_float, halve_mean_int
+from semtile.kernels.pyramid import halve_max, halve_mean_float, halve_mean_int
 
 __all__ = ["MIN_LEVEL_SIDE", "level_shapes", "multiscale", "map_multiscale", "next_level", "reduce_in_bands"]
 
