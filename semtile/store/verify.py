@@ -55,6 +55,11 @@ import numpy as np
 
 from semtile.errors import DamagedResultError
 
+# A result's manifest and provenance.json are files Zarr does not know: listing a result's members warns about
+# each. The filter is set once, for these two names only (catch_warnings is not thread-safe, and results are
+# verified on a pool).
+warnings.filterwarnings("ignore", message=r"Object at (.*/)?(\.manifest\.json|provenance\.json) is not recognized",
+                        category=UserWarning)
 __all__ = ["MANIFEST", "MANIFEST_FORMAT", "Damage", "StoreVerdict", "seal", "read_manifest", "check_files",
            "decode_arrays", "check_record", "check_result", "verify_store", "set_aside", "DAMAGED", "locate_chunk", "UnreadableManifest"]
 
@@ -266,9 +271,7 @@ def _arrays(folder: Path) -> list[tuple[str, object]]:
     import zarr
 
     group = zarr.open_group(str(folder), mode="r", zarr_format=3)
-    with warnings.catch_warnings():  # the manifest and provenance.json are files Zarr does not know
-        warnings.simplefilter("ignore")
-        members = list(group.members(max_depth=None))
+    members = list(group.members(max_depth=None))
     return sorted(((path, node) for path, node in members if isinstance(node, zarr.Array)),
                   key=lambda item: item[0])
 
