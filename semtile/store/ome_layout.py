@@ -29,7 +29,7 @@ from semtile.store.encoding import (
 from semtile.store.pyramid import level_shapes, map_multiscale, multiscale, next_level
 from semtile.store.shards import write_sharded
 
-__all__ = ["NGFF_VERSION", "LABEL", "QUANT", "CHUNK", "stored_image_dtype", "result_image_dtype", "create_group",
+__all__ = ["NGFF_VERSION", "LABEL", "QUANT", "CHUNK", "stored_image_dtype", "result_image_dtype", "create_group", "group_attributes",
            "create_map_group", "write_map_pyramid", "write_region", "write_whole", "compact_metadata", "Clock"]
 
 NGFF_VERSION = "0.5"
@@ -123,6 +123,25 @@ class Clock:
             self.timings[key] = self.timings.get(key, 0.0) + time.perf_counter() - t0
 
 
+def group_attributes(shape: tuple[int, int], pixel_size: Any, *, image_dtype: Any, mask_dtype: str,
+                     sharded: bool, checksum: bool = True) -> dict[str, dict]:
+    """The attributes of a result's groups: ``""`` (the result: ome, semtile storage), ``labels`` and
+    ``labels/adhesive``, before the result's own facts are added."""
+    shapes = level_shapes(shape)
+    image_dtype = np.dtype(image_dtype)
+    image_label = {"colors": [{"label-value": 1, "rgba": LABEL_COLOR}],
+                   "properties": [{"label-value": 1, "name": LABEL}], "source": {"image": "../../"}}
+    return {
+        "": {"ome": {"version": NGFF_VERSION, "omero": _omero(stored_scale(image_dtype)),
+                     "multiscales": [{"name": "image", **multiscale(len(shapes), pixel_size, "mean")}]},
+             "semtile": {"storage": storage_facts(image_dtype=image_dtype, mask_dtype=mask_dtype, sharded=sharded,
+                                                  checksum=checksum)}},
+        "labels": {"ome": {"version": NGFF_VERSION, "labels": [LABEL]}},
+        f"labels/{LABEL}": {"ome": {"version": NGFF_VERSION, "image-label": image_label,
+                                    "multiscales": [{"name": LABEL, **multiscale(len(shapes), pixel_size, "max")}]}},
+    }
+
+
 def create_group(staged: Path, shape: tuple[int, int], pixel_size: Any, *, image_dtype: Any, mask_dtype: str,
                  sharded: bool, checksum: bool = True, arrays: bool = True) -> zarr.Group:
     """A result group with every level's image and label arrays and the mask, all empty (attributes: ome).
@@ -131,6 +150,8 @@ def create_group(staged: Path, shape: tuple[int, int], pixel_size: Any, *, image
     ``arrays=False``: the groups and their attributes only (:func:`write_whole` writes the arrays).
     """
     shapes = level_shapes(shape)
+    attributes = group_attributes(shape, pixel_size, image_dtype=image_dtype, mask_dtype=mask_dtype,
+                                  sharded=sharded, checksum=checksum)
     group = zarr.open_group(str(staged), mode="w-", zarr_format=3)
     image_dtype = np.dtype(image_dtype)
 
@@ -141,19 +162,12 @@ def create_group(staged: Path, shape: tuple[int, int], pixel_size: Any, *, image
 
     for k, level in enumerate(shapes):
         array(group, str(k), level, image_dtype)
-    labels = group.create_group("labels", attributes={"ome": {"version": NGFF_VERSION, "labels": [LABEL]}})
-    image_label = {"colors": [{"label-value": 1, "rgba": LABEL_COLOR}],
-                   "properties": [{"label-value": 1, "name": LABEL}], "source": {"image": "../../"}}
-    adhesive = labels.create_group(LABEL, attributes={"ome": {
-        "version": NGFF_VERSION, "image-label": image_label,
-        "multiscales": [{"name": LABEL, **multiscale(len(shapes), pixel_size, "max")}]}})
+    labels = group.create_group("labels", attributes=attributes["labels"])
+    adhesive = labels.create_group(LABEL, attributes=attributes[f"labels/{LABEL}"])
     for k, level in enumerate(shapes):
         array(adhesive, str(k), level, np.uint8)
     array(group, "mask", shapes[0], check_mask_dtype(mask_dtype))
-    group.attrs.update({"ome": {"version": NGFF_VERSION, "omero": _omero(stored_scale(image_dtype)),
-                                "multiscales": [{"name": "image", **multiscale(len(shapes), pixel_size, "mean")}]},
-                        "semtile": {"storage": storage_facts(image_dtype=image_dtype, mask_dtype=mask_dtype,
-                                                             sharded=sharded, checksum=checksum)}})
+    group.attrs.update(attributes[""])
     return group
 
 

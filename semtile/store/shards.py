@@ -8,7 +8,9 @@ directly, in the format of the zarr v3 ``sharding_indexed`` codec that
 the chunk shape, C order, little endian) is zstd-compressed and followed by
 its crc32c; the shard ends with the index (offset, length per chunk, uint64
 little endian, C order; 2**64 - 1 for a chunk wholly outside the array)
-and the index's crc32c. Chunks of every array of a result are compressed
+and the index's crc32c. :func:`write_group` writes a group's ``zarr.json`` and
+:func:`write_plain` a small array as one unsharded chunk, as zarr-python does
+(its own calls cost a few ms each, more than the data). Chunks of every array of a result are compressed
 together on a thread pool (zstd and crc32c release the GIL). Any zarr v3
 reader reads these arrays (zarr-python, zarrs, tensorstore); the store's
 tests read them back with zarr-python and compare the metadata with what
@@ -28,7 +30,7 @@ import google_crc32c
 import numpy as np
 from numcodecs import Zstd
 
-__all__ = ["array_metadata", "write_sharded", "writer_threads"]
+__all__ = ["array_metadata", "write_sharded", "writer_threads", "write_group", "write_plain"]
 
 _MISSING = 2**64 - 1
 _POOL: ThreadPoolExecutor | None = None
@@ -138,3 +140,31 @@ def write_sharded(folder: Path, arrays: dict[str, tuple[np.ndarray, dict, tuple[
         path = target / "c" / Path(*(str(o // s) for o, s in zip(shard, shards)))
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"".join(parts))
+
+
+def write_group(folder: Path, attributes: dict) -> None:
+    """The ``zarr.json`` of a group with ``attributes`` (JSON-ready), as zarr-python writes it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    document = {"attributes": attributes, "zarr_format": 3, "node_type": "group"}
+    (folder / "zarr.json").write_text(json.dumps(document), encoding="utf-8")
+
+
+def write_plain(folder: Path, data: np.ndarray, *, level: int, checksum: bool,
+                dimension_names: tuple[str, ...]) -> None:
+    """A small array as one unsharded chunk (bytes, zstd, crc32c), as zarr-python writes it."""
+    data = np.ascontiguousarray(data)
+    dtype = data.dtype
+    codecs = [_bytes_codec(dtype), {"name": "zstd", "configuration": {"level": level, "checksum": False}}]
+    if checksum:
+        codecs.append({"name": "crc32c"})
+    fill = 0.0 if dtype.kind == "f" else (False if dtype.kind == "b" else 0)
+    meta = {"shape": list(data.shape), "data_type": "bool" if dtype.kind == "b" else dtype.name,
+            "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": list(data.shape)}},
+            "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
+            "fill_value": fill, "codecs": codecs, "attributes": {}, "dimension_names": list(dimension_names),
+            "zarr_format": 3, "node_type": "array", "storage_transformers": []}
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "zarr.json").write_text(json.dumps(meta), encoding="utf-8")
+    chunk = folder / "c" / Path(*(["0"] * max(1, data.ndim)))
+    chunk.parent.mkdir(parents=True, exist_ok=True)
+    chunk.write_bytes(_encode_chunk(data, data.shape, level, checksum))

@@ -71,6 +71,18 @@ def _directory_interrupt(monkeypatch, hook, at):
         return array
 
     monkeypatch.setattr(zarr.Group, "create_array", create_array)
+    # The OME-Zarr store writes a whole result's arrays straight to files (store/shards.py), not through Zarr.
+    import semtile.store.ome_layout as layout
+
+    sharded = layout.write_sharded
+
+    def write_sharded(folder, *args, **kwargs):
+        sharded(folder, *args, **kwargs)
+        if str(folder) not in stores:
+            stores.add(str(folder))
+            hook()
+
+    monkeypatch.setattr(layout, "write_sharded", write_sharded)
 
 
 _HELD: list = []  # leases held by this test process for its "held" temporaries
