@@ -25,6 +25,8 @@ from typing import Any
 import numpy as np
 from zarr.codecs import BytesCodec, Crc32cCodec, ZstdCodec
 
+from semtile.kernels.quantise import quantise_unit
+
 __all__ = ["MASK_DTYPES", "DEFAULT_MASK_DTYPE", "PROBABILITY_SCALE", "ZSTD_LEVEL", "CHUNK", "SHARD_SIDE",
            "encode_probability_u8", "encode_mask", "decode_probability", "mask_scale", "image_storage",
            "quantise_image", "array_layout", "storage_facts", "stored_scale", "check_mask_dtype"]
@@ -49,14 +51,7 @@ def encode_probability_u8(p: np.ndarray) -> np.ndarray:
     rows = p.shape[0] if p.ndim else 1
     for r in range(0, rows, _BAND):  # in bands of rows: no full-size float temporaries
         part = p[r: r + _BAND] if p.ndim else p
-        band = np.nan_to_num(np.asarray(part, dtype=np.float32), nan=0.0)
-        np.clip(band, 0.0, 1.0, out=band)
-        band *= np.float32(PROBABILITY_SCALE)
-        np.rint(band, out=band)
-        if p.ndim:
-            out[r: r + _BAND] = band
-        else:
-            out[...] = band
+        _quantise_band(np.array(part, dtype=np.float32, ndmin=0), PROBABILITY_SCALE, out[r: r + _BAND] if p.ndim else out)
     return out
 
 
@@ -121,15 +116,21 @@ def quantise_image(v: np.ndarray, dtype: Any) -> np.ndarray:
     v = np.asarray(v) if not hasattr(v, "__getitem__") or isinstance(v, np.ndarray) else v
     if getattr(v, "dtype", None) == dtype:
         return np.asarray(v[...] if not isinstance(v, np.ndarray) else v)
-    scale = np.float32(stored_scale(dtype))
     out = np.empty(tuple(v.shape), dtype)
-    for r in range(0, v.shape[0], _BAND):
-        band = np.nan_to_num(np.asarray(v[r: r + _BAND], dtype=np.float32), nan=0.0)
-        np.clip(band, 0.0, 1.0, out=band)
-        band *= scale
-        np.rint(band, out=band)
-        out[r: r + _BAND] = band
+    for r in range(0, v.shape[0], _BAND):  # in bands of rows: a lazily read array is read a band at a time
+        _quantise_band(np.asarray(v[r: r + _BAND], dtype=np.float32), stored_scale(dtype), out[r: r + _BAND])
     return out
+
+
+def _quantise_band(band: np.ndarray, scale: int, out: np.ndarray) -> None:
+    """``out = round(clip(band, 0, 1) * scale)``, NaN as 0: the Numba kernel for 2-D bands, NumPy otherwise."""
+    if band.ndim == 2:
+        quantise_unit(np.ascontiguousarray(band), scale, out)
+        return
+    band = np.array(np.nan_to_num(band, nan=0.0), dtype=np.float32)  # an array even for a 0-d input
+    np.clip(band, 0.0, 1.0, out=band)
+    band *= np.float32(scale)
+    out[...] = np.rint(band)
 
 
 def array_layout(shape: tuple[int, ...], *, sharded: bool, checksum: bool = True) -> dict:
