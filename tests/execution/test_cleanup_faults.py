@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from fault_env import hooked_env
 
-import semtile
 from semtile.cli.main import main
 from semtile.engines import EngineSettings
 from semtile.execution.batch import run_process
@@ -29,26 +29,13 @@ from scan_compare import assert_clean_or_absent, assert_same_results
 SETTINGS = EngineSettings(tile=64, halo=8, batch_size=4)
 OPTIONS = ProcessOptions(tile=64, halo=8, batch_size=4)
 CLI = ["--tile", "64", "--halo", "8", "--batch-size", "4", "--engine", "torch-cpu"]
-HOOK = Path(__file__).with_name("hold_hook")
 DAY = 24 * 3600
 
-
-def _env(**extra) -> dict:
-    code = str(Path(semtile.__file__).resolve().parents[1])  # the tree under test
-    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(HOOK), code]), **extra}
 
 
 def _passes(bundle):
     return [segment_pass(load_bundle(bundle), "torch-cpu", SETTINGS, OPTIONS)]
 
-
-@pytest.fixture()
-def scans(tmp_path, tiny_dataset) -> list[Path]:
-    folder = tmp_path / "scans"
-    folder.mkdir()
-    for path in sorted((tiny_dataset / "images").glob("*.tif"))[:4]:
-        shutil.copy(path, folder / path.name)
-    return sorted(folder.glob("*.tif"))
 
 
 @pytest.fixture()
@@ -75,7 +62,7 @@ def test_clean_up_from_another_pid_namespace_spares_a_live_writer(tmp_path, scan
     (hold / "arm").write_text("")
     writer = subprocess.Popen([sys.executable, "-m", "semtile.cli.main", "--log-json", "process", *map(str, scans),
                                "--out", str(out), "--model", str(tiny_bundle), *CLI, "--scratch", str(scratch)],
-                              env=_env(SEMTILE_TEST_HOLD=str(hold), SEMTILE_TEST_HOLD_IN="publish"),
+                              env=hooked_env(SEMTILE_TEST_HOLD=str(hold), SEMTILE_TEST_HOLD_IN="publish"),
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.time() + 120
@@ -89,7 +76,7 @@ def test_clean_up_from_another_pid_namespace_spares_a_live_writer(tmp_path, scan
                                 "import sys; from semtile.store import open_store; "
                                 "from semtile.execution.batch import clean_stale_scratch; "
                                 "print(open_store(sys.argv[1]).clean_stale(), clean_stale_scratch(sys.argv[2]))",
-                                str(out), str(scratch)], env=_env(), capture_output=True, text=True, timeout=120)
+                                str(out), str(scratch)], env=hooked_env(), capture_output=True, text=True, timeout=120)
         assert clean.returncode == 0, clean.stderr[-3000:]
         assert clean.stdout.split() == ["0", "0"], clean.stdout
         assert staged.is_dir(), "the live writer's staged result was removed"

@@ -5,8 +5,6 @@ scratch may be gone too), and a lost scheduler is one error for the run (exit 3)
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -14,8 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
+from fault_env import hooked_env
 
-import semtile
 from semtile.engines import EngineSettings
 from semtile.execution.batch import run_process
 from semtile.inference.options import ProcessOptions
@@ -28,12 +26,7 @@ pytest.importorskip("distributed")
 
 SETTINGS = EngineSettings(tile=64, halo=8, batch_size=4)
 OPTIONS = ProcessOptions(tile=64, halo=8, batch_size=4)
-HOOK = Path(__file__).with_name("hold_hook")
 
-
-def _env(**extra) -> dict:
-    code = str(Path(semtile.__file__).resolve().parents[1])  # the tree under test
-    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(HOOK), code]), **extra}
 
 
 def _wait(predicate, what: str, timeout: float = 90, proc: subprocess.Popen | None = None) -> None:
@@ -46,14 +39,6 @@ def _wait(predicate, what: str, timeout: float = 90, proc: subprocess.Popen | No
         time.sleep(0.05)
     raise AssertionError(f"{what}: not in {timeout} s")
 
-
-@pytest.fixture()
-def scans(tmp_path, tiny_dataset) -> list[Path]:
-    folder = tmp_path / "scans"
-    folder.mkdir()
-    for path in sorted((tiny_dataset / "images").glob("*.tif"))[:4]:
-        shutil.copy(path, folder / path.name)
-    return sorted(folder.glob("*.tif"))
 
 
 class _Cluster:
@@ -71,14 +56,14 @@ class _Cluster:
         py = sys.executable
         self.scheduler = subprocess.Popen([py, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1",
                                            "--port", "0", "--scheduler-file", str(self.file),
-                                           "--dashboard-address", ":0"], env=_env(),
+                                           "--dashboard-address", ":0"], env=hooked_env(),
                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.procs = [self.scheduler]
         _wait(self.file.exists, "the scheduler file")
         self.procs.append(subprocess.Popen([py, "-m", "distributed.cli.dask_worker", "--scheduler-file",
                                             str(self.file), "--host", "127.0.0.1", "--nthreads", "1",
                                             "--memory-limit", "0", "--death-timeout", "20"],
-                                           env=_env(SEMTILE_TEST_HOLD=str(self.hold), SEMTILE_TEST_HOLD_IN="write"),
+                                           env=hooked_env(SEMTILE_TEST_HOLD=str(self.hold), SEMTILE_TEST_HOLD_IN="write"),
                                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
 
     def drive(self, out: Path, scratch: Path) -> subprocess.Popen:
@@ -88,7 +73,7 @@ class _Cluster:
                                  *map(str, self.scans), "--out", str(out), "--model", str(self.bundle), "--engine",
                                  "torch-cpu", "--tile", "64", "--halo", "8", "--batch-size", "4", "--scratch",
                                  str(scratch), "--scheduler-file", str(self.file)],
-                                env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                env=hooked_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
     def held(self) -> list[Path]:
         return list(self.hold.glob("held-*"))
