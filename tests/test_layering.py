@@ -328,3 +328,18 @@ def test_kernels_and_cli_are_imported_by_their_installed_names():
     bare = [imp for imp in collect_imports(load_tree())
             if imp.imported.split(".")[0] in ("kernels", "cli")]
     assert not bare, "\n".join(f"{i.path}:{i.line} imports {i.imported}; use semtile.{i.imported}" for i in bare)
+
+
+def test_tests_and_benchmarks_import_kernels_by_their_installed_name():
+    """A test or benchmark that imports ``kernels`` bare loads the same files as a second module, and Numba's
+    on-disk cache (keyed by file) then holds functions pickled against ``kernels``: every later process that
+    imports ``semtile.kernels`` without the repository root on its path fails to load them."""
+    bare = []
+    for top in ("tests", "benchmarks"):
+        for file in sorted((ROOT / top).rglob("*.py")):
+            for node in ast.walk(ast.parse(file.read_text(encoding="utf-8"), filename=str(file))):
+                names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                         else [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+                bare += [f"{file.relative_to(ROOT)}:{node.lineno} imports {n}" for n in names
+                         if n.split(".")[0] in ("kernels", "cli")]
+    assert not bare, "\n".join(bare)

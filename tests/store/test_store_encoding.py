@@ -11,7 +11,7 @@ import pytest
 import zarr
 from test_store_conformance import make_result
 
-from kernels.pyramid import halve_max, halve_mean_float, halve_mean_int
+from semtile.kernels.pyramid import halve_max, halve_mean_float, halve_mean_int
 from semtile.results import open_results
 from semtile.store import OmeZarrStore, decode_probability, encode_probability_u8, open_store
 from semtile.store.encoding import encode_mask
