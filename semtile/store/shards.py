@@ -80,12 +80,55 @@ def array_metadata(shape: tuple[int, ...], dtype, *, chunks: tuple[int, ...], sh
             "storage_transformers": []}
 
 
-def _encode_chunk(block: np.ndarray, chunks: tuple[int, ...], level: int, checksum: bool) -> bytes:
-    if block.shape != tuple(chunks):  # an edge chunk: padded with the fill value to the chunk shape
-        block = np.pad(block, [(0, c - s) for c, s in zip(chunks, block.shape)])
-    raw = np.ascontiguousarray(block, dtype=block.dtype.newbyteorder("<")).tobytes()
-    data = Zstd(level=level).encode(raw)
-    return data + struct.pack("<I", google_crc32c.value(data)) if checksum else bytes(data)
+_LOCAL = threading.local()  # per compressing thread: one zero-padded buffer per chunk shape and dtype
+
+
+def _contiguous_chunk(block: np.ndarray, chunks: tuple[int, ...]) -> np.ndarray:
+    """``block`` as a C-ordered little-endian chunk of shape ``chunks``, padded with the fill value 0: the block
+    itself when it already is one, else a copy into this thread's buffer (valid until its next call)."""
+    dtype = block.dtype.newbyteorder("<")
+    if block.shape == tuple(chunks) and block.dtype == dtype and block.flags.c_contiguous:
+        return block
+    buffers = getattr(_LOCAL, "buffers", None)
+    if buffers is None:
+        buffers = _LOCAL.buffers = {}
+    key = (tuple(chunks), dtype.str)
+    buffer = buffers.get(key)
+    if buffer is None:
+        buffer = buffers[key] = np.zeros(chunks, dtype=dtype)
+    inside = tuple(slice(0, s) for s in block.shape)
+    buffer[inside] = block
+    if block.shape != tuple(chunks):  # an edge chunk: the rest of the buffer back to the fill value
+        for axis, (s, c) in enumerate(zip(block.shape, chunks)):
+            if s < c:
+                buffer[(*inside[:axis], slice(s, c))] = 0
+    return buffer
+
+
+def _encode_chunk(block: np.ndarray, chunks: tuple[int, ...], level: int, checksum: bool) -> list[bytes]:
+    """The stored bytes of one chunk, as parts to write in order: the zstd frame, then its crc32c."""
+    data = Zstd(level=level).encode(_contiguous_chunk(block, chunks))
+    return [data, struct.pack("<I", google_crc32c.value(data))] if checksum else [data]
+
+
+def _write_parts(path: Path, parts: list[bytes]) -> None:
+    """``parts`` written in order as the file ``path`` (one ``writev`` where the platform has it: no join)."""
+    if not hasattr(os, "writev"):
+        path.write_bytes(b"".join(parts))
+        return
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+    try:
+        views = [memoryview(p) for p in parts if len(p)]
+        while views:
+            # At most IOV_MAX parts a call; a short write goes on from where it stopped.
+            written = os.writev(fd, views[:1024])
+            while views and written >= len(views[0]):
+                written -= len(views[0])
+                views.pop(0)
+            if written:
+                views[0] = views[0][written:]
+    finally:
+        os.close(fd)
 
 
 def _grid(shape: tuple[int, ...], step: tuple[int, ...]):
@@ -129,17 +172,18 @@ def write_sharded(folder: Path, arrays: dict[str, tuple[np.ndarray, dict, tuple[
             future = futures.get(local)
             if future is None:
                 continue
-            data = future.result()
-            index[tuple(o // c for o, c in zip(local, chunks))] = (offset, len(data))
-            parts.append(data)
-            offset += len(data)
+            chunk = future.result()
+            size = sum(len(p) for p in chunk)
+            index[tuple(o // c for o, c in zip(local, chunks))] = (offset, size)
+            parts += chunk
+            offset += size
         index_bytes = index.tobytes()
         parts.append(index_bytes)
         if checksum:
             parts.append(struct.pack("<I", google_crc32c.value(index_bytes)))
         path = target / "c" / Path(*(str(o // s) for o, s in zip(shard, shards)))
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(b"".join(parts))
+        _write_parts(path, parts)
 
 
 def write_group(folder: Path, attributes: dict) -> None:
@@ -167,4 +211,4 @@ def write_plain(folder: Path, data: np.ndarray, *, level: int, checksum: bool,
     (folder / "zarr.json").write_text(json.dumps(meta), encoding="utf-8")
     chunk = folder / "c" / Path(*(["0"] * max(1, data.ndim)))
     chunk.parent.mkdir(parents=True, exist_ok=True)
-    chunk.write_bytes(_encode_chunk(data, data.shape, level, checksum))
+    _write_parts(chunk, _encode_chunk(data, data.shape, level, checksum))

@@ -82,7 +82,7 @@ def test_the_layout_of_one_image(tmp_path):
     storage = root.attrs["semtile"]["storage"]
     assert storage["image"] == {"dtype": "uint8", "scale": 255, "decode": "value / 255"}
     assert storage["mask"]["dtype"] == "uint8" and storage["mask"]["scale"] == 255
-    assert storage["codec"] == {"name": "zstd", "level": 3, "checksum": "crc32c"} and storage["shard"] == 4096
+    assert storage["codec"] == {"name": "zstd", "level": 1, "checksum": "crc32c"} and storage["shard"] == 4096
     np.testing.assert_array_equal(root["labels/adhesive/0"][...], result.binary_mask.astype(np.uint8))
     attrs = root.attrs.asdict()
     assert set(attrs) == {"ome", "semtile"}

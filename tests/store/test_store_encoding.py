@@ -148,12 +148,12 @@ def _chunks_of(shard: Path, n_chunks: int) -> dict:
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32])
 def test_shards_written_directly_are_the_bytes_zarr_writes(tmp_path, dtype):
-    from semtile.store.encoding import array_layout
+    from semtile.store.encoding import ZSTD_LEVEL, array_layout
     from semtile.store.shards import write_sharded
 
     data = (np.random.default_rng(3).random((37, 50)) * 200 + 1).astype(dtype)  # no chunk equal to the fill value
     layout = {**array_layout(data.shape, sharded=True), "chunks": (8, 16), "shards": (16, 32)}  # 3 x 2 shards
-    write_sharded(tmp_path / "direct", {"a": (data, layout, ("y", "x"))}, level=3, checksum=True)
+    write_sharded(tmp_path / "direct", {"a": (data, layout, ("y", "x"))}, level=ZSTD_LEVEL, checksum=True)
     reference = zarr.open_group(str(tmp_path / "zarr"), mode="w", zarr_format=3)
     reference.create_array("a", shape=data.shape, dtype=data.dtype, fill_value=0, dimension_names=("y", "x"),
                            **layout)[...] = data
