@@ -11,6 +11,8 @@ the same 16 as 16-bit, and one 8192x8192 8-bit scan (``--quick``: 8 + 8, no
 8192x8192). Every measurement runs in fresh worker processes, each pinned to
 one core (``sched_setaffinity``), with one thread per library (OpenMP, Numba,
 Blosc) and the host pool of one thread per core: so "per core" means per core.
+Each worker processes its scans ``--rounds`` times (default 4), each round
+into a new store, so that a measurement lasts a second or more.
 
 Printed:
 
@@ -134,28 +136,31 @@ def worker(spec: dict) -> dict:
     while not Path(spec["go"]).exists():
         time.sleep(0.002)
     timings: list[dict] = []
+    failed = []
     t0 = time.perf_counter()
-    summary = process_scans(scans, work / "run.zarr", passes=passes, options=options, table=work / "run.csv",
-                            on_image=lambda o: timings.append(dict(o.timings)))
+    for r in range(spec["rounds"]):  # each round a new store: every round reads, computes and writes it all
+        summary = process_scans(scans, work / f"run{r}.zarr", passes=passes, options=options,
+                                table=work / f"run{r}.csv", on_image=lambda o: timings.append(dict(o.timings)))
+        failed += [f"{o.path}: {o.error}" for o in summary.failed]
     wall = time.perf_counter() - t0
     stages: dict[str, float] = {}
     for t in timings:
         for k, v in t.items():
             if k != "wall_clock":
                 stages[k] = stages.get(k, 0.0) + float(v)
-    return {"wall": wall, "failed": [f"{o.path}: {o.error}" for o in summary.failed], "stages": stages,
-            "scans": len(scans)}
+    return {"wall": wall, "failed": failed, "stages": stages, "scans": len(scans) * spec["rounds"]}
 
 
-def run_workers(checkout: Path, scans: list[str], processes: int, cores: list[int], work: Path) -> dict:
-    """``processes`` workers (one per core) on ``scans`` each, started together; MP/s in all and per core."""
+def run_workers(checkout: Path, scans: list[str], processes: int, cores: list[int], work: Path, rounds: int) -> dict:
+    """``processes`` workers (one per core) on ``scans`` each, ``rounds`` times, started together; MP/s in all and
+    per core."""
     env = {**os.environ, **ONE_THREAD, "PYTHONPATH": os.pathsep.join([str(checkout), os.environ.get("PYTHONPATH", "")])}
     go = work / f"go-{processes}-{time.monotonic_ns()}"
     procs, specs = [], []
     for i in range(processes):
         folder = Path(tempfile.mkdtemp(prefix=f"w{i}-", dir=work))
         spec = {"core": cores[i], "threads": 1, "scans": scans, "work": str(folder), "ready": str(folder / "ready"),
-                "go": str(go)}
+                "go": str(go), "rounds": rounds}
         specs.append(spec)
         with open(folder / "stderr.log", "w") as log:
             procs.append(subprocess.Popen([sys.executable, str(HERE), "--worker", json.dumps(spec)], env=env,
@@ -175,7 +180,7 @@ def run_workers(checkout: Path, scans: list[str], processes: int, cores: list[in
     failed = [f for o in outs for f in o["failed"]]
     if failed:
         raise SystemExit(f"scans failed ({checkout}): {failed[:3]}")
-    mp = frame_megapixels(scans)
+    mp = frame_megapixels(scans) * rounds
     wall = max(o["wall"] for o in outs)
     stages = {k: sum(o["stages"].get(k, 0.0) for o in outs) / (mp * processes)
               for k in sorted({k for o in outs for k in o["stages"]})}
@@ -184,11 +189,11 @@ def run_workers(checkout: Path, scans: list[str], processes: int, cores: list[in
             "s_per_mp": {k: round(v, 5) for k, v in stages.items()}}
 
 
-def measure(checkout: Path, kinds: dict, counts: list[int], cores: list[int], work: Path) -> dict:
+def measure(checkout: Path, kinds: dict, counts: list[int], cores: list[int], work: Path, rounds: int) -> dict:
     """One checkout: the stage profile of each kind (1 process), then the process scaling on the 8-bit scans."""
     out: dict = {"checkout": str(checkout), "commit": _commit(checkout), "stages": {}, "scaling": []}
     for kind, scans in kinds.items():
-        run = run_workers(checkout, scans, 1, cores, work)
+        run = run_workers(checkout, scans, 1, cores, work, 1 if kind == "8192" else rounds)
         out["stages"][kind] = run
         print(f"  {checkout.name or checkout} {kind}: {run['mp_per_s_per_core']:.2f} MP/s per core", flush=True)
     base = out["stages"]["8bit"]["mp_per_s_per_core"]
@@ -196,7 +201,7 @@ def measure(checkout: Path, kinds: dict, counts: list[int], cores: list[int], wo
     for n in counts:
         if n == 1:
             continue
-        run = run_workers(checkout, kinds["8bit"], n, cores, work)
+        run = run_workers(checkout, kinds["8bit"], n, cores, work, rounds)
         run["efficiency"] = round(run["mp_per_s_per_core"] / base, 3)
         out["scaling"].append(run)
         print(f"  {checkout.name or checkout} 8bit x{n}: {run['mp_per_s_per_core']:.2f} MP/s per core "
@@ -251,6 +256,10 @@ def main() -> None:
     parser.add_argument("--processes", default=None, help="process counts, e.g. 1,2,4 (default: 1, 2, 4, 8, 16 "
                                                           "up to the cores; --quick: 1, 2)")
     parser.add_argument("--no-big", action="store_true", help="leave out the 8192x8192 scan")
+    parser.add_argument("--rounds", type=int, default=4,
+                        help="each worker processes its scans this many times, each into a new store (default 4: "
+                             "runs of a second or more, so that start-up skew and a writeback burst do not decide "
+                             "the scaling)")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -271,7 +280,7 @@ def main() -> None:
           f"data in {work}", flush=True)
     results = []
     for label, checkout in checkouts:
-        results.append({"label": label, **measure(checkout, kinds, counts, cores, work)})
+        results.append({"label": label, **measure(checkout, kinds, counts, cores, work, args.rounds)})
     print_tables(results)
     command = " ".join(shlex.quote(a) for a in [sys.executable, str(HERE), *sys.argv[1:]])
     for r in results:

@@ -24,6 +24,7 @@ from numba import njit, prange
 
 __all__ = [
     "accumulate_tiles",
+    "accumulate_weights",
     "normalise_canvas",
     "stitch_tiles",
     "accumulate_tiles_reference",
@@ -276,6 +277,26 @@ def accumulate_tiles(
     _accumulate_rows(
         canvas, weight_canvas, add_weights, tiles, order.astype(np.int64), oy_sorted, ox_sorted, window
     )
+
+
+def accumulate_weights(shape: tuple[int, int], origins: np.ndarray, window: np.ndarray) -> np.ndarray:
+    """The weight canvas of tiles at ``origins``: a new float32 ``(H, W)`` array, ``window`` summed at each.
+
+    The same sums, in the same order, as :func:`accumulate_tiles` adds into its
+    ``weight_canvas`` when it is given the tiles of ``origins`` batch after
+    batch in that order: bit for bit the same canvas, without a tile in hand.
+    """
+    h, w = _check_shape(shape)
+    window = _check_window(window, np.shape(window))
+    origins = _check_origins(origins, np.shape(origins)[0] if np.ndim(origins) == 2 else -1)
+    weights = np.zeros((h, w), dtype=np.float32)
+    if origins.shape[0] == 0:
+        return weights
+    order = np.argsort(origins[:, 0], kind="stable")
+    one = np.ones((1, *window.shape), dtype=np.float32)  # window * 1 is the window exactly
+    _accumulate_rows(weights, _NO_WEIGHTS, False, one, np.zeros(len(order), dtype=np.int64),
+                     np.ascontiguousarray(origins[order, 0]), np.ascontiguousarray(origins[order, 1]), window)
+    return weights
 
 
 def normalise_canvas(

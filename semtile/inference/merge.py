@@ -23,12 +23,14 @@ builds the one that :func:`~semtile.inference.strategy.merge_strategy` chose.
 
 from __future__ import annotations
 
+import threading
 from abc import ABC, abstractmethod
+from collections import OrderedDict
 
 import numpy as np
 
 from semtile.inference.split import TileGrid
-from semtile.kernels.stitch import accumulate_tiles, normalise_canvas
+from semtile.kernels.stitch import accumulate_tiles, accumulate_weights, normalise_canvas
 from semtile.kernels.window import blend_window
 
 __all__ = ["Merger", "BlendMerger"]
@@ -63,14 +65,38 @@ class Merger(ABC):
         """The blended maps, ``(H, W)`` or ``(C, H, W)`` float32 each (array-likes out of core); the merger is spent."""
 
 
+#: Weight canvases by grid: scans of one size share theirs, so each scan's blend only adds its tiles.
+_WEIGHTS: OrderedDict = OrderedDict()
+_WEIGHTS_KEPT = 8
+_WEIGHTS_LOCK = threading.Lock()
+
+
+def grid_weights(grid: TileGrid, window: np.ndarray) -> np.ndarray:
+    """The (read-only) weight canvas of ``grid``'s tiles in row-major order, the order a BlendMerger adds them."""
+    origins = grid.origins
+    key = (tuple(grid.shape), grid.tile, grid.halo, origins.tobytes())
+    with _WEIGHTS_LOCK:
+        weights = _WEIGHTS.get(key)
+        if weights is not None:
+            _WEIGHTS.move_to_end(key)
+            return weights
+    weights = accumulate_weights(grid.shape, origins, window)
+    weights.flags.writeable = False
+    with _WEIGHTS_LOCK:
+        _WEIGHTS[key] = weights
+        while len(_WEIGHTS) > _WEIGHTS_KEPT:
+            _WEIGHTS.popitem(last=False)
+    return weights
+
+
 class BlendMerger(Merger):
-    """In-memory blending: one float32 canvas per map (and channel) plus one weight canvas."""
+    """In-memory blending: one float32 canvas per map (and channel), divided by the grid's weight canvas."""
 
     def __init__(self, grid: TileGrid):
         super().__init__(grid)
         self.window = blend_window(grid.tile, grid.halo)
         self._origins = grid.origins
-        self._weights = np.zeros(grid.shape, dtype=np.float32)
+        self._weights = grid_weights(grid, self.window)
         self._canvases: dict[str, np.ndarray] = {}
         self._added = 0  # tiles added so far
 
@@ -92,19 +118,19 @@ class BlendMerger(Merger):
         origins = self._origins[first: first + n]
         if len(origins) != n:
             raise ValueError(f"tiles {first}..{first + n - 1} are outside the grid of {len(self.grid)} tiles")
-        weights = self._weights
         for name, tiles in maps.items():
             if len(tiles) != n:
                 raise ValueError(f"map {name!r} has {len(tiles)} tiles, the others {n}")
             canvas = self._canvas(name, tiles)
             planes = [(canvas, tiles)] if tiles.ndim == 3 else [(canvas[c], tiles[:, c]) for c in range(tiles.shape[1])]
             for plane, plane_tiles in planes:
-                # The weights are the same for every map: accumulated with the first only.
-                accumulate_tiles(plane, weights, plane_tiles, origins, self.window)
-                weights = None
+                accumulate_tiles(plane, None, plane_tiles, origins, self.window)  # the weights are the grid's
         self._added += n
 
     def finish(self) -> dict[str, np.ndarray]:
+        if self._canvases and self._added != len(self._origins):
+            # The weights are those of the whole grid: a partial blend would be divided by tiles it never had.
+            raise ValueError(f"{self._added} tiles added to a grid of {len(self._origins)}: add every tile once")
         out = {}
         for name, canvas in self._canvases.items():
             planes = [canvas] if canvas.ndim == 2 else list(canvas)

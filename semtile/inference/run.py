@@ -316,7 +316,7 @@ def stream_scans(paths: list[Path], passes: Sequence[Pass], options: ProcessOpti
     # Batch buffers, preallocated: enough for the queue, the batches in flight and the one being cut.
     free: list[queue.Queue] = []
     for p, runner in zip(passes, runners):
-        pool: queue.Queue = queue.Queue()
+        pool: queue.Queue = queue.LifoQueue()  # the buffer merged last is reused first: still in cache
         for _ in range(QUEUE_DEPTH + max(1, runner.in_flight) + 2):
             pool.put(np.empty((p.batch_size, p.rule.tile, p.rule.tile), dtype=np.float32))
         free.append(pool)

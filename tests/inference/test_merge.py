@@ -52,6 +52,20 @@ def test_blend_merger_rejects_inconsistent_maps():
         merger.add(2)
 
 
+def test_a_blend_missing_tiles_is_refused_and_grids_of_one_shape_share_their_weights():
+    grid = TileGrid((100, 130), 32, 8)
+    tiles = np.random.default_rng(1).random((len(grid), 32, 32), dtype=np.float32)
+    merger = BlendMerger(grid)
+    merger.add(0, mask=tiles[:-1])
+    with pytest.raises(ValueError, match="add every tile once"):  # divided by weights it never had: wrong
+        merger.finish()
+    first, second = BlendMerger(grid), BlendMerger(TileGrid((100, 130), 32, 8))
+    assert second._weights is first._weights and not first._weights.flags.writeable
+    for merger in (first, second):
+        merger.add(0, mask=tiles)
+    np.testing.assert_array_equal(first.finish()["mask"], second.finish()["mask"])
+
+
 def test_run_array_merges_maps_and_collects_vectors_in_tile_order():
     rng = np.random.default_rng(3)
     image = rng.random((70, 90)).astype(np.float32)

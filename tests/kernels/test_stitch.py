@@ -10,6 +10,7 @@ from semtile.inference.split import TileGrid
 from semtile.kernels.stitch import (
     accumulate_tiles,
     accumulate_tiles_reference,
+    accumulate_weights,
     normalise_canvas,
     stitch_tiles,
     stitch_tiles_reference,
@@ -123,6 +124,24 @@ def test_accumulate_in_batches_matches_reference(shape, tile, halo) -> None:
     assert np.all(weights > 0)  # every pixel covered
     got = normalise_canvas(canvas, weights)
     np.testing.assert_allclose(got, stitch_tiles_reference(tiles, origins, window, shape), atol=1e-6)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("tile,halo", TILE_HALO)
+@pytest.mark.parametrize("batch", [1, 3, 1000])
+def test_weights_without_tiles_are_those_accumulated_batch_by_batch(shape, tile, halo, batch) -> None:
+    grid = TileGrid(shape, tile, halo)
+    origins, window = grid.origins, blend_window(tile, halo)
+    tiles = _random_tiles(len(grid), tile, seed=2)
+    canvas, weights = np.zeros(shape, np.float32), np.zeros(shape, np.float32)
+    for s in range(0, len(grid), batch):
+        accumulate_tiles(canvas, weights, tiles[s : s + batch], origins[s : s + batch], window)
+    got = accumulate_weights(shape, origins, window)
+    assert got.dtype == np.float32 and got.shape == shape
+    np.testing.assert_array_equal(got, weights)  # bit for bit: the same sums in the same order
+    ref_w = np.zeros(shape, np.float32)
+    accumulate_tiles_reference(np.zeros(shape, np.float32), ref_w, tiles, origins, window)
+    np.testing.assert_allclose(got, ref_w, rtol=0, atol=1e-6)
 
 
 def test_accepts_channel_axis() -> None:
