@@ -12,7 +12,10 @@ the same 16 as 16-bit, and one 8192x8192 8-bit scan (``--quick``: 8 + 8, no
 one core (``sched_setaffinity``), with one thread per library (OpenMP, Numba,
 Blosc) and the host pool of one thread per core: so "per core" means per core.
 Each worker processes its scans ``--rounds`` times (default 4), each round
-into a new store, so that a measurement lasts a second or more.
+into a new store, so that a measurement lasts a second or more; the 8-bit
+runs alternate 1 process and the others ``--trials`` times (default 3) and
+the median of each count is reported (a 2-core machine's speed moves by
+10-20 % from one second to the next: one pair of runs decides nothing).
 
 Printed:
 
@@ -189,23 +192,40 @@ def run_workers(checkout: Path, scans: list[str], processes: int, cores: list[in
             "s_per_mp": {k: round(v, 5) for k, v in stages.items()}}
 
 
-def measure(checkout: Path, kinds: dict, counts: list[int], cores: list[int], work: Path, rounds: int) -> dict:
-    """One checkout: the stage profile of each kind (1 process), then the process scaling on the 8-bit scans."""
+def measure(checkout: Path, kinds: dict, counts: list[int], cores: list[int], work: Path, rounds: int,
+            trials: int) -> dict:
+    """One checkout: on the 8-bit scans, ``trials`` alternations of 1 process and each other count (the median
+    trial of each is reported: the 1-process one is the 8-bit stage profile); then the other kinds, 1 process."""
+    name = checkout.name or str(checkout)
     out: dict = {"checkout": str(checkout), "commit": _commit(checkout), "stages": {}, "scaling": []}
-    for kind, scans in kinds.items():
-        run = run_workers(checkout, scans, 1, cores, work, 1 if kind == "8192" else rounds)
-        out["stages"][kind] = run
-        print(f"  {checkout.name or checkout} {kind}: {run['mp_per_s_per_core']:.2f} MP/s per core", flush=True)
+    order = [1, *[n for n in counts if n != 1]]
+    runs: dict[int, list[dict]] = {n: [] for n in order}
+    for t in range(trials):
+        for n in order:
+            run = run_workers(checkout, kinds["8bit"], n, cores, work, rounds)
+            runs[n].append(run)
+            print(f"  {name} 8bit x{n} (trial {t + 1}/{trials}): {run['mp_per_s_per_core']:.2f} MP/s per core",
+                  flush=True)
+
+    def median(n: int) -> dict:
+        ranked = sorted(runs[n], key=lambda r: r["mp_per_s_per_core"])
+        return {**ranked[(len(ranked) - 1) // 2], "trials": [r["mp_per_s_per_core"] for r in runs[n]]}
+
+    out["stages"]["8bit"] = median(1)
     base = out["stages"]["8bit"]["mp_per_s_per_core"]
-    out["scaling"].append({**out["stages"]["8bit"], "efficiency": 1.0})
-    for n in counts:
-        if n == 1:
-            continue
-        run = run_workers(checkout, kinds["8bit"], n, cores, work, rounds)
+    for n in order:
+        run = median(n)
         run["efficiency"] = round(run["mp_per_s_per_core"] / base, 3)
         out["scaling"].append(run)
-        print(f"  {checkout.name or checkout} 8bit x{n}: {run['mp_per_s_per_core']:.2f} MP/s per core "
-              f"(efficiency {run['efficiency']:.2f})", flush=True)
+        if n != 1:
+            print(f"  {name} 8bit x{n}: median {run['mp_per_s_per_core']:.2f} MP/s per core "
+                  f"(efficiency {run['efficiency']:.2f} against the median of 1)", flush=True)
+    for kind, scans in kinds.items():
+        if kind == "8bit":
+            continue
+        run = run_workers(checkout, scans, 1, cores, work, 1 if kind == "8192" else rounds)
+        out["stages"][kind] = run
+        print(f"  {name} {kind}: {run['mp_per_s_per_core']:.2f} MP/s per core", flush=True)
     return out
 
 
@@ -256,6 +276,9 @@ def main() -> None:
     parser.add_argument("--processes", default=None, help="process counts, e.g. 1,2,4 (default: 1, 2, 4, 8, 16 "
                                                           "up to the cores; --quick: 1, 2)")
     parser.add_argument("--no-big", action="store_true", help="leave out the 8192x8192 scan")
+    parser.add_argument("--trials", type=int, default=3,
+                        help="alternations of 1 process and each other count on the 8-bit scans; the medians are "
+                             "reported (default 3)")
     parser.add_argument("--rounds", type=int, default=4,
                         help="each worker processes its scans this many times, each into a new store (default 4: "
                              "runs of a second or more, so that start-up skew and a writeback burst do not decide "
@@ -280,7 +303,7 @@ def main() -> None:
           f"data in {work}", flush=True)
     results = []
     for label, checkout in checkouts:
-        results.append({"label": label, **measure(checkout, kinds, counts, cores, work, args.rounds)})
+        results.append({"label": label, **measure(checkout, kinds, counts, cores, work, args.rounds, args.trials)})
     print_tables(results)
     command = " ".join(shlex.quote(a) for a in [sys.executable, str(HERE), *sys.argv[1:]])
     for r in results:

@@ -62,8 +62,10 @@ __all__ = ["MIN_SIDE", "ProcessOptions", "ScanJob", "stream_scans", "run_pass", 
 
 log = get_logger("semtile.process")
 
-#: Batches of tiles prepared ahead of the runners.
-QUEUE_DEPTH = 4
+#: Batches of tiles prepared ahead of the runners. Scans are read ahead on the pool; more batches than this only
+#: widen the set of buffers in use, which two host processes sharing a cache pay for (benchmarks/host.py: 1 to 2
+#: processes, efficiency 0.89-0.91 with 4, 0.92-0.96 with 2).
+QUEUE_DEPTH = 2
 #: Files up to this size are read whole into memory (hashed and decoded from those bytes); larger ones are
 #: hashed first and read lazily.
 MEMORY_FILE_BYTES = 512 * 2**20
