@@ -14,6 +14,8 @@ from collections.abc import Iterable
 
 import numpy as np
 
+from semtile.kernels.histogram import row_histograms_u8, suffix_sums
+
 __all__ = ["DATABAR_SEARCH_FRACTION", "detect_databar", "detect_databar_blocks"]
 
 #: Fraction of the frame's rows, at the bottom, searched for a data bar.
@@ -107,17 +109,20 @@ def detect_databar_blocks(
     found = 0
     end = n_rows
     for piece in _pieces(blocks):
-        band = _unit_range(piece)
-        k = band.shape[0]
+        k = piece.shape[0]
         start = end - k
         if start < 0:
             raise ValueError(f"the blocks hold more than n_rows={n_rows} rows")
-        q = np.rint(band * 255).astype(np.intp)
-        q += np.arange(k, dtype=np.intp)[:, None] * 256
-        hist = np.bincount(q.ravel(), minlength=k * 256).reshape(k, 256)
-        level, uniform = _uniform_rows(band, hist, tolerance, uniform_fraction)
+        if piece.dtype == np.uint8:  # 8-bit samples are their own bins: no float copy of the band
+            hist = row_histograms_u8(np.ascontiguousarray(piece))
+        else:
+            band = _unit_range(piece)
+            q = np.rint(band * 255).astype(np.intp)
+            q += np.arange(k, dtype=np.intp)[:, None] * 256
+            hist = np.bincount(q.ravel(), minlength=k * 256).reshape(k, 256)
+        level, uniform = _uniform_rows(piece, hist, tolerance, uniform_fraction)
         # suffix[i]: histogram of the band's rows start + i .. n_rows - 1
-        suffix = np.cumsum(hist[::-1], axis=0)[::-1] + below
+        suffix = suffix_sums(hist, below)
 
         def qualifies(r: int, line: float, above_level: float, above_uniform: bool, body: np.ndarray) -> bool:
             if not 1 <= r <= n_rows - min_rows:
@@ -148,19 +153,20 @@ def detect_databar_blocks(
     return found
 
 
-def _uniform_rows(band: np.ndarray, hist: np.ndarray, tolerance: float, uniform_fraction: float):
+def _uniform_rows(piece: np.ndarray, hist: np.ndarray, tolerance: float, uniform_fraction: float):
     """Each row's median and whether it is uniform (``uniform_fraction`` of its values within ``tolerance`` of the
     median). The median is taken only of rows whose histogram could hold a uniform row (enough values within a
-    few bins of each other): a superset, so the answer is exact, and ordinary image rows cost no sort."""
-    k, cols = band.shape
+    few bins of each other): a superset, so the answer is exact, and ordinary image rows cost no sort (nor a
+    conversion of their samples to [0, 1]: ``piece`` is as given)."""
+    k, cols = piece.shape
     width = int(np.ceil(2 * tolerance * 255)) + 2  # bins [m - tol, m + tol] can reach, rounding included
     sums = np.cumsum(hist, axis=1)
     window = sums[:, width - 1:] - np.concatenate([np.zeros((k, 1), sums.dtype), sums[:, :-width]], axis=1)
     candidate = window.max(axis=1) / cols >= uniform_fraction
-    level = np.full(k, np.nan, dtype=band.dtype)
+    level = np.full(k, np.nan, dtype=np.float32)
     uniform = np.zeros(k, dtype=bool)
     if candidate.any():
-        rows = band[candidate]
+        rows = _unit_range(piece[candidate])
         level[candidate] = np.median(rows, axis=1)
         uniform[candidate] = np.mean(np.abs(rows - level[candidate][:, None]) <= tolerance, axis=1) >= uniform_fraction
     return level, uniform

@@ -207,13 +207,21 @@ class Scan:
 # the data bar, in the pixels
 
 
+def _plain_gray8(band: np.ndarray, convert: dict) -> bool:
+    """Whether ``band`` is 8-bit gray whose conversion is only ``x / 255`` (no palette, offset or inversion)."""
+    return (band.dtype == np.uint8 and band.ndim == 2 and convert["mode"] == "int" and convert["lut"] is None
+            and convert["offset"] == 0 and not convert["invert"] and convert["scale"] == 1 / 255)
+
+
 def detect_scan_databar(scan: Scan, path: Path, rows: int) -> int:
     """Search the bottom band for a data bar, one decoded block at a time, bottom block first."""
     band_rows = min(rows, max(8, math.ceil(rows * DATABAR_SEARCH_FRACTION)))
     try:
         if scan.decoded is not None and scan._convert["mode"] != "float":  # in memory: one block, no dask
-            blocks = iter([gray_block(scan.decoded[rows - band_rows: rows], **scan._convert)])
-            return detect_databar_blocks(blocks, band_rows)
+            band = scan.decoded[rows - band_rows: rows]
+            if _plain_gray8(band, scan._convert):  # its gray is x / 255: the search takes the samples themselves
+                return detect_databar_blocks(iter([band]), band_rows)
+            return detect_databar_blocks(iter([gray_block(band, **scan._convert)]), band_rows)
         band = scan.gray()[rows - band_rows :]
         blocks = (band.blocks[i].compute(scheduler="synchronous") for i in reversed(range(band.numblocks[0])))
         return detect_databar_blocks(blocks, band_rows)
