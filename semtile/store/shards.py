@@ -48,12 +48,32 @@ def writer_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def _pool() -> ThreadPoolExecutor:
+def _pool() -> ThreadPoolExecutor | None:
+    """The compressing pool; None with one thread: chunks are then compressed inline (a task per chunk on a
+    single thread only adds hand-offs)."""
     global _POOL
+    if writer_threads() == 1:
+        return None
     with _POOL_LOCK:
         if _POOL is None:
             _POOL = ThreadPoolExecutor(max_workers=writer_threads(), thread_name_prefix="semtile-compress")
         return _POOL
+
+
+class _Done:
+    """A chunk compressed inline, with the pool's ``result()``."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value):
+        self.value = value
+
+    def result(self):
+        return self.value
+
+
+def _submit(pool: ThreadPoolExecutor | None, fn, *args):
+    return _Done(fn(*args)) if pool is None else pool.submit(fn, *args)
 
 
 def _bytes_codec(dtype: np.dtype) -> dict:
@@ -162,7 +182,7 @@ def write_sharded(folder: Path, arrays: dict[str, tuple[np.ndarray, dict, tuple[
                 if any(b >= n for b, n in zip(start, data.shape)):
                     continue  # wholly outside the array: no chunk, a missing entry in the index
                 block = data[tuple(slice(b, b + c) for b, c in zip(start, chunks))]
-                futures[local] = pool.submit(_encode_chunk, block, chunks, level, checksum)
+                futures[local] = _submit(pool, _encode_chunk, block, chunks, level, checksum)
             jobs.append((target, shard, shards, chunks, futures))
     for target, shard, shards, chunks, futures in jobs:
         counts = tuple(s // c for s, c in zip(shards, chunks))
