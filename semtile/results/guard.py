@@ -19,14 +19,21 @@ from __future__ import annotations
 import json
 import math
 import threading
-import zlib
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from semtile.errors import DamagedResultError, SemtileError
-from semtile.store.verify import Damage, UnreadableManifest, check_files, locate_chunk, read_manifest
+from semtile.store.verify import (
+    Damage,
+    UnreadableManifest,
+    bytes_checksum,
+    check_files,
+    checksum_kind,
+    locate_chunk,
+    read_manifest,
+)
 
 __all__ = ["ResultGuard", "Guarded"]
 
@@ -59,6 +66,7 @@ class ResultGuard:
         self._checked = False
         self._damage: list[Damage] | None = None
         self._files: dict | None = None  # the manifest's files, or None without one
+        self._kind = "crc32"  # the manifest's checksum
         self._crc_done: set[str] = set()
         self._crc32c: dict[str, bool] = {}
 
@@ -77,12 +85,12 @@ class ResultGuard:
             return [exc.damage]
         if manifest is None:
             return []
-        self._files = manifest["files"]
+        self._files, self._kind = manifest["files"], checksum_kind(manifest)
         found = check_files(self.folder, full=False) or []
         for rel, (_, _, crc) in self._files.items():
             if rel.rsplit("/", 1)[-1] in _SMALL_FILES and not any(d.chunk and rel.endswith(d.chunk) for d in found):
                 try:
-                    now = zlib.crc32((self.folder / rel).read_bytes())
+                    now = bytes_checksum((self.folder / rel).read_bytes(), self._kind)
                 except OSError:
                     continue  # reported by check_files
                 if now != crc:
@@ -126,9 +134,10 @@ class ResultGuard:
                 data = file.read_bytes()
             except FileNotFoundError:
                 raise DamagedResultError(self.store, self.name, "missing", array=path, chunk=rel) from None
-            if len(data) != expected[0] or zlib.crc32(data) != expected[2]:
+            now = bytes_checksum(data, self._kind)
+            if len(data) != expected[0] or now != expected[2]:
                 raise DamagedResultError(self.store, self.name,
-                                         f"checksum {zlib.crc32(data):08x}, {expected[2]:08x} when written "
+                                         f"checksum {now:08x}, {expected[2]:08x} when written "
                                          f"({len(data)} bytes, {expected[0]} when written)", array=path, chunk=rel)
             with self._lock:
                 self._crc_done.add(full)

@@ -31,13 +31,11 @@ A new store is built beside its path (``.<name>.new~<pid>~<token>``, holding
 only the marked root) and renamed into place, so nobody ever sees a store
 half-created; of two runs creating one store at once, the first rename wins.
 
-``add_maps`` copies a committed result beside it under ``.semtile/tmp`` (hard
-links, so no bytes are copied and the old result's files are never written:
-Zarr writes every file anew and renames it into place), writes the new maps
-and the group's metadata into the copy and publishes the copy like a
-result. Concurrent ``add_maps`` calls on one result take turns
-(``.semtile/locks/<name>``, an advisory lock); a ``write`` of the same name
-racing an ``add_maps`` may be undone by it (the last rename wins).
+``add_maps`` copies a committed result beside it under ``.semtile/tmp`` (hard links, so no bytes are copied
+and the old result's files are never written: Zarr writes every file anew and renames it into place), writes
+the new maps and the group's metadata into the copy and publishes the copy like a result. Concurrent
+``add_maps`` calls on one result take turns (``.semtile/locks/<name>``, an advisory lock); a ``write`` of the
+same name racing an ``add_maps`` may be undone by it (the last rename wins).
 """
 
 from __future__ import annotations
@@ -73,6 +71,7 @@ from semtile.store.cleanup import STALE_AFTER_S, clean_temporaries, discard, zar
 from semtile.store.lease import Fence, RunLease, process_lease, real_folder
 from semtile.store.ownership import host_name, process_alive, process_start, temporary_name
 from semtile.store.verify import seal
+from semtile.store.written import recorded, recording
 
 __all__ = ["DirectoryStore", "HIDDEN", "STALE_AFTER_S", "temporary_name", "process_start", "host_name",
            "process_alive"]
@@ -330,8 +329,9 @@ class DirectoryStore(ResultStore):
     def _complete(self, staged: Path, name: str, result: ImageResult, fill) -> None:
         """``fill(staged, result)``, then publish ``staged`` as ``name``; on any failure ``staged`` is removed."""
         try:
-            fill(staged, result)
-            seal(staged)  # the manifest: what a rerun and `semtile verify` check the result against
+            with recording() as written:  # the files this write makes: their checksums need no read-back
+                fill(staged, result)
+            seal(staged, known=recorded(written, staged))  # what a rerun and `semtile verify` check it against
             self._publish(staged, self.path / name)
         except OSError as exc:
             shutil.rmtree(staged, ignore_errors=True)

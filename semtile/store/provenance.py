@@ -12,6 +12,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from semtile.io.discover import sha256_file  # re-exported: the one implementation lives with file discovery
+from semtile.store.written import write_file
 
 __all__ = ["package_versions", "provenance_record", "sha256_file", "PROVENANCE_DOCUMENT", "provenance_stub",
            "write_provenance", "read_provenance"]
@@ -88,7 +89,7 @@ def write_provenance(folder: Path, attrs: dict) -> dict:
     if not isinstance(provenance, dict) or not provenance:
         return attrs
     data = json.dumps(provenance, separators=(",", ":"), default=str).encode("utf-8")  # compact: 30% smaller
-    (Path(folder) / PROVENANCE_DOCUMENT).write_bytes(data)
+    write_file(Path(folder) / PROVENANCE_DOCUMENT, [data])
     return {**attrs, "provenance": provenance_stub(provenance, hashlib.sha256(data).hexdigest())}
 
 

@@ -30,6 +30,8 @@ import google_crc32c
 import numpy as np
 from numcodecs import Zstd
 
+from semtile.store.written import write_file
+
 __all__ = ["array_metadata", "write_sharded", "writer_threads", "write_group", "write_plain"]
 
 _MISSING = 2**64 - 1
@@ -131,26 +133,6 @@ def _encode_chunk(block: np.ndarray, chunks: tuple[int, ...], level: int, checks
     return [data, struct.pack("<I", google_crc32c.value(data))] if checksum else [data]
 
 
-def _write_parts(path: Path, parts: list[bytes]) -> None:
-    """``parts`` written in order as the file ``path`` (one ``writev`` where the platform has it: no join)."""
-    if not hasattr(os, "writev"):
-        path.write_bytes(b"".join(parts))
-        return
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
-    try:
-        views = [memoryview(p) for p in parts if len(p)]
-        while views:
-            # At most IOV_MAX parts a call; a short write goes on from where it stopped.
-            written = os.writev(fd, views[:1024])
-            while views and written >= len(views[0]):
-                written -= len(views[0])
-                views.pop(0)
-            if written:
-                views[0] = views[0][written:]
-    finally:
-        os.close(fd)
-
-
 def _grid(shape: tuple[int, ...], step: tuple[int, ...]):
     """Every block origin of a regular grid of ``step`` over ``shape``, C order."""
     counts = [-(-s // c) for s, c in zip(shape, step)]
@@ -174,7 +156,7 @@ def write_sharded(folder: Path, arrays: dict[str, tuple[np.ndarray, dict, tuple[
         target.mkdir(parents=True, exist_ok=True)
         meta = array_metadata(data.shape, data.dtype, chunks=chunks, shards=shards, level=level, checksum=checksum,
                               dimension_names=dims)
-        (target / "zarr.json").write_text(json.dumps(meta), encoding="utf-8")
+        write_file(target / "zarr.json", [json.dumps(meta).encode("utf-8")])
         for shard in _grid(data.shape, shards):
             futures = {}
             for local in _grid(shards, chunks):
@@ -203,14 +185,14 @@ def write_sharded(folder: Path, arrays: dict[str, tuple[np.ndarray, dict, tuple[
             parts.append(struct.pack("<I", google_crc32c.value(index_bytes)))
         path = target / "c" / Path(*(str(o // s) for o, s in zip(shard, shards)))
         path.parent.mkdir(parents=True, exist_ok=True)
-        _write_parts(path, parts)
+        write_file(path, parts)
 
 
 def write_group(folder: Path, attributes: dict) -> None:
     """The ``zarr.json`` of a group with ``attributes`` (JSON-ready), as zarr-python writes it."""
     folder.mkdir(parents=True, exist_ok=True)
     document = {"attributes": attributes, "zarr_format": 3, "node_type": "group"}
-    (folder / "zarr.json").write_text(json.dumps(document), encoding="utf-8")
+    write_file(folder / "zarr.json", [json.dumps(document).encode("utf-8")])
 
 
 def write_plain(folder: Path, data: np.ndarray, *, level: int, checksum: bool,
@@ -228,7 +210,7 @@ def write_plain(folder: Path, data: np.ndarray, *, level: int, checksum: bool,
             "fill_value": fill, "codecs": codecs, "attributes": {}, "dimension_names": list(dimension_names),
             "zarr_format": 3, "node_type": "array", "storage_transformers": []}
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "zarr.json").write_text(json.dumps(meta), encoding="utf-8")
+    write_file(folder / "zarr.json", [json.dumps(meta).encode("utf-8")])
     chunk = folder / "c" / Path(*(["0"] * max(1, data.ndim)))
     chunk.parent.mkdir(parents=True, exist_ok=True)
-    _write_parts(chunk, _encode_chunk(data, data.shape, level, checksum))
+    write_file(chunk, _encode_chunk(data, data.shape, level, checksum))

@@ -3,7 +3,7 @@
 **The manifest.** Just before a directory store publishes a result (``write``,
 ``commit``, ``add_maps``), :func:`seal` lists every file of the staged result
 folder in ``<name>/.manifest.json``: its size, modification time (ns) and
-CRC-32. The name starts with a dot, so no map can take it and Zarr never
+CRC-32C (CRC-32 in manifests of earlier versions, which say so). The name starts with a dot, so no map can take it and Zarr never
 lists it. It is renamed into place with the result, like ``provenance.json``.
 
 **Two checks** read it (:func:`check_result`):
@@ -51,6 +51,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+import google_crc32c
 import numpy as np
 
 from semtile.errors import DamagedResultError
@@ -60,8 +61,8 @@ from semtile.errors import DamagedResultError
 # verified on a pool).
 warnings.filterwarnings("ignore", message=r"Object at (.*/)?(\.manifest\.json|provenance\.json) is not recognized",
                         category=UserWarning)
-__all__ = ["MANIFEST", "MANIFEST_FORMAT", "Damage", "StoreVerdict", "seal", "read_manifest", "check_files",
-           "decode_arrays", "check_record", "check_result", "verify_store", "set_aside", "DAMAGED", "locate_chunk", "UnreadableManifest"]
+__all__ = ["MANIFEST", "MANIFEST_FORMAT", "MANIFEST_CHECKSUM", "CHECKSUMS", "Damage", "StoreVerdict", "seal",
+           "read_manifest", "check_files", "checksum_kind", "bytes_checksum", "decode_arrays", "check_record", "check_result", "verify_store", "set_aside", "DAMAGED", "locate_chunk", "UnreadableManifest"]
 
 MANIFEST = ".manifest.json"
 MANIFEST_FORMAT = "semtile-manifest/1"
@@ -87,11 +88,32 @@ class Damage:
         return DamagedResultError(store, name, self.reason, array=self.array, chunk=self.chunk)
 
 
-def _crc(path: Path) -> int:
+#: The manifest's file checksums by name: ``crc32c`` (hardware-fast) for manifests written now; ``crc32`` (zlib)
+#: for those of earlier versions, which stay readable.
+CHECKSUMS: dict[str, Callable[[bytes, int], int]] = {"crc32": zlib.crc32,
+                                                     "crc32c": lambda data, crc: google_crc32c.extend(crc, data)}
+MANIFEST_CHECKSUM = "crc32c"
+
+
+def checksum_kind(manifest: dict) -> str:
+    """The checksum a manifest's entries were taken with (``crc32`` for manifests that do not say)."""
+    kind = manifest.get("checksum", "crc32")
+    if kind not in CHECKSUMS:
+        raise UnreadableManifest(Damage(f"manifest checksum {kind!r} is not one of {sorted(CHECKSUMS)}",
+                                        chunk=MANIFEST))
+    return kind
+
+
+def bytes_checksum(data: bytes, kind: str = MANIFEST_CHECKSUM) -> int:
+    return CHECKSUMS[kind](data, 0)
+
+
+def _crc(path: Path, kind: str = MANIFEST_CHECKSUM) -> int:
+    update = CHECKSUMS[kind]
     crc = 0
     with open(path, "rb") as handle:
         while block := handle.read(_BLOCK):
-            crc = zlib.crc32(block, crc)
+            crc = update(block, crc)
     return crc
 
 
@@ -106,26 +128,35 @@ def _files(folder: Path) -> Iterable[str]:
         dirs.sort()
 
 
-def seal(folder: str | Path) -> dict:
-    """Write the manifest of the result folder ``folder`` (every file: size, mtime_ns, crc32); return it.
+def seal(folder: str | Path, known: dict | None = None) -> dict:
+    """Write the manifest of the result folder ``folder`` (every file: size, mtime_ns, crc32c); return it.
 
-    A folder that already has one (a committed result copied by ``add_maps``)
-    keeps the entries of the files whose size and time are unchanged: they
-    are not read again, and damage they took before the copy stays visible.
+    ``known``: ``{posix path: (size, crc32c)}`` of files just written (:func:`semtile.store.written.recorded`);
+    one still of that size takes that checksum, of the bytes handed to the system, and is not read back. A
+    folder that has a manifest (a committed result copied by ``add_maps``) keeps its checksum and the entries
+    of the files whose size and time are unchanged: damage they took before the copy stays visible.
     """
     folder = Path(folder)
     try:
-        old = (read_manifest(folder) or {}).get("files", {})
+        previous = read_manifest(folder) or {}
+        kind = checksum_kind(previous) if previous else MANIFEST_CHECKSUM
     except UnreadableManifest:
-        old = {}
+        previous, kind = {}, MANIFEST_CHECKSUM
+    old = previous.get("files", {})
+    known = known if kind == "crc32c" else None  # the writer's checksums are crc32c
     files = {}
     for rel in sorted(_files(folder)):
         path = folder / rel
         st = os.lstat(path)
         kept = old.get(rel)
-        same = kept is not None and kept[0] == st.st_size and kept[1] == st.st_mtime_ns
-        files[rel] = list(kept) if same else [st.st_size, st.st_mtime_ns, _crc(path)]
-    manifest = {"format": MANIFEST_FORMAT, "checksum": "crc32", "files": files}
+        noted = known.get(rel) if known else None
+        if kept is not None and kept[0] == st.st_size and kept[1] == st.st_mtime_ns:
+            files[rel] = list(kept)
+        elif noted is not None and noted[0] == st.st_size:
+            files[rel] = [st.st_size, st.st_mtime_ns, noted[1]]
+        else:
+            files[rel] = [st.st_size, st.st_mtime_ns, _crc(path, kind)]
+    manifest = {"format": MANIFEST_FORMAT, "checksum": kind, "files": files}
     # A new file renamed over the old: a copy made by hard links (add_maps) never writes the original's manifest.
     temp = folder / f"{MANIFEST}.{uuid.uuid4().hex[:8]}"
     temp.write_text(json.dumps(manifest, separators=(",", ":")), encoding="utf-8")
@@ -145,6 +176,7 @@ def read_manifest(folder: Path) -> dict | None:
     if data.get("format") != MANIFEST_FORMAT or not isinstance(files, dict) or not all(
             isinstance(v, list) and len(v) == 3 and all(isinstance(x, int) for x in v) for v in files.values()):
         raise UnreadableManifest(Damage("manifest damaged (not a semtile manifest)", chunk=MANIFEST))
+    checksum_kind(data)
     return data
 
 
@@ -180,6 +212,7 @@ def check_files(folder: str | Path, *, full: bool, under: str | None = None) -> 
     folder = Path(folder)
     try:
         manifest = read_manifest(folder)
+        kind = checksum_kind(manifest) if manifest is not None else None
     except UnreadableManifest as exc:
         return [exc.damage]
     if manifest is None:
@@ -204,7 +237,7 @@ def check_files(folder: str | Path, *, full: bool, under: str | None = None) -> 
             found.append(Damage(f"{st.st_size} bytes, {size} when written (truncated or replaced)", array, chunk))
         elif full or st.st_mtime_ns != mtime_ns:
             try:
-                now = _crc(folder / rel)
+                now = _crc(folder / rel, kind)
             except OSError as exc:
                 found.append(Damage(f"cannot be read ({exc.strerror})", array, chunk))
                 continue

@@ -120,3 +120,45 @@ def test_add_maps_over_a_rotten_chunk_keeps_it_visible(store):
     writer.add_maps("scan_1", {"heat": np.ones((300, 600), np.float32)})
     found = writer.verify("scan_1", full=True)
     assert found and "array '0' chunk c/0/0: checksum" in found[0]  # not blessed by the new manifest
+
+
+def test_the_manifest_takes_the_writers_checksums_and_they_are_those_of_the_files(store):
+    """A whole write seals with the CRC-32C of the bytes it handed to the system (no read-back): each is the
+    checksum of the file on disk, and a seal that reads every file back gives the same manifest."""
+    import google_crc32c
+
+    from semtile.store.verify import read_manifest, seal
+
+    folder = store / "scan_0"
+    manifest = read_manifest(folder)
+    assert manifest["checksum"] == "crc32c"
+    assert len(manifest["files"]) >= 10
+    for rel, (size, _, crc) in manifest["files"].items():
+        data = (folder / rel).read_bytes()
+        assert (size, crc) == (len(data), google_crc32c.value(data)), rel
+    (folder / ".manifest.json").unlink()
+    assert seal(folder)["files"] == manifest["files"]
+
+
+@pytest.mark.parametrize("say", [True, False])
+def test_manifests_of_crc32_still_check_and_find_damage(store, say):
+    """Stores sealed before CRC-32C (zlib's CRC-32, and before that no ``checksum`` key) keep being checked."""
+    import zlib
+
+    from semtile.store.verify import read_manifest
+
+    folder = store / "scan_1"
+    manifest = read_manifest(folder)
+    for rel, entry in manifest["files"].items():
+        entry[2] = zlib.crc32((folder / rel).read_bytes())
+    manifest["checksum"] = "crc32"
+    if not say:
+        del manifest["checksum"]
+    (folder / ".manifest.json").write_text(json.dumps(manifest))
+    opened = open_store(store, mode="r")
+    assert opened.verify("scan_1", full=True) == []
+    assert np.isfinite(open_results(store)["scan_1"].image.compute()).all()
+    flip(folder / "labels" / "adhesive" / "0" / "c" / "0" / "0")
+    assert "checksum" in open_store(store, mode="r").verify("scan_1", full=True)[0]
+    (folder / ".manifest.json").write_text(json.dumps({**manifest, "checksum": "md5"}))
+    assert "manifest checksum 'md5'" in open_store(store, mode="r").verify("scan_1")[0]
