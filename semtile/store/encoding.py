@@ -35,7 +35,7 @@ MASK_DTYPES = ("uint8", "float16", "float32")
 DEFAULT_MASK_DTYPE = "uint8"
 #: A stored uint8 probability ``q`` is ``q / PROBABILITY_SCALE``.
 PROBABILITY_SCALE = 255
-#: zstd level of every array, by measurement (docs/benchmarks.md, "Store size"): on real stores level 3 saves
+#: zstd level of every array, by measurement (docs/benchmarks.md, "Host pipeline"): on real stores level 3 saves
 #: at most 3% against level 1 (on the README demo it is 1% larger) at half the speed (benchmarks/store_write.py).
 ZSTD_LEVEL = 1
 CHUNK = 512  # inner chunk side: what a viewer or a partial read fetches
