@@ -65,9 +65,10 @@ class Merger(ABC):
         """The blended maps, ``(H, W)`` or ``(C, H, W)`` float32 each (array-likes out of core); the merger is spent."""
 
 
-#: Weight canvases by grid: scans of one size share theirs, so each scan's blend only adds its tiles.
+#: Weight canvases by grid: scans of one size share theirs, so each scan's blend only adds its tiles. Kept up
+#: to this many bytes in all, most recently used first; a canvas larger than a quarter of it is not kept.
 _WEIGHTS: OrderedDict = OrderedDict()
-_WEIGHTS_KEPT = 8
+_WEIGHTS_BYTES = 64 * 2**20
 _WEIGHTS_LOCK = threading.Lock()
 
 
@@ -82,10 +83,11 @@ def grid_weights(grid: TileGrid, window: np.ndarray) -> np.ndarray:
             return weights
     weights = accumulate_weights(grid.shape, origins, window)
     weights.flags.writeable = False
-    with _WEIGHTS_LOCK:
-        _WEIGHTS[key] = weights
-        while len(_WEIGHTS) > _WEIGHTS_KEPT:
-            _WEIGHTS.popitem(last=False)
+    if weights.nbytes <= _WEIGHTS_BYTES // 4:
+        with _WEIGHTS_LOCK:
+            _WEIGHTS[key] = weights
+            while sum(w.nbytes for w in _WEIGHTS.values()) > _WEIGHTS_BYTES:
+                _WEIGHTS.popitem(last=False)
     return weights
 
 

@@ -61,6 +61,11 @@ def test_a_blend_missing_tiles_is_refused_and_grids_of_one_shape_share_their_wei
         merger.finish()
     first, second = BlendMerger(grid), BlendMerger(TileGrid((100, 130), 32, 8))
     assert second._weights is first._weights and not first._weights.flags.writeable
+    import semtile.inference.merge as merge
+
+    big = TileGrid((2100, 2100), 256, 32)  # 17.6 MB of weights: more than a quarter of what is kept
+    assert BlendMerger(big)._weights is not BlendMerger(big)._weights
+    assert sum(w.nbytes for w in merge._WEIGHTS.values()) <= merge._WEIGHTS_BYTES
     for merger in (first, second):
         merger.add(0, mask=tiles)
     np.testing.assert_array_equal(first.finish()["mask"], second.finish()["mask"])
