@@ -82,24 +82,32 @@ def _bytes_codec(dtype: np.dtype) -> dict:
     return {"name": "bytes"} if dtype.itemsize == 1 else {"name": "bytes", "configuration": {"endian": "little"}}
 
 
+def _chunk_codecs(dtype: np.dtype, level: int, checksum: bool) -> list[dict]:
+    """A chunk's codecs: bytes, zstd at ``level``, and crc32c when ``checksum``."""
+    codecs = [_bytes_codec(dtype), {"name": "zstd", "configuration": {"level": level, "checksum": False}}]
+    return [*codecs, {"name": "crc32c"}] if checksum else codecs
+
+
+def _array_document(shape: tuple[int, ...], dtype: np.dtype, grid: tuple[int, ...], codecs: list[dict],
+                    dimension_names: tuple[str, ...]) -> dict:
+    """An array's ``zarr.json`` (fill value 0, chunks of ``grid``), its keys in zarr-python's order."""
+    fill = 0.0 if dtype.kind == "f" else (False if dtype.kind == "b" else 0)
+    return {"shape": list(shape), "data_type": "bool" if dtype.kind == "b" else dtype.name,
+            "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": list(grid)}},
+            "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
+            "fill_value": fill, "codecs": codecs, "attributes": {}, "dimension_names": list(dimension_names),
+            "zarr_format": 3, "node_type": "array", "storage_transformers": []}
+
+
 def array_metadata(shape: tuple[int, ...], dtype, *, chunks: tuple[int, ...], shards: tuple[int, ...], level: int,
                    checksum: bool, dimension_names: tuple[str, ...]) -> dict:
     """The ``zarr.json`` of a sharded array (fill value 0), as zarr-python writes it for ``array_layout``."""
     dtype = np.dtype(dtype)
-    inner = [_bytes_codec(dtype), {"name": "zstd", "configuration": {"level": level, "checksum": False}}]
-    index = [{"name": "bytes", "configuration": {"endian": "little"}}]
-    if checksum:
-        inner.append({"name": "crc32c"})
-        index.append({"name": "crc32c"})
-    fill = 0.0 if dtype.kind == "f" else (False if dtype.kind == "b" else 0)
-    return {"shape": list(shape), "data_type": "bool" if dtype.kind == "b" else dtype.name,
-            "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": list(shards)}},
-            "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
-            "fill_value": fill,
-            "codecs": [{"name": "sharding_indexed", "configuration": {
-                "chunk_shape": list(chunks), "codecs": inner, "index_codecs": index, "index_location": "end"}}],
-            "attributes": {}, "dimension_names": list(dimension_names), "zarr_format": 3, "node_type": "array",
-            "storage_transformers": []}
+    index = [{"name": "bytes", "configuration": {"endian": "little"}}, *([{"name": "crc32c"}] if checksum else [])]
+    sharding = {"name": "sharding_indexed", "configuration": {
+        "chunk_shape": list(chunks), "codecs": _chunk_codecs(dtype, level, checksum), "index_codecs": index,
+        "index_location": "end"}}
+    return _array_document(shape, dtype, shards, [sharding], dimension_names)
 
 
 _LOCAL = threading.local()  # per compressing thread: one zero-padded buffer per chunk shape and dtype
@@ -199,16 +207,8 @@ def write_plain(folder: Path, data: np.ndarray, *, level: int, checksum: bool,
                 dimension_names: tuple[str, ...]) -> None:
     """A small array as one unsharded chunk (bytes, zstd, crc32c), as zarr-python writes it."""
     data = np.ascontiguousarray(data)
-    dtype = data.dtype
-    codecs = [_bytes_codec(dtype), {"name": "zstd", "configuration": {"level": level, "checksum": False}}]
-    if checksum:
-        codecs.append({"name": "crc32c"})
-    fill = 0.0 if dtype.kind == "f" else (False if dtype.kind == "b" else 0)
-    meta = {"shape": list(data.shape), "data_type": "bool" if dtype.kind == "b" else dtype.name,
-            "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": list(data.shape)}},
-            "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
-            "fill_value": fill, "codecs": codecs, "attributes": {}, "dimension_names": list(dimension_names),
-            "zarr_format": 3, "node_type": "array", "storage_transformers": []}
+    meta = _array_document(data.shape, data.dtype, data.shape, _chunk_codecs(data.dtype, level, checksum),
+                           dimension_names)
     folder.mkdir(parents=True, exist_ok=True)
     write_file(folder / "zarr.json", [json.dumps(meta).encode("utf-8")])
     chunk = folder / "c" / Path(*(["0"] * max(1, data.ndim)))
