@@ -12,12 +12,16 @@ Two ways to run a batch:
   to ``in_flight`` batches submitted before it collects the oldest, so a GPU
   engine copies batch ``k + 1`` in while it computes batch ``k`` and copies
   batch ``k - 1`` out. Handles are collected in the order they were submitted.
-  CPU engines implement it trivially: ``submit`` runs the batch.
+  By default ``submit`` runs the batch. A CPU engine that sets ``background``
+  runs its batches on a thread of its own, one after the other, two in
+  flight: the next batch starts the moment one ends, while the caller merges
+  the last one (the engine's library computes without the GIL).
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -56,18 +60,29 @@ class Engine(ABC):
     precision: str = "f32"
     #: Batches the runner may keep submitted before collecting the oldest.
     in_flight: int = 1
+    #: ``submit`` hands the batch to a thread of this engine's own: see the module docstring.
+    background: bool = False
 
     @abstractmethod
     def run(self, tiles: np.ndarray) -> EngineOutput:
         """Run both networks on a batch of tiles."""
 
     def submit(self, tiles: np.ndarray) -> Submitted:
-        """Start a batch; its results come from :meth:`collect`. Default: run it now."""
-        return Submitted(len(tiles), self.run(tiles))
+        """Start a batch; its results come from :meth:`collect`. Default: run it now; a ``background`` engine
+        queues it on its own thread. Collect every submitted batch before calling :meth:`run` directly."""
+        if not self.background:
+            return Submitted(len(tiles), self.run(tiles))
+        thread = self.__dict__.get("_thread")
+        if thread is None:  # created on first use, in the process that runs the engine
+            thread = self.__dict__["_thread"] = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
+        return Submitted(len(tiles), thread.submit(self.run, tiles))
 
     def collect(self, handle: Submitted) -> EngineOutput:
-        """The results of a submitted batch (waits for them)."""
-        return handle.state
+        """The results of a submitted batch (waits for them; a batch's error is raised here)."""
+        return handle.state.result() if isinstance(handle.state, Future) else handle.state
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "_thread"}  # a thread is this process's own
 
     def maps_device(self):
         """``(torch device, stream)`` where this engine leaves its mask maps, or None when they come back as numpy."""

@@ -34,6 +34,7 @@ def openvino_default_precision() -> str:
 
 class OpenVINOEngine(Engine):
     name = "openvino"
+    background, in_flight = True, 2  # the next batch is queued while the runner merges the last
 
     def __init__(
         self,
@@ -71,6 +72,7 @@ class OpenVINOEngine(Engine):
             if self.precision == "int8" and name == "segmenter":
                 model = _quantise(model, calibration_tiles, self.tile)
             models[name] = core.compile_model(model, "CPU", config)
+        # One request each: batches run one after the other (on the engine's thread, or the caller's).
         self._classifier = models["classifier"].create_infer_request()
         self._segmenter = models["segmenter"].create_infer_request()
         self._version = ov.__version__

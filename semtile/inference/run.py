@@ -333,10 +333,14 @@ def stream_scans(paths: list[Path], passes: Sequence[Pass], options: ProcessOpti
         if item.buffer is not None:
             free[item.index].put(item.buffer)
 
+    # Per pass, when its last collected batch came back. A batch submitted behind others starts no earlier, so
+    # its share of ``infer`` counts from then: batches in flight are not counted twice.
+    done = [0.0 for _ in passes]
+
     def collect_oldest(i: int) -> None:
         item, live, handle, t0 = pending[i].popleft()
         try:
-            merge(i, item, live, handle, t0)
+            merge(i, item, live, handle, max(t0, done[i]))
         finally:
             give_back(item)  # merged (or failed): its rows may be cut again
 
@@ -348,7 +352,7 @@ def stream_scans(paths: list[Path], passes: Sequence[Pass], options: ProcessOpti
             for job, *_ in live:
                 job.fail(exc)
             return
-        t1 = time.perf_counter()
+        t1 = done[i] = time.perf_counter()
         n = len(item.tiles)
         for job, first, row, count in live:
             if job.error is not None:
@@ -367,15 +371,27 @@ def stream_scans(paths: list[Path], passes: Sequence[Pass], options: ProcessOpti
     def holds(job: ScanJob) -> bool:
         return any(part[0] is job for queue_ in pending for entry in queue_ for part in entry[1])
 
+    # Jobs whose last batch has been submitted, in input order. One is finished once no pending batch holds it;
+    # its last batches are not waited for at once, so that a runner with batches in flight is given the next
+    # scan's batch first and never waits on the end of a scan.
+    ending: collections.deque = collections.deque()
+
+    def finished() -> Iterator[ScanJob]:
+        while ending and not holds(ending[0]):
+            yield _end(ending.popleft())
+
     try:
         while (item := items.get()) is not None:
             if isinstance(item, _End):
-                # Its last batches first: collect until no pending batch holds this job.
-                while holds(item.job):
-                    for i in range(len(passes)):
-                        if any(part[0] is item.job for entry in pending[i] for part in entry[1]):
-                            collect_oldest(i)
-                yield _end(item.job)
+                ending.append(item.job)
+                if not any(pending):
+                    yield from finished()
+                elif len(ending) > QUEUE_DEPTH:  # memory stays bounded: wait for the oldest's last batches
+                    while holds(ending[0]):
+                        for i in range(len(passes)):
+                            if any(part[0] is ending[0] for entry in pending[i] for part in entry[1]):
+                                collect_oldest(i)
+                    yield from finished()
                 continue
             live = [part for part in item.parts if part[0].error is None]
             if not live:
@@ -393,12 +409,16 @@ def stream_scans(paths: list[Path], passes: Sequence[Pass], options: ProcessOpti
             pending[i].append((item, live, handle, t0))
             if len(pending[i]) >= max(1, runners[i].in_flight):
                 collect_oldest(i)
+                yield from finished()
         for i in range(len(passes)):
             while pending[i]:
                 collect_oldest(i)
+        yield from finished()
     finally:
         stop.set()
         producer.join()
+        for job in ending:  # ended and never yielded (the caller stopped early)
+            job.release()
         while not items.empty():  # jobs prepared and never yielded (the caller stopped early)
             item = items.get_nowait()
             if isinstance(item, _End):

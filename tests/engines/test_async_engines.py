@@ -152,3 +152,114 @@ def test_torch_compile_is_refused_for_other_engines(tiny_bundle):
         create_engine("onnxruntime", load_bundle(tiny_bundle), EngineSettings(tile=64, halo=8, compile="default"))
     with pytest.raises(SemtileError, match="torch.compile mode must be"):
         TorchCPUEngine(load_bundle(tiny_bundle), compile="fastest")
+
+
+class BackgroundEngine(TorchCPUEngine):
+    """torch-cpu run on a thread of its own, two batches in flight: the way the OpenVINO engine runs."""
+
+    name = "torch-cpu-background"
+    background, in_flight = True, 2
+
+    def __init__(self, bundle, fail_on_call: int | None = None):
+        super().__init__(bundle)
+        self.calls = 0
+        self.fail_on_call = fail_on_call
+        self.threads: set[str] = set()
+
+    def run(self, tiles: np.ndarray) -> EngineOutput:
+        import threading
+
+        self.calls += 1
+        self.threads.add(threading.current_thread().name)
+        if self.calls == self.fail_on_call:
+            raise RuntimeError("this batch failed on the engine's thread")
+        return super().run(tiles)
+
+
+def test_a_background_engine_runs_off_the_callers_thread_and_raises_at_collect(tiny_bundle):
+    import pickle
+    import threading
+
+    bundle = load_bundle(tiny_bundle)
+    engine = BackgroundEngine(bundle, fail_on_call=2)
+    tiles = np.random.default_rng(2).random((6, 64, 64), dtype=np.float32)
+    handles = [engine.submit(tiles[i: i + 2]) for i in range(0, 6, 2)]
+    first = engine.collect(handles[0])
+    with pytest.raises(RuntimeError, match="failed on the engine's thread"):
+        engine.collect(handles[1])
+    third = engine.collect(handles[2])  # one batch's failure leaves the next one's result whole
+    want = TorchCPUEngine(bundle).run(tiles)
+    np.testing.assert_array_equal(first.mask_probs, want.mask_probs[:2])
+    np.testing.assert_array_equal(third.mask_probs, want.mask_probs[4:])
+    assert engine.threads and threading.current_thread().name not in engine.threads
+    assert all(name.startswith("engine") for name in engine.threads)
+    assert "_thread" not in pickle.loads(pickle.dumps(engine)).__dict__  # its thread stays in this process
+
+
+def test_a_runner_on_a_background_engine_gives_the_sync_results_and_keeps_a_failed_batch_to_its_scans(
+        tiny_dataset, tiny_bundle, tmp_path):
+    bundle = load_bundle(tiny_bundle)
+    scans = sorted((tiny_dataset / "images").glob("*.tif"))[:5]
+    summaries, engines = {}, {"sync": TorchCPUEngine(bundle), "background": BackgroundEngine(bundle),
+                              "failing": BackgroundEngine(bundle, fail_on_call=4)}
+    for label, engine in engines.items():
+        summaries[label] = process_scans(scans, tmp_path / f"{label}.zarr",
+                                         passes=[SegmentPass.of_engine(engine, bundle, OPTIONS)], options=OPTIONS,
+                                         table=tmp_path / f"{label}.csv")
+    assert [o.status for o in summaries["background"].outcomes] == ["ok"] * 5
+    sync, background = (zarr.open_group(str(tmp_path / f"{k}.zarr"), mode="r") for k in ("sync", "background"))
+    for outcome in summaries["sync"].outcomes:
+        np.testing.assert_array_equal(_level0(background[outcome.group], "mask"), _level0(sync[outcome.group], "mask"))
+    assert [o.adhesive_ratio for o in summaries["background"].outcomes] == \
+        [o.adhesive_ratio for o in summaries["sync"].outcomes]
+    failing = summaries["failing"].outcomes
+    statuses = [o.status for o in failing]
+    assert 1 <= statuses.count("error") <= 2, statuses  # the scans the failed batch held (3 tiles straddle two)
+    assert all("failed on the engine's thread" in o.error for o in failing if o.status == "error")
+    for got, want in zip(failing, summaries["sync"].outcomes):
+        if got.status == "ok":
+            assert got.adhesive_ratio == want.adhesive_ratio
+
+
+@pytest.mark.parametrize("depth", [1, 3])
+def test_stream_scans_yields_in_input_order_only_once_a_scans_batches_are_merged(depth, tiny_dataset, tiny_bundle,
+                                                                                  tmp_path):
+    from semtile.inference.run import stream_scans
+
+    bundle = load_bundle(tiny_bundle)
+    scans = sorted((tiny_dataset / "images").glob("*.tif"))[:6]
+    engine = DeferredEngine(bundle, depth)
+    passes = [SegmentPass.of_engine(engine, bundle, OPTIONS)]
+    yielded = []
+    for job in stream_scans(scans, passes, OPTIONS, tmp_path / "scratch"):
+        assert job.error is None and job.maps and not job.mergers, job.path
+        # Nothing still queued on the engine holds this job: every batch it was cut into was collected.
+        yielded.append(job.path)
+        job.release()
+    assert yielded == scans and not engine.queued
+
+
+def test_a_caller_that_stops_early_leaves_every_prepared_job_released(tiny_dataset, tiny_bundle, tmp_path, monkeypatch):
+    from semtile.inference import run as run_module
+
+    released: list = []
+    original = run_module.ScanJob.release
+
+    def release(self):
+        released.append(self.path)
+        original(self)
+
+    monkeypatch.setattr(run_module.ScanJob, "release", release)
+    bundle = load_bundle(tiny_bundle)
+    scans = sorted((tiny_dataset / "images").glob("*.tif"))[:6]
+    engine = DeferredEngine(bundle, 3)
+    jobs = run_module.stream_scans(scans, [SegmentPass.of_engine(engine, bundle, OPTIONS)], OPTIONS,
+                                   tmp_path / "scratch")
+    first = next(jobs)
+    assert first.path == scans[0]
+    jobs.close()  # the caller stops: ended, prepared and in-flight jobs are dropped, not leaked
+    seen = set(released)
+    assert first.path not in seen  # the caller's own job is the caller's to release
+    prepared = seen | {first.path}
+    assert len(released) == len(seen)  # none released twice
+    assert prepared <= set(scans) and len(prepared) >= 2
