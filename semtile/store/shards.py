@@ -19,6 +19,7 @@ zarr-python itself writes.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import struct
@@ -143,9 +144,7 @@ def _encode_chunk(block: np.ndarray, chunks: tuple[int, ...], level: int, checks
 
 def _grid(shape: tuple[int, ...], step: tuple[int, ...]):
     """Every block origin of a regular grid of ``step`` over ``shape``, C order."""
-    counts = [-(-s // c) for s, c in zip(shape, step)]
-    for flat in range(int(np.prod(counts))):
-        yield tuple(int(i) * c for i, c in zip(np.unravel_index(flat, counts), step))
+    return itertools.product(*(range(0, int(s), int(c)) for s, c in zip(shape, step)))
 
 
 def write_sharded(folder: Path, arrays: dict[str, tuple[np.ndarray, dict, tuple[str, ...]]], *, level: int,
