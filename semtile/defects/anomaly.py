@@ -1,7 +1,7 @@
 """Anomaly maps: an autoencoder's per-pixel map over patches and whole scans, pooled scores, thresholds.
 
 A whole scan goes through the same tiled path as the mask
-(:func:`semtile.inference.run.run_array`): overlapping tiles with a halo,
+(:func:`semtile.inference.one_image.run_array`): overlapping tiles with a halo,
 reflected at the edges, through the engine, blended by the merger with the
 raised-cosine window. Blending is a partition of unity, so the map has no
 seams (``tests/defects/test_anomaly_seams.py``).
@@ -73,7 +73,7 @@ def anomaly_map(image, model_or_engine: LoadedModel | DefectEngine, *, tile: int
     map : float32 (rows, cols), blended over overlapping tiles.
     fraction : share of pixels above the threshold, or None when there is no threshold.
     """
-    from semtile.inference.run import run_array
+    from semtile.inference.one_image import run_array
     from semtile.inference.split import GridRule
 
     engine = as_engine(model_or_engine)

@@ -26,7 +26,7 @@ def classify_scan(image, model_or_engine: LoadedModel | DefectEngine, *, tile: i
     ``(y0, x0, y1, x1)`` of each patch clipped to the image (row-major, as the
     flattened grid), ``tile``.
     """
-    from semtile.inference.run import run_array
+    from semtile.inference.one_image import run_array
     from semtile.inference.split import TileGrid
 
     engine = as_engine(model_or_engine, expect_anomaly=False)

@@ -46,8 +46,8 @@ import numpy as np
 from semtile.engines import torch_device
 from semtile.errors import ModelError, SemtileError
 from semtile.explain.recorded import recorded_model
+from semtile.inference.one_image import run_pass
 from semtile.inference.passes import Pass, PassRunner, TileOutputs, register_pass
-from semtile.inference.run import run_pass
 from semtile.inference.split import GridRule, TileGrid, read_windows
 from semtile.logs import get_logger
 

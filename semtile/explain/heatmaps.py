@@ -4,7 +4,7 @@ For a batch of tiles and one class ``k`` (the image's predicted label, or a
 chosen one: one class for every tile of an image, so the maps of neighbouring
 tiles agree), :class:`TileExplainer` returns per-tile maps the size of the
 tile. :class:`HeatMapPass` makes them a pass (:mod:`semtile.inference.passes`):
-:func:`semtile.inference.run.run_pass` blends them with the same raised-cosine
+:func:`semtile.inference.one_image.run_pass` blends them with the same raised-cosine
 window as the mask, in memory or out of core. Values are raw, never normalised per tile:
 a tile-wise normalisation would give each tile its own scale and make seams.
 Normalisation by the maximum belongs to the whole map, when it becomes a mask

@@ -7,7 +7,7 @@ result's provenance, and run through the classifier that produced the result
 (found by the path and sha256 in its provenance; ``model`` overrides). The
 maps are blended like the mask, in memory or, for scans above the recorded
 ``region_pixels``, out of core (the same pass runner and mergers as
-``semtile process``: :func:`semtile.inference.run.run_pass`), so memory stays
+``semtile process``: :func:`semtile.inference.one_image.run_pass`), so memory stays
 bounded whatever the scan's size. They are added to the result with
 :meth:`ResultStore.add_maps` (atomic: readers see the result with all the new
 maps or none).
@@ -35,8 +35,8 @@ from semtile.engines import torch_device
 from semtile.errors import ModelError, SemtileError
 from semtile.explain.heatmaps import KINDS, HeatMapPass, parse_kinds
 from semtile.explain.recorded import recorded_model
+from semtile.inference.one_image import run_pass
 from semtile.inference.options import ProcessOptions
-from semtile.inference.run import run_pass
 from semtile.inference.split import GridRule
 from semtile.inference.strategy import REGIONS, merge_strategy
 from semtile.logs import get_logger

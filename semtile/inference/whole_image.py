@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from semtile.inference.run import run_array
+from semtile.inference.one_image import run_array
 from semtile.inference.split import GridRule
 
 __all__ = ["ONE_PASS_PIXELS", "TILE", "image_logits"]

@@ -20,7 +20,7 @@ import torch
 
 from semtile.errors import SemtileError
 from semtile.inference.labels import class_probs, core_weights, decide_label
-from semtile.inference.run import run_array
+from semtile.inference.one_image import run_array
 from semtile.inference.split import GridRule
 from semtile.logs import get_logger
 from semtile.models.io import load_model

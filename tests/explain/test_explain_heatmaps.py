@@ -9,7 +9,7 @@ import torch
 from semtile.errors import SemtileError
 from semtile.explain.heatmaps import HeatMapPass, TileExplainer, border_jumps, parse_kinds
 from semtile.explain.propose import read_gray
-from semtile.inference.run import run_pass
+from semtile.inference.one_image import run_pass
 from semtile.inference.split import GridRule, TileGrid
 from semtile.models.io import load_model
 from semtile.models.networks import Architecture, Classifier

@@ -1,6 +1,6 @@
 """The device pass (cut, infer, blend, judge on one torch device) against the CPU path, on torch's CPU device.
 
-The CPU path is :func:`~semtile.inference.run.run_pass` (tiles read by
+The CPU path is :func:`~semtile.inference.one_image.run_pass` (tiles read by
 ``read_windows``, blended by the Numba kernel) then
 :meth:`SegmentPass.judge_region` and :meth:`SegmentPass.finish`. The device
 pass must give the same blended mask (so the same stored uint8 probability),
@@ -29,8 +29,8 @@ from semtile.inference.device_pass import (
     judge_on_device,
 )
 from semtile.inference.merge import BlendMerger
+from semtile.inference.one_image import run_array, run_pass
 from semtile.inference.options import ProcessOptions
-from semtile.inference.run import run_array, run_pass
 from semtile.inference.segment import SegmentPass
 from semtile.models.io import load_bundle
 from semtile.results import open_results

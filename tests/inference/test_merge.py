@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from semtile.inference.merge import BlendMerger
-from semtile.inference.run import run_array
+from semtile.inference.one_image import run_array
 from semtile.inference.split import TileGrid, read_windows
 from semtile.kernels.stitch import stitch_tiles_reference
 from semtile.kernels.window import blend_window

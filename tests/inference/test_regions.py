@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
+from semtile.inference.one_image import run_array
 from semtile.inference.regions import RegionPlan, accumulate_block, assemble_region, save_block
-from semtile.inference.run import run_array
 from semtile.inference.split import TileGrid
 
 

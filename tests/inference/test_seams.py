@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from semtile.inference.run import run_array
+from semtile.inference.one_image import run_array
 from semtile.inference.split import TileGrid, default_halo
 from semtile.models.io import load_bundle
 from semtile.synth import synth_surface

@@ -127,7 +127,7 @@ def _engine_outputs(model, tiles01: np.ndarray, names: list[str]) -> dict:
 def _whole_scan(model, gray: np.ndarray, tile: int, halo: int) -> np.ndarray | None:
     """The sample's whole-scan map through semtile's tiled, blended path (the cover's right half)."""
     from semtile.engines import EngineSettings, create_engine
-    from semtile.inference.run import run_array
+    from semtile.inference.one_image import run_array
     from semtile.inference.split import TileGrid
     from semtile.models.io import ModelBundle
 
