@@ -53,6 +53,7 @@ import numpy as np
 import torch
 
 from semtile.errors import ImageTooSmallError, SemtileError
+from semtile.inference.host_memory import keep_freed_memory
 from semtile.inference.options import MIN_SIDE, ProcessOptions
 from semtile.inference.passes import Pass
 from semtile.inference.run import ScanJob, stream_scans
@@ -333,6 +334,7 @@ def device_pass_chosen(passes: Sequence[Pass], prefer: bool | None = None) -> bo
 def scan_jobs(paths: Sequence[Path], passes: Sequence[Pass], options: ProcessOptions, scratch: Path) -> Iterator:
     """A run's small scans as jobs to judge, in input order: through the device pass where
     :func:`device_pass_chosen`, else the host path (:func:`~semtile.inference.run.stream_scans`)."""
+    keep_freed_memory()  # each scan's buffers reuse the last one's memory (see the module)
     if device_pass_chosen(passes):
         return device_jobs(paths, passes, options)
     return stream_scans(list(paths), passes, options, scratch)
