@@ -6,8 +6,9 @@ serves such a block with ``mmap`` once it is over a threshold it adjusts on the
 fly, and hands the top of a heap back to the system when more than about twice
 that is free; either way the next scan's buffer is fresh memory, which the
 kernel faults in and zeroes page by page. Measured with the null engine
-(``benchmarks/host.py``'s path, one core): 6-7 ms of kernel time per 1.2 MP
-scan by default, 3.9 ms with the settings below, 31 -> 28 ms of CPU a scan.
+(``benchmarks/host.py``'s path, one core, alternated with the default): kernel
+time per 1.2 MP scan 9.4 -> 5.1 and 13.9 -> 8.1 ms, CPU 32.5 -> 28.0 and
+37.3 -> 31.2 ms (docs/benchmarks.md, "Host pipeline").
 
 The settings: blocks up to 32 MiB (glibc's largest threshold) come from the
 heap, and up to 256 MiB of free memory at a heap's top stays there. Larger
